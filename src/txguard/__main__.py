@@ -1,0 +1,3 @@
+from txguard.cli import main
+
+raise SystemExit(main())

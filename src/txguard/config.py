@@ -1,0 +1,165 @@
+"""The one settings object: every knob is an environment variable `TXGUARD_*`, validated at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable and what to do."""
+
+
+# Topic names are part of the wire contract: a new major event shape is a new `.vN` topic.
+TRANSACTIONS_TOPIC = "txguard.transactions.v1"
+DECISIONS_TOPIC = "txguard.fraud-decisions.v1"
+LABELS_TOPIC = "txguard.fraud-labels.v1"
+TERMINAL_RISK_TOPIC = "txguard.terminal-risk.v1"
+DLQ_TOPIC = "txguard.transactions.dlq.v1"
+DETECTOR_STATE_TOPIC = "txguard.detector-state.v1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration shared by every txguard process."""
+
+    home: Path
+    kafka_bootstrap: str | None
+    topic_partitions: int
+    topic_replication_factor: int
+    topic_min_insync_replicas: int
+    grpc_addr: str
+    store_path: Path
+    card_token_key: bytes | None
+    card_token_key_file: Path
+    relay_batch_size: int
+    outbox_retention_seconds: int
+    detector_group: str
+    applier_group: str
+    review_threshold: float
+    decline_threshold: float
+    amount_threshold_minor: int
+    velocity_window_seconds: int
+    velocity_max_transactions: int
+    consume_batch_size: int
+    log_level: str
+
+    @property
+    def local_kafka(self) -> bool:
+        """True when txguard runs its own broker under `home` (no external cluster configured)."""
+        return self.kafka_bootstrap is None
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.home / "kafka"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        reader = _EnvReader(env)
+        home = Path(reader.text("TXGUARD_HOME", ".txguard")).resolve()
+        key_hex = reader.optional("TXGUARD_CARD_TOKEN_KEY")
+        settings = cls(
+            home=home,
+            kafka_bootstrap=reader.optional("TXGUARD_KAFKA_BOOTSTRAP"),
+            topic_partitions=reader.integer("TXGUARD_TOPIC_PARTITIONS", 6, minimum=1),
+            topic_replication_factor=reader.integer(
+                "TXGUARD_TOPIC_REPLICATION_FACTOR", 1, minimum=1
+            ),
+            topic_min_insync_replicas=reader.integer(
+                "TXGUARD_TOPIC_MIN_INSYNC_REPLICAS", 1, minimum=1
+            ),
+            grpc_addr=reader.text("TXGUARD_GRPC_ADDR", "127.0.0.1:50051"),
+            store_path=Path(reader.text("TXGUARD_STORE_PATH", str(home / "txguard.db"))),
+            card_token_key=_parse_key(key_hex) if key_hex is not None else None,
+            card_token_key_file=Path(
+                reader.text("TXGUARD_CARD_TOKEN_KEY_FILE", str(home / "card-token.key"))
+            ),
+            relay_batch_size=reader.integer("TXGUARD_RELAY_BATCH_SIZE", 2000, minimum=1),
+            outbox_retention_seconds=reader.integer(
+                "TXGUARD_OUTBOX_RETENTION_SECONDS", 3600, minimum=0
+            ),
+            detector_group=reader.text("TXGUARD_DETECTOR_GROUP", "txguard-detector"),
+            applier_group=reader.text("TXGUARD_APPLIER_GROUP", "txguard-applier"),
+            review_threshold=reader.fraction("TXGUARD_REVIEW_THRESHOLD", 0.5),
+            decline_threshold=reader.fraction("TXGUARD_DECLINE_THRESHOLD", 0.8),
+            amount_threshold_minor=reader.integer(
+                "TXGUARD_AMOUNT_THRESHOLD_MINOR", 500_000, minimum=1
+            ),
+            velocity_window_seconds=reader.integer(
+                "TXGUARD_VELOCITY_WINDOW_SECONDS", 3600, minimum=1
+            ),
+            velocity_max_transactions=reader.integer(
+                "TXGUARD_VELOCITY_MAX_TRANSACTIONS", 10, minimum=1
+            ),
+            consume_batch_size=reader.integer("TXGUARD_CONSUME_BATCH_SIZE", 500, minimum=1),
+            log_level=reader.text("TXGUARD_LOG_LEVEL", "INFO").upper(),
+        )
+        if settings.review_threshold > settings.decline_threshold:
+            raise ConfigError(
+                "TXGUARD_REVIEW_THRESHOLD must not exceed TXGUARD_DECLINE_THRESHOLD "
+                f"({settings.review_threshold} > {settings.decline_threshold})"
+            )
+        if settings.topic_min_insync_replicas > settings.topic_replication_factor:
+            raise ConfigError(
+                "TXGUARD_TOPIC_MIN_INSYNC_REPLICAS must not exceed TXGUARD_TOPIC_REPLICATION_FACTOR"
+            )
+        return settings
+
+    def describe(self) -> dict[str, str]:
+        """Settings as printable strings, with the card token key redacted."""
+        shown: dict[str, str] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            shown[field.name] = "<redacted>" if field.name == "card_token_key" and value else str(
+                value
+            )
+        return shown
+
+
+def _parse_key(key_hex: str) -> bytes:
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError as exc:
+        raise ConfigError("TXGUARD_CARD_TOKEN_KEY must be hex-encoded") from exc
+    if len(key) < 32:
+        raise ConfigError("TXGUARD_CARD_TOKEN_KEY must be at least 32 bytes (64 hex characters)")
+    return key
+
+
+class _EnvReader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def optional(self, name: str) -> str | None:
+        value = self._env.get(name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def fraction(self, name: str, default: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name} must be a number between 0 and 1, got {raw!r}") from exc
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+        return value

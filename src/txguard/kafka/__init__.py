@@ -1,0 +1,1 @@
+"""Kafka: local broker runner, topic admin, client factories and serde."""
