@@ -1,4 +1,4 @@
-"""The one settings object: every knob is an environment variable `TXGUARD_*`, validated at start."""
+"""The one settings object: every knob is an environment variable `TXGUARD_*`, checked early."""
 
 from __future__ import annotations
 

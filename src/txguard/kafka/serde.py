@@ -1,0 +1,147 @@
+"""The one serde module: Protobuf payloads and the headers every txguard record carries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from txguard.schema.v1.decision_pb2 import FraudDecision
+from txguard.schema.v1.events_pb2 import TransactionCreated
+
+HEADER_EVENT_ID = "txguard-event-id"
+HEADER_SCHEMA = "txguard-schema"
+HEADER_SCHEMA_VERSION = "txguard-schema-version"
+SCHEMA_VERSION = b"1"
+
+# Dead-letter headers: where the record came from and why it could not be processed.
+HEADER_DLQ_TOPIC = "txguard-dlq-original-topic"
+HEADER_DLQ_PARTITION = "txguard-dlq-original-partition"
+HEADER_DLQ_OFFSET = "txguard-dlq-original-offset"
+HEADER_DLQ_ERROR = "txguard-dlq-error"
+HEADER_DLQ_ERROR_KIND = "txguard-dlq-error-kind"
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+class InvalidEvent(ValueError):
+    """A record that cannot be decoded or fails validation; it belongs on the dead-letter topic."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class EncodedRecord:
+    key: bytes
+    value: bytes
+    headers: Headers
+
+
+def schema_name(message_type: type[TransactionCreated] | type[FraudDecision]) -> str:
+    return message_type.DESCRIPTOR.full_name
+
+
+def encode_transaction_created(event: TransactionCreated) -> EncodedRecord:
+    return EncodedRecord(
+        key=event.transaction.account_id.encode(),
+        value=event.SerializeToString(),
+        headers=_headers(event.event_id, schema_name(TransactionCreated)),
+    )
+
+
+def encode_decision(decision: FraudDecision) -> EncodedRecord:
+    return EncodedRecord(
+        key=decision.account_id.encode(),
+        value=decision.SerializeToString(),
+        headers=_headers(decision.decision_id, schema_name(FraudDecision)),
+    )
+
+
+def decode_transaction_created(
+    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
+) -> TransactionCreated:
+    """Decode and check a transactions-topic record; raises InvalidEvent for a poison record."""
+    _require_schema(headers, schema_name(TransactionCreated))
+    event = TransactionCreated()
+    try:
+        event.ParseFromString(value or b"")
+    except DecodeError as exc:
+        raise InvalidEvent("undecodable", f"not a TransactionCreated message: {exc}") from exc
+    tx = event.transaction
+    if not event.event_id:
+        raise InvalidEvent("invalid", "event_id is empty")
+    missing = [
+        name for name in ("transaction_id", "account_id", "currency") if not getattr(tx, name)
+    ]
+    if missing:
+        raise InvalidEvent("invalid", "transaction lacks " + ", ".join(missing))
+    if tx.amount_minor <= 0:
+        raise InvalidEvent("invalid", "transaction amount_minor must be positive")
+    if not tx.HasField("occurred_at") or not tx.HasField("accepted_at"):
+        raise InvalidEvent("invalid", "transaction lacks occurred_at or accepted_at")
+    return event
+
+
+def decode_decision(
+    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
+) -> FraudDecision:
+    _require_schema(headers, schema_name(FraudDecision))
+    decision = FraudDecision()
+    try:
+        decision.ParseFromString(value or b"")
+    except DecodeError as exc:
+        raise InvalidEvent("undecodable", f"not a FraudDecision message: {exc}") from exc
+    if not decision.decision_id or not decision.transaction_id:
+        raise InvalidEvent("invalid", "decision lacks decision_id or transaction_id")
+    return decision
+
+
+def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> bytes | None:
+    for key, value in headers or ():
+        if key == name:
+            return value
+    return None
+
+
+def dead_letter_headers(
+    original: Sequence[tuple[str, bytes | None]] | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    error: InvalidEvent,
+) -> list[tuple[str, bytes]]:
+    """The original headers plus where the record came from and why it was rejected."""
+    kept = [(k, v) for k, v in (original or ()) if v is not None]
+    return [
+        *kept,
+        (HEADER_DLQ_TOPIC, topic.encode()),
+        (HEADER_DLQ_PARTITION, str(partition).encode()),
+        (HEADER_DLQ_OFFSET, str(offset).encode()),
+        (HEADER_DLQ_ERROR_KIND, error.kind.encode()),
+        (HEADER_DLQ_ERROR, str(error).encode()[:1000]),
+    ]
+
+
+def _headers(event_id: str, schema: str) -> Headers:
+    return (
+        (HEADER_EVENT_ID, event_id.encode()),
+        (HEADER_SCHEMA, schema.encode()),
+        (HEADER_SCHEMA_VERSION, SCHEMA_VERSION),
+    )
+
+
+def _require_schema(headers: Sequence[tuple[str, bytes | None]] | None, expected: str) -> None:
+    found = header_value(headers, HEADER_SCHEMA)
+    if found is None:
+        raise InvalidEvent("missing-schema", f"record has no {HEADER_SCHEMA} header")
+    if found.decode(errors="replace") != expected:
+        raise InvalidEvent(
+            "wrong-schema", f"expected schema {expected}, got {found.decode(errors='replace')}"
+        )
+    version = header_value(headers, HEADER_SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise InvalidEvent("wrong-schema", f"unsupported schema version {version!r}")

@@ -1,0 +1,1 @@
+"""Observability: logging (and, later, the metric catalogue and exporters)."""

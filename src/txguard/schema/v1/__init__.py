@@ -1,0 +1,1 @@
+"""Generated from proto/txguard/v1: do not edit."""

@@ -1,0 +1,1 @@
+"""Durable storage behind a small interface: SQLite (embedded default)."""
