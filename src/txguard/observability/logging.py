@@ -23,7 +23,7 @@ def luhn_valid(digits: str) -> bool:
 
 
 def mask_card_numbers(text: str) -> str:
-    """Replace every Luhn-valid 12–19 digit number in `text` by a fixed mask."""
+    """Replace every Luhn-valid 12-19 digit number in `text` by a fixed mask."""
 
     def replace(match: re.Match[str]) -> str:
         digits = re.sub(r"[ -]", "", match.group(0))
