@@ -6,20 +6,10 @@ import logging
 import re
 import sys
 
+from txguard.schema.luhn import luhn_valid
+
 # 12 to 19 digits, optionally separated by single spaces or dashes, as a card number is written.
 _CANDIDATE = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,18}(?!\d)")
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
 
 
 def mask_card_numbers(text: str) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
@@ -39,6 +40,8 @@ CREATE TABLE IF NOT EXISTS transactions (
     applied_at_us INTEGER
 );
 CREATE INDEX IF NOT EXISTS transactions_by_account ON transactions (account_id, occurred_at_us);
+CREATE INDEX IF NOT EXISTS transactions_by_applied ON transactions (applied_at_us)
+    WHERE applied_at_us IS NOT NULL;
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     client_id TEXT NOT NULL,
     idempotency_key TEXT NOT NULL,
@@ -86,6 +89,11 @@ class SqliteStore:
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The raw connection, for read-only reports; writes go through the store methods."""
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -258,6 +266,27 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         return results
+
+
+@dataclass(frozen=True)
+class AppliedDecisionRow:
+    transaction_id: str
+    accepted_at_us: int
+    decided_at_us: int
+    applied_at_us: int
+    outcome: int
+
+
+def applied_after(
+    store: SqliteStore, applied_after_us: int, *, accepted_since_us: int
+) -> list[AppliedDecisionRow]:
+    """Decisions applied after a point in time, for progress views; oldest application first."""
+    rows = store.connection.execute(
+        "SELECT transaction_id, accepted_at_us, decided_at_us, applied_at_us, outcome "
+        "FROM transactions WHERE applied_at_us > ? AND accepted_at_us >= ? ORDER BY applied_at_us",
+        (applied_after_us, accepted_since_us),
+    ).fetchall()
+    return [AppliedDecisionRow(*row) for row in rows]
 
 
 class SqliteRelayLock:

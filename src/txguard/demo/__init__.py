@@ -1,0 +1,1 @@
+"""`txguard demo`: the whole pipeline with a load generator and a live console view."""

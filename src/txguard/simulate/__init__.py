@@ -1,0 +1,1 @@
+"""Transaction simulators and load generators."""

@@ -1,0 +1,164 @@
+"""A load generator that sends realistic transactions through the gRPC API at a fixed rate."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import grpc
+
+from txguard.schema.v1.service_pb2 import CreateTransactionRequest
+from txguard.schema.v1.service_pb2_grpc import TransactionServiceStub
+from txguard.schema.v1.transaction_pb2 import Channel
+from txguard.simulate.cards import synthetic_card_number
+
+_COUNTRIES = ("DE", "FR", "NL", "BE", "ES", "IT", "GB", "US")
+_CURRENCY_BY_COUNTRY = {"GB": "GBP", "US": "USD"}
+# Codes worth retrying with the same idempotency key: the request may not have been handled.
+_RETRYABLE = {
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+@dataclass(frozen=True)
+class SyntheticAccount:
+    account_id: str
+    card_number: str
+    country: str
+    currency: str
+    typical_amount_minor: int
+    terminals: tuple[str, ...]
+    device_id: str
+
+
+class TransactionFactory:
+    """Deterministic stream of realistic requests: mostly ordinary spending, some fraud-like bursts.
+
+    A small share of accounts is 'compromised': they make sudden large purchases or rapid
+    sequences, so the demo shows every outcome, not only approvals.
+    """
+
+    def __init__(self, *, accounts: int, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self._run = uuid.UUID(int=self._rng.getrandbits(128)).hex[:8]
+        self.accounts = [self._make_account(index) for index in range(accounts)]
+        self._burst: list[SyntheticAccount] = []
+
+    def _make_account(self, index: int) -> SyntheticAccount:
+        rng = self._rng
+        country = rng.choice(_COUNTRIES)
+        return SyntheticAccount(
+            account_id=f"acct-{self._run}-{index:06d}",
+            card_number=synthetic_card_number(rng),
+            country=country,
+            currency=_CURRENCY_BY_COUNTRY.get(country, "EUR"),
+            typical_amount_minor=int(rng.uniform(500, 10_000)),
+            terminals=tuple(f"term-{rng.randrange(5_000):05d}" for _ in range(3)),
+            device_id=f"dev-{rng.getrandbits(48):012x}",
+        )
+
+    def next_request(self) -> CreateTransactionRequest:
+        rng = self._rng
+        if self._burst:
+            account = self._burst.pop()
+            amount = account.typical_amount_minor * rng.randint(3, 8)
+        else:
+            account = rng.choice(self.accounts)
+            roll = rng.random()
+            if roll < 0.004:
+                # A velocity burst: the same card used many times in quick succession.
+                self._burst = [account] * rng.randint(10, 14)
+            amount = max(1, int(rng.lognormvariate(math.log(account.typical_amount_minor), 0.6)))
+            if roll > 0.995:
+                amount = rng.randint(500_000, 2_000_000)
+        return CreateTransactionRequest(
+            idempotency_key=uuid.UUID(int=rng.getrandbits(128)).hex,
+            account_id=account.account_id,
+            amount_minor=amount,
+            currency=account.currency,
+            terminal_id=rng.choice(account.terminals),
+            card_number=account.card_number,
+            merchant_id=f"merchant-{rng.randrange(2_000):04d}",
+            channel=rng.choice((Channel.CHANNEL_CARD_PRESENT, Channel.CHANNEL_ECOMMERCE)),
+            country=account.country,
+            device_id=account.device_id,
+        )
+
+
+@dataclass
+class LoadStats:
+    sent: int = 0
+    accepted: int = 0
+    retries: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    accepted_ids: list[str] = field(default_factory=list)
+    api_latencies_ms: list[float] = field(default_factory=list)
+
+
+async def generate_load(
+    target: str,
+    factory: TransactionFactory,
+    *,
+    rate_per_second: float,
+    duration_seconds: float,
+    stop: asyncio.Event,
+    stats: LoadStats,
+    client_id: str = "txguard-demo",
+    max_in_flight: int = 256,
+) -> None:
+    """Send requests at `rate_per_second` until `duration_seconds` pass or `stop` is set."""
+    metadata = (("x-client-id", client_id),)
+    slots = asyncio.Semaphore(max_in_flight)
+    tasks: set[asyncio.Task[None]] = set()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = TransactionServiceStub(channel)
+
+        async def send(request: CreateTransactionRequest) -> None:
+            try:
+                for attempt in range(8):
+                    started = time.perf_counter()
+                    try:
+                        response = await stub.CreateTransaction(
+                            request, metadata=metadata, timeout=10
+                        )
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() in _RETRYABLE and attempt < 7:
+                            stats.retries += 1
+                            await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+                            continue
+                        stats.errors[exc.code().name] += 1
+                        return
+                    stats.api_latencies_ms.append((time.perf_counter() - started) * 1000)
+                    stats.accepted += 1
+                    stats.accepted_ids.append(response.transaction.transaction_id)
+                    return
+            finally:
+                slots.release()
+
+        interval = 1.0 / rate_per_second
+        start = time.monotonic()
+        deadline = start + duration_seconds
+        sent = 0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            due = start + sent * interval
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            await slots.acquire()
+            task = asyncio.create_task(send(factory.next_request()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+            stats.sent = sent
+        if tasks:
+            await asyncio.gather(*tasks)
