@@ -113,8 +113,8 @@ class Settings:
         shown: dict[str, str] = {}
         for field in fields(self):
             value = getattr(self, field.name)
-            shown[field.name] = "<redacted>" if field.name == "card_token_key" and value else str(
-                value
+            shown[field.name] = (
+                "<redacted>" if field.name == "card_token_key" and value else str(value)
             )
         return shown
 
