@@ -31,7 +31,7 @@ from txguard.kafka.clients import make_consumer, make_producer
 from txguard.kafka.topics import existing_partition_counts
 
 if TYPE_CHECKING:
-    from .conftest import KafkaBroker
+    from tests.conftest import KafkaBroker
 
 CLI_TIMEOUT = 240
 
