@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,7 +19,9 @@ DECISIONS_TOPIC = "txguard.fraud-decisions.v1"
 LABELS_TOPIC = "txguard.fraud-labels.v1"
 TERMINAL_RISK_TOPIC = "txguard.terminal-risk.v1"
 DLQ_TOPIC = "txguard.transactions.dlq.v1"
+# Prefix of each detector group's own state changelog (see Settings.detector_state_topic).
 DETECTOR_STATE_TOPIC = "txguard.detector-state.v1"
+_TOPIC_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class Settings:
     def local_kafka(self) -> bool:
         """True when txguard runs its own broker under `home` (no external cluster configured)."""
         return self.kafka_bootstrap is None
+
+    @property
+    def detector_state_topic(self) -> str:
+        """The detector group's own state changelog: groups never read each other's state."""
+        return f"{DETECTOR_STATE_TOPIC}.{self.detector_group}"
 
     @property
     def kafka_dir(self) -> Path:
@@ -97,6 +105,11 @@ class Settings:
             consume_batch_size=reader.integer("TXGUARD_CONSUME_BATCH_SIZE", 500, minimum=1),
             log_level=reader.text("TXGUARD_LOG_LEVEL", "INFO").upper(),
         )
+        if not _TOPIC_SAFE.match(settings.detector_group):
+            raise ConfigError(
+                "TXGUARD_DETECTOR_GROUP may only contain letters, digits, '.', '_' and '-' "
+                f"(it names the group's state topic), got {settings.detector_group!r}"
+            )
         if settings.review_threshold > settings.decline_threshold:
             raise ConfigError(
                 "TXGUARD_REVIEW_THRESHOLD must not exceed TXGUARD_DECLINE_THRESHOLD "

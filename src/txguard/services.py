@@ -9,17 +9,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
-from txguard.config import Settings
+from txguard.config import ConfigError, Settings
 from txguard.observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
 
 
 def run_service(name: str, settings: Settings, *, relay: bool = True) -> int:
+    """Run until stopped; exit code 0 after a clean stop, 2 for a configuration mistake."""
+    from txguard.fraud.changelog import ChangelogNotCopartitioned
+    from txguard.kafka.topics import TopicError
+
     configure_logging(settings.log_level, name)
+    try:
+        return _run(name, settings, relay=relay)
+    except (ConfigError, ChangelogNotCopartitioned, TopicError) as exc:
+        # A mistake the operator can fix: one clear line, no traceback.
+        print(f"txguard serve {name}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(name: str, settings: Settings, *, relay: bool) -> int:
     if name == "transactions":
         return _run_transactions(settings, relay=relay)
     runners: dict[str, Callable[[Settings, threading.Event], None]] = {

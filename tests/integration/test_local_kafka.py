@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 CLI_TIMEOUT = 240
 
+# The state changelog of the default detector group.
+DEFAULT_STATE_TOPIC = f"{DETECTOR_STATE_TOPIC}.txguard-detector"
+
 
 def _produce_one(producer: Producer, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
     """Produce one record and wait for its delivery report; returns (partition, offset)."""
@@ -111,7 +114,7 @@ def test_subscribing_consumer_group_receives_the_record(kafka_broker: KafkaBroke
 @pytest.mark.integration
 def test_state_changelog_matches_transactions_partitions(kafka_broker: KafkaBroker) -> None:
     counts = existing_partition_counts(kafka_broker.bootstrap)
-    assert counts[DETECTOR_STATE_TOPIC] == counts[TRANSACTIONS_TOPIC]
+    assert counts[DEFAULT_STATE_TOPIC] == counts[TRANSACTIONS_TOPIC]
 
 
 @pytest.mark.integration

@@ -26,6 +26,9 @@ from txguard.kafka.clients import (
 )
 from txguard.kafka.topics import DAY_MS, topic_specs
 
+# The state changelog of the default detector group.
+DEFAULT_STATE_TOPIC = f"{DETECTOR_STATE_TOPIC}.txguard-detector"
+
 
 def _settings(tmp_path: Path, **env: str) -> Settings:
     return Settings.from_env({"TXGUARD_HOME": str(tmp_path / "home"), **env})
@@ -39,7 +42,7 @@ def test_every_topic_has_a_spec(tmp_path: Path) -> None:
         LABELS_TOPIC,
         TERMINAL_RISK_TOPIC,
         DLQ_TOPIC,
-        DETECTOR_STATE_TOPIC,
+        DEFAULT_STATE_TOPIC,
     ]
 
 
@@ -51,7 +54,7 @@ def test_policies_and_retention(tmp_path: Path) -> None:
         LABELS_TOPIC: ("delete", 30 * DAY_MS),
         TERMINAL_RISK_TOPIC: ("compact", None),
         DLQ_TOPIC: ("delete", 30 * DAY_MS),
-        DETECTOR_STATE_TOPIC: ("compact", None),
+        DEFAULT_STATE_TOPIC: ("compact", None),
     }
     for name, (policy, retention) in expected.items():
         configs = specs[name].configs()
@@ -68,7 +71,7 @@ def test_state_changelog_has_the_transactions_partition_count(
         for spec in topic_specs(_settings(tmp_path, TXGUARD_TOPIC_PARTITIONS=partitions))
     }
     assert specs[TRANSACTIONS_TOPIC].partitions == int(partitions)
-    assert specs[DETECTOR_STATE_TOPIC].partitions == specs[TRANSACTIONS_TOPIC].partitions
+    assert specs[DEFAULT_STATE_TOPIC].partitions == specs[TRANSACTIONS_TOPIC].partitions
 
 
 def test_replication_and_min_insync_come_from_settings(tmp_path: Path) -> None:

@@ -142,7 +142,10 @@ async def _drive(settings: Settings, options: DemoOptions, services: list[Servic
         drain_deadline: float | None = None
         load_duration: float | None = None
         while True:
-            await asyncio.wait({load}, timeout=1.0)
+            if load.done():
+                await asyncio.sleep(0.25)
+            else:
+                await asyncio.wait({load}, timeout=1.0)
             tally.add(applied_after(store, tally.last_applied_us, accepted_since_us=run_start_us))
             now = time.monotonic()
             decided = len(tally.decided_ids)

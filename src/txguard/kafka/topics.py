@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from txguard.config import (
     DECISIONS_TOPIC,
-    DETECTOR_STATE_TOPIC,
     DLQ_TOPIC,
     LABELS_TOPIC,
     TERMINAL_RISK_TOPIC,
@@ -98,7 +97,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         spec(TERMINAL_RISK_TOPIC, "compact", None, _COMPACTED),
         spec(DLQ_TOPIC, "delete", 30 * DAY_MS),
         # The detector's state changelog: partition N holds the state of transactions partition N.
-        spec(DETECTOR_STATE_TOPIC, "compact", None, _COMPACTED, partitions=transactions_partitions),
+        spec(
+            settings.detector_state_topic,
+            "compact",
+            None,
+            _COMPACTED,
+            partitions=transactions_partitions,
+        ),
     ]
 
 
@@ -130,17 +135,24 @@ def ensure_topics(bootstrap: str, settings: Settings, *, timeout: float = 30.0) 
                     count,
                     spec.partitions,
                 )
-        state_count = existing.get(DETECTOR_STATE_TOPIC)
+        state_topic = settings.detector_state_topic
+        state_count = existing.get(state_topic)
         transactions_count = existing.get(TRANSACTIONS_TOPIC)
         if None not in (state_count, transactions_count) and state_count != transactions_count:
             log.warning(
                 "%s has %s partitions but %s has %s: detector state cannot be restored "
                 "partition by partition until they match",
-                DETECTOR_STATE_TOPIC,
+                state_topic,
                 state_count,
                 TRANSACTIONS_TOPIC,
                 transactions_count,
             )
+        if transactions_count is not None:
+            # A new group's changelog follows the transactions topic as it is, not as configured.
+            specs = [
+                replace(spec, partitions=transactions_count) if spec.name == state_topic else spec
+                for spec in specs
+            ]
         missing = [spec for spec in specs if spec.name not in existing]
         if not missing:
             return []

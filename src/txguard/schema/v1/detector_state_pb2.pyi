@@ -20,8 +20,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class AccountState(_message.Message):
-    """One account's detector state, stored in the compacted changelog txguard.detector-state.v1
-    (key = account id, same partition as the account's transactions).
+    """One account's detector state, stored in the detector group's compacted changelog
+    txguard.detector-state.v1.<group> (key = account id, same partition as the account's
+    transactions).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -35,11 +36,13 @@ class AccountState(_message.Message):
     """Highest event time (ms) seen for the account."""
     @_builtins.property
     def seen_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Event ids already decided, oldest first; bounded so the state stays small."""
+        """Event ids already decided, in arrival order; kept for max(velocity window, 1 hour) of event
+        time and at most 1,000, so the state stays small.
+        """
 
     @_builtins.property
     def recent_event_times_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Event times (ms since epoch) of the account's transactions inside the velocity window."""
+        """Event times (ms since epoch) of those events, parallel to seen_event_ids."""
 
     def __init__(
         self,

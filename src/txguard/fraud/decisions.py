@@ -1,0 +1,85 @@
+"""From a score to a verdict: the outcome thresholds and the FraudDecision event."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from txguard.config import Settings
+from txguard.fraud.scoring import ScoreResult
+from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
+from txguard.schema.v1.events_pb2 import TransactionCreated
+
+# Looked up once: attribute access on a generated enum wrapper is slow, and this runs per record.
+_APPROVE = Outcome.OUTCOME_APPROVE
+_REVIEW = Outcome.OUTCOME_REVIEW
+_DECLINE = Outcome.OUTCOME_DECLINE
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionThresholds:
+    """score >= decline: DECLINE; score >= review: REVIEW; otherwise APPROVE."""
+
+    review: float
+    decline: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.review <= self.decline <= 1.0:
+            raise ValueError(
+                f"thresholds must satisfy 0 <= review <= decline <= 1, "
+                f"got review={self.review} decline={self.decline}"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DecisionThresholds:
+        return cls(review=settings.review_threshold, decline=settings.decline_threshold)
+
+    def outcome(self, score: float) -> Outcome.ValueType:
+        if score >= self.decline:
+            return _DECLINE
+        if score >= self.review:
+            return _REVIEW
+        return _APPROVE
+
+
+def build_decision(
+    event: TransactionCreated,
+    result: ScoreResult,
+    *,
+    thresholds: DecisionThresholds,
+    model_version: str,
+    rules_version: str,
+    decided_at_us: int,
+    decision_id: str | None = None,
+) -> FraudDecision:
+    """The decision event for one transaction; accepted_at/occurred_at are copied for latency."""
+    tx = event.transaction
+    # Field by field: measurably cheaper than keyword construction, and this runs per record.
+    decision = FraudDecision()
+    decision.decision_id = decision_id or new_decision_id()
+    decision.event_id = event.event_id
+    decision.transaction_id = tx.transaction_id
+    decision.account_id = tx.account_id
+    decision.score = result.score
+    decision.outcome = thresholds.outcome(result.score)
+    for reason in result.reasons:
+        decision.reasons.add(
+            code=reason.code, description=reason.description, contribution=reason.contribution
+        )
+    decision.model_version = model_version
+    decision.rules_version = rules_version
+    seconds, micros = divmod(decided_at_us, 1_000_000)
+    decision.decided_at.seconds = seconds
+    decision.decided_at.nanos = micros * 1000
+    decision.accepted_at.CopyFrom(tx.accepted_at)
+    decision.occurred_at.CopyFrom(tx.occurred_at)
+    return decision
+
+
+def new_decision_id() -> str:
+    """A random (version 4) UUID string, as `str(uuid.uuid4())` but without the UUID object."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

@@ -1,0 +1,298 @@
+"""Helpers shared by txguard's batch loops (relay, detector, applier): one way to do each thing.
+
+- `poll_batch`: one batch `consume()`, with consumer error events logged or raised;
+- `next_offsets` / `commit_offsets`: synchronous commit of a processed batch, retried with back-off;
+- `produce_with_backpressure`: `produce()` that polls and retries while the local queue is full;
+- `wait_for_deliveries` / `close_producer`: flush with a bounded wait once the loop is stopping;
+- `wait_for_kafka`: the bootstrap address and topics, waiting while the cluster is unreachable;
+- `Backoff`: exponential back-off that a stop event interrupts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from txguard.config import Settings
+from txguard.kafka.clients import KafkaNotRunning, resolve_bootstrap
+from txguard.kafka.serde import Headers
+from txguard.kafka.topics import TopicError, ensure_topics
+
+log = logging.getLogger(__name__)
+
+# Commit rejected because the group moved on: the partition's next owner resumes from the last
+# committed offset and its restored dedup state drops what was already handled.
+_GROUP_MOVED_ON = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError.STALE_MEMBER_EPOCH,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
+# Worth retrying as is: the coordinator is moving, loading, or the group is mid-rebalance.
+_RETRY_COMMIT = frozenset(
+    {
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._WAIT_COORD,
+    }
+)
+
+
+class OffsetCommitError(RuntimeError):
+    """Offsets could not be committed: a non-retriable error, or retries ran out."""
+
+    def __init__(self, message: str, error: KafkaError | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class DeliveryTimeout(RuntimeError):
+    """Records were still undelivered when the bounded wait (on stop) ran out."""
+
+    def __init__(self, undelivered: int, waited_seconds: float) -> None:
+        super().__init__(f"{undelivered} records undelivered after {waited_seconds:.1f} s")
+        self.undelivered = undelivered
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    """A record to produce; partition -1 lets the partitioner choose from the key."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | list[tuple[str, bytes]] = ()
+    partition: int = -1
+
+
+class FailedDeliveries:
+    """A delivery callback that keeps the error of every failed delivery."""
+
+    def __init__(self) -> None:
+        self.errors: list[KafkaError] = []
+
+    def __call__(self, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self.errors.append(error)
+
+
+class Backoff:
+    """Exponential back-off: initial, x2 per failure, capped; `reset()` after a success."""
+
+    def __init__(self, initial: float = 0.1, maximum: float = 5.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._next = initial
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+    def next_delay(self) -> float:
+        delay = self._next
+        self._next = min(self.maximum, self._next * 2)
+        return delay
+
+    def sleep(self, stop: threading.Event | None = None) -> None:
+        """Wait for the next delay; returns early when `stop` is set."""
+        delay = self.next_delay()
+        if stop is None:
+            time.sleep(delay)
+        else:
+            stop.wait(delay)
+
+
+def poll_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to `max_messages` records; error events are logged (transient) or raised (fatal)."""
+    records: list[Message] = []
+    for message in consumer.consume(num_messages=max_messages, timeout=timeout):
+        error = message.error()
+        if error is None:
+            records.append(message)
+        elif error.fatal():
+            raise KafkaException(error)
+        elif error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error (librdkafka retries it): %s", error)
+    return records
+
+
+def next_offsets(messages: Iterable[Message]) -> list[TopicPartition]:
+    """The offsets to commit after a batch: last offset + 1 for each partition in it."""
+    highest: dict[tuple[str, int], int] = {}
+    for message in messages:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:
+            continue
+        key = (topic, partition)
+        if offset >= highest.get(key, -1):
+            highest[key] = offset
+    return [TopicPartition(topic, part, offset + 1) for (topic, part), offset in highest.items()]
+
+
+def commit_offsets(
+    consumer: Consumer,
+    offsets: Sequence[TopicPartition],
+    *,
+    on_retry: Callable[[], None],
+    give_up_after_seconds: float = 60.0,
+) -> bool:
+    """Commit synchronously; True once committed, False if the group has moved on.
+
+    Transient errors are retried with back-off (each retry reported through `on_retry`); a commit
+    rejected because the partitions now belong to another generation is logged and skipped, which
+    is safe: their next owner reprocesses from the last commit and deduplicates. Anything else
+    raises OffsetCommitError.
+    """
+    if not offsets:
+        return True
+    backoff = Backoff()
+    deadline = time.monotonic() + give_up_after_seconds
+    while True:
+        error = _try_commit(consumer, list(offsets))
+        if error is None:
+            return True
+        code = error.code()
+        if code == KafkaError._NO_OFFSET:
+            return True
+        if code in _GROUP_MOVED_ON:
+            log.warning(
+                "offset commit rejected (%s): the partitions' next owner will reprocess and "
+                "deduplicate",
+                error,
+            )
+            return False
+        if not (error.retriable() or code in _RETRY_COMMIT):
+            raise OffsetCommitError(f"offset commit failed: {error}", error)
+        if time.monotonic() >= deadline:
+            raise OffsetCommitError(
+                f"offset commit still failing after {give_up_after_seconds:.0f} s: {error}", error
+            )
+        on_retry()
+        log.info("offset commit failed (%s); retrying", error)
+        backoff.sleep()
+
+
+def _try_commit(consumer: Consumer, offsets: list[TopicPartition]) -> KafkaError | None:
+    try:
+        committed = consumer.commit(offsets=offsets, asynchronous=False)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError):
+            return error
+        raise OffsetCommitError(f"offset commit failed: {exc}") from exc
+    for partition in committed or ():
+        if partition.error is not None:
+            return partition.error
+    return None
+
+
+def produce_with_backpressure(
+    producer: Producer,
+    record: OutgoingRecord,
+    *,
+    on_delivery: Callable[[KafkaError | None, Message], None],
+    on_retry: Callable[[], None],
+) -> None:
+    """produce(); while librdkafka's local queue is full, serve delivery reports and try again."""
+    headers: list[tuple[str, str | bytes | None]] = list(record.headers)
+    while True:
+        try:
+            producer.produce(
+                record.topic,
+                value=record.value,
+                key=record.key,
+                partition=record.partition,
+                headers=headers,
+                on_delivery=on_delivery,
+            )
+            return
+        except BufferError:
+            on_retry()
+            producer.poll(0.05)
+
+
+def wait_for_deliveries(
+    producer: Producer,
+    *,
+    stop: threading.Event,
+    stop_grace_seconds: float,
+    what: str,
+    warn_every_seconds: float = 10.0,
+) -> None:
+    """Flush until every queued record has a delivery report.
+
+    While running, this waits as long as it takes (the broker may be down for a while; records
+    must not be skipped or reordered). Once `stop` is set it waits at most `stop_grace_seconds`
+    more and then raises DeliveryTimeout.
+    """
+    started = time.monotonic()
+    stop_seen_at: float | None = None
+    next_warning = started + warn_every_seconds
+    while True:
+        remaining = producer.flush(0.2)
+        if remaining == 0:
+            return
+        now = time.monotonic()
+        if stop.is_set():
+            stop_seen_at = stop_seen_at or now
+            if now - stop_seen_at >= stop_grace_seconds:
+                raise DeliveryTimeout(remaining, now - started)
+        if now >= next_warning:
+            log.warning(
+                "%s: %d records awaiting delivery for %.0f s (is the broker reachable?)",
+                what,
+                remaining,
+                now - started,
+            )
+            next_warning = now + warn_every_seconds
+
+
+def close_producer(producer: Producer, *, timeout: float) -> int:
+    """Flush for at most `timeout`, drop what is still queued, close. Returns the dropped count.
+
+    Dropped records were never acknowledged, so the caller has not marked or committed them:
+    they are produced again by whoever runs next.
+    """
+    remaining = producer.flush(timeout)
+    if remaining:
+        producer.purge(in_queue=True, in_flight=True, blocking=False)
+        producer.flush(1.0)
+    producer.close()
+    return remaining
+
+
+def wait_for_kafka(settings: Settings, stop: threading.Event, *, what: str) -> str | None:
+    """The bootstrap address once the cluster answers and txguard's topics exist.
+
+    Waits (with back-off) while no broker is reachable, so a service may start before Kafka.
+    Returns None if `stop` is set first. A topic that cannot be created raises TopicError.
+    """
+    backoff = Backoff(initial=0.5, maximum=10.0)
+    warned = False
+    while not stop.is_set():
+        try:
+            bootstrap = resolve_bootstrap(settings)
+            ensure_topics(bootstrap, settings, timeout=10.0)
+            if warned:
+                log.info("%s: Kafka is reachable at %s", what, bootstrap)
+            return bootstrap
+        except TopicError:
+            raise
+        except (KafkaNotRunning, KafkaException) as exc:
+            if not warned:
+                log.warning("%s: waiting for Kafka (%s)", what, exc)
+                warned = True
+        backoff.sleep(stop)
+    return None

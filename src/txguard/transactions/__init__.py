@@ -1,0 +1,1 @@
+"""The transaction API: validation, card tokenization, idempotency, group-commit writes, gRPC."""

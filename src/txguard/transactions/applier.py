@@ -1,0 +1,161 @@
+"""The decision applier: writes fraud decisions back to the store, then commits their offsets.
+
+Per batch: decode -> `apply_decisions` in one database transaction -> synchronous offset commit.
+Applying is idempotent (the first decision of a transaction wins), so a batch reprocessed after a
+crash only yields "duplicate" results. "unknown" (no such transaction in this store) is normal
+when several stores share the decisions topic. An undecodable decision is logged, counted and
+skipped: decisions are written by txguard's own detector, so one that does not decode is a bug to
+fix there, and no transaction depends on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import cast
+
+from confluent_kafka import Message
+
+from txguard.clock import now_us
+from txguard.config import DECISIONS_TOPIC, Settings
+from txguard.kafka.clients import make_consumer
+from txguard.kafka.consumer_loop import (
+    Backoff,
+    commit_offsets,
+    next_offsets,
+    poll_batch,
+    wait_for_kafka,
+)
+from txguard.kafka.serde import InvalidEvent, decode_decision
+from txguard.schema.v1.decision_pb2 import FraudDecision
+from txguard.store.interface import DecisionApplied, TransactionStore
+from txguard.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+CONSUME_TIMEOUT_SECONDS = 0.1
+STATS_LOG_INTERVAL_SECONDS = 30.0
+# A locked database is retried this long before the applier gives up and exits.
+STORE_RETRY_SECONDS = 120.0
+
+
+class DecisionApplyError(RuntimeError):
+    """The store kept failing to apply a batch of decisions."""
+
+
+@dataclass
+class ApplierStats:
+    consumed: int = 0  # records consumed
+    applied: int = 0  # decisions written to a pending transaction
+    duplicates: int = 0  # the transaction already had a decision (replay or redelivery)
+    unknown: int = 0  # no such transaction in this store
+    invalid: int = 0  # records that did not decode as a FraudDecision; skipped
+    retries: int = 0  # store or commit attempts retried
+    batches: int = 0  # batches committed
+
+
+class DecisionApplier:
+    """Applies decisions from the decisions topic to one store."""
+
+    def __init__(self, settings: Settings, *, store: TransactionStore | None = None) -> None:
+        self.settings = settings
+        self.stats = ApplierStats()
+        self._store = store
+        self._owns_store = store is None
+
+    def run(self, stop: threading.Event) -> None:
+        """Apply until `stop` is set; the batch in hand is applied and committed first."""
+        bootstrap = wait_for_kafka(self.settings, stop, what="decision applier")
+        if bootstrap is None:
+            return
+        store = self._open_store()
+        consumer = make_consumer(
+            bootstrap, group_id=self.settings.applier_group, client_id="txguard-applier"
+        )
+        stats_logged_at = time.monotonic()
+        try:
+            consumer.subscribe([DECISIONS_TOPIC])
+            while not stop.is_set():
+                records = poll_batch(
+                    consumer, self.settings.consume_batch_size, CONSUME_TIMEOUT_SECONDS
+                )
+                if records:
+                    # Store first, offsets second: a crash in between re-applies the batch,
+                    # which the store turns into duplicates.
+                    self.apply_batch(records, store)
+                    commit_offsets(consumer, next_offsets(records), on_retry=self._count_retry)
+                    self.stats.batches += 1
+                if time.monotonic() - stats_logged_at >= STATS_LOG_INTERVAL_SECONDS:
+                    stats_logged_at = time.monotonic()
+                    log.info("decision applier: %s", asdict(self.stats))
+        finally:
+            consumer.close()
+            if self._owns_store:
+                store.close()
+                self._store = None
+            log.info("decision applier stopped: %s", asdict(self.stats))
+
+    def apply_batch(
+        self, records: Sequence[Message], store: TransactionStore | None = None
+    ) -> list[DecisionApplied]:
+        """Decode the records and apply their decisions in one database transaction."""
+        store = store or self._open_store()
+        decisions = self.decode_batch(records)
+        if not decisions:
+            return []
+        results = self._apply_with_retry(store, decisions)
+        for result in results:
+            if result.result == "applied":
+                self.stats.applied += 1
+            elif result.result == "duplicate":
+                self.stats.duplicates += 1
+            else:
+                self.stats.unknown += 1
+        return results
+
+    def decode_batch(self, records: Sequence[Message]) -> list[FraudDecision]:
+        decisions: list[FraudDecision] = []
+        for message in records:
+            self.stats.consumed += 1
+            headers = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
+            try:
+                decisions.append(decode_decision(message.value(), headers))
+            except InvalidEvent as exc:
+                self.stats.invalid += 1
+                log.error(
+                    "skipping undecodable decision %s[%s]@%s (%s): %s",
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    exc.kind,
+                    exc,
+                )
+        return decisions
+
+    def _apply_with_retry(
+        self, store: TransactionStore, decisions: list[FraudDecision]
+    ) -> list[DecisionApplied]:
+        backoff = Backoff(initial=0.2, maximum=5.0)
+        deadline = time.monotonic() + STORE_RETRY_SECONDS
+        while True:
+            try:
+                return store.apply_decisions(decisions, now_us())
+            except sqlite3.OperationalError as exc:
+                # "database is locked" after the busy timeout: another writer held it too long.
+                if time.monotonic() >= deadline:
+                    raise DecisionApplyError(f"store kept failing: {exc}") from exc
+                self.stats.retries += 1
+                log.warning("applying decisions failed (%s); retrying", exc)
+                backoff.sleep()
+
+    def _open_store(self) -> TransactionStore:
+        if self._store is None:
+            self._store = SqliteStore(self.settings.store_path)
+        return self._store
+
+    def _count_retry(self) -> None:
+        self.stats.retries += 1

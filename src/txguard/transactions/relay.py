@@ -1,0 +1,271 @@
+"""The outbox relay: publishes the store's outbox to Kafka in commit order, then marks it sent.
+
+Only one relay publishes a store at a time (a lock file beside the database). Each round reads the
+oldest unpublished events, produces them with the idempotent producer, waits for every delivery
+report, and marks published exactly those that were acknowledged. A failed delivery is not marked:
+the relay backs off, starts a fresh producer and resends from the oldest unpublished event.
+Duplicates are fine downstream (consumers deduplicate by event id); reordering is not, so there is
+no message timeout: during a broker outage librdkafka keeps retrying in order and the round waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from txguard.clock import now_us
+from txguard.config import Settings
+from txguard.kafka.clients import make_producer, resolve_bootstrap
+from txguard.kafka.consumer_loop import (
+    Backoff,
+    DeliveryTimeout,
+    OutgoingRecord,
+    close_producer,
+    produce_with_backpressure,
+    wait_for_deliveries,
+    wait_for_kafka,
+)
+from txguard.store.interface import PendingOutboxEvent, RelayLock, TransactionStore
+from txguard.store.sqlite import SqliteRelayLock, SqliteStore
+
+log = logging.getLogger(__name__)
+
+# Between rounds when the outbox was empty: bounds the added latency, costs one indexed query.
+IDLE_POLL_SECONDS = 0.05
+LOCK_RETRY_SECONDS = 1.0
+PRUNE_INTERVAL_SECONDS = 60.0
+# On stop, how long the in-flight round may still wait for its delivery reports.
+STOP_GRACE_SECONDS = 10.0
+STATS_LOG_INTERVAL_SECONDS = 30.0
+
+
+class RelayLockHeld(RuntimeError):
+    """Another relay holds this store's outbox; this one must not publish it."""
+
+
+class RelayDeliveryFailed(RuntimeError):
+    """Some events of a round were not acknowledged; they stay unpublished and are resent."""
+
+    def __init__(self, failed: int, first_error: KafkaError) -> None:
+        super().__init__(f"{failed} outbox events not delivered (first error: {first_error})")
+        self.failed = failed
+        self.first_error = first_error
+
+
+@dataclass
+class RelayStats:
+    published: int = 0  # events acknowledged by Kafka and marked published
+    failed_deliveries: int = 0  # delivery reports with an error (the events are resent)
+    retries: int = 0  # full local queue, or a round restarted after failed deliveries
+    pruned: int = 0  # published events deleted after the retention period
+
+
+class _RoundDeliveries:
+    """Delivery outcome of each outbox event of one round, by outbox sequence number."""
+
+    def __init__(self) -> None:
+        self.delivered: list[int] = []
+        self.errors: list[KafkaError] = []
+
+    def report(self, seq: int, error: KafkaError | None, _message: Message) -> None:
+        if error is None:
+            self.delivered.append(seq)
+        else:
+            self.errors.append(error)
+
+
+class OutboxRelay:
+    """Publishes one store's outbox. `run(stop)` loops; `publish_pending()` is one round.
+
+    The store is opened lazily on the thread that publishes (SQLite connections belong to one
+    thread); a store passed in must be used from that thread too, and is not closed here.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: TransactionStore | None = None,
+        lock: RelayLock | None = None,
+        bootstrap: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stats = RelayStats()
+        self._store = store
+        self._owns_store = store is None
+        self._lock: RelayLock = lock or SqliteRelayLock(settings.store_path)
+        self._lock_held = False
+        self._bootstrap = bootstrap
+        self._producer: Producer | None = None
+        self._pruned_at = 0.0
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish until `stop` is set; then finish the round in flight (bounded) and release."""
+        try:
+            if not self._wait_for_lock(stop):
+                return
+            if self._bootstrap is None:
+                self._bootstrap = wait_for_kafka(self.settings, stop, what="outbox relay")
+                if self._bootstrap is None:
+                    return
+            backoff = Backoff(initial=0.2, maximum=10.0)
+            stats_logged_at = time.monotonic()
+            while not stop.is_set():
+                try:
+                    published = self.publish_pending(stop)
+                except RelayDeliveryFailed as exc:
+                    log.warning("outbox relay: %s; resending with a new producer", exc)
+                    self.stats.retries += 1
+                    self._drop_producer()
+                    backoff.sleep(stop)
+                    continue
+                except DeliveryTimeout as exc:
+                    log.warning("outbox relay stopping with events in flight: %s", exc)
+                    break
+                except Exception:
+                    # The relay must outlive any one failure (a locked database, a producer
+                    # error): nothing is marked unless acknowledged, so trying again is safe.
+                    log.exception("outbox relay round failed; retrying")
+                    self.stats.retries += 1
+                    self._drop_producer()
+                    backoff.sleep(stop)
+                    continue
+                backoff.reset()
+                self.prune_published_if_due()
+                if time.monotonic() - stats_logged_at >= STATS_LOG_INTERVAL_SECONDS:
+                    stats_logged_at = time.monotonic()
+                    log.info("outbox relay: %s", asdict(self.stats))
+                if published < self.settings.relay_batch_size:
+                    stop.wait(IDLE_POLL_SECONDS)
+        finally:
+            self.close()
+
+    def publish_pending(self, stop: threading.Event | None = None) -> int:
+        """One round: publish the oldest unpublished events; returns how many were marked.
+
+        Raises RelayLockHeld if another relay holds the store, RelayDeliveryFailed if any event was
+        not acknowledged (the acknowledged ones are marked all the same), DeliveryTimeout if
+        `stop` is set and the reports do not arrive within the grace period.
+        """
+        if not self._lock_held:
+            if not self._lock.try_acquire():
+                raise RelayLockHeld(f"another relay publishes the outbox of {self._store_path()}")
+            self._lock_held = True
+        store = self._open_store()
+        pending = store.pending_outbox(self.settings.relay_batch_size)
+        if not pending:
+            return 0
+        producer = self._get_producer()
+        deliveries = _RoundDeliveries()
+        try:
+            for item in pending:
+                produce_with_backpressure(
+                    producer,
+                    _outgoing(item),
+                    on_delivery=partial(deliveries.report, item.seq),
+                    on_retry=self._count_retry,
+                )
+            # Wait for every report before reading the next round: rounds never overlap, so
+            # a later event can never overtake an earlier one that is being retried.
+            wait_for_deliveries(
+                producer,
+                stop=stop or threading.Event(),
+                stop_grace_seconds=STOP_GRACE_SECONDS,
+                what="outbox relay",
+            )
+        finally:
+            # Whatever was acknowledged is marked, even when the round ends early.
+            if deliveries.delivered:
+                store.mark_published(deliveries.delivered, now_us())
+                self.stats.published += len(deliveries.delivered)
+        if deliveries.errors:
+            self.stats.failed_deliveries += len(deliveries.errors)
+            raise RelayDeliveryFailed(len(deliveries.errors), deliveries.errors[0])
+        return len(deliveries.delivered)
+
+    def prune_published(self, now: int | None = None) -> int:
+        """Delete events published more than `outbox_retention_seconds` ago; returns how many."""
+        store = self._open_store()
+        retention_us = self.settings.outbox_retention_seconds * 1_000_000
+        pruned = store.prune_published((now_us() if now is None else now) - retention_us)
+        self.stats.pruned += pruned
+        if pruned:
+            log.info("outbox relay: pruned %d published events", pruned)
+        return pruned
+
+    def prune_published_if_due(self) -> None:
+        if time.monotonic() - self._pruned_at >= PRUNE_INTERVAL_SECONDS:
+            self._pruned_at = time.monotonic()
+            self.prune_published()
+
+    def close(self) -> None:
+        """Close the producer (bounded wait), the store if opened here, and release the lock."""
+        self._drop_producer(timeout=STOP_GRACE_SECONDS)
+        if self._owns_store and self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._lock_held:
+            self._lock.release()
+            self._lock_held = False
+
+    def _wait_for_lock(self, stop: threading.Event) -> bool:
+        logged = False
+        while not stop.is_set():
+            if self._lock.try_acquire():
+                self._lock_held = True
+                if logged:
+                    log.info("outbox relay: lock acquired; publishing")
+                return True
+            if not logged:
+                log.info(
+                    "outbox relay: another relay publishes %s; waiting for its lock",
+                    self._store_path(),
+                )
+                logged = True
+            stop.wait(LOCK_RETRY_SECONDS)
+        return False
+
+    def _open_store(self) -> TransactionStore:
+        if self._store is None:
+            self._store = SqliteStore(self.settings.store_path)
+        return self._store
+
+    def _store_path(self) -> str:
+        return str(self.settings.store_path)
+
+    def _get_producer(self) -> Producer:
+        if self._producer is None:
+            if self._bootstrap is None:
+                self._bootstrap = resolve_bootstrap(self.settings)
+            overrides: dict[str, Any] = {
+                "enable.idempotence": True,
+                "acks": "all",
+                # Infinite: a message never expires, so an outage can only delay it, not
+                # fail it and let a later event overtake it on resend.
+                "message.timeout.ms": 0,
+            }
+            self._producer = make_producer(
+                self._bootstrap, client_id="txguard-outbox-relay", **overrides
+            )
+        return self._producer
+
+    def _drop_producer(self, timeout: float = 0.0) -> None:
+        if self._producer is not None:
+            dropped = close_producer(self._producer, timeout=timeout)
+            if dropped:
+                log.info("outbox relay: %d unacknowledged events left unpublished", dropped)
+            self._producer = None
+
+    def _count_retry(self) -> None:
+        self.stats.retries += 1
+
+
+def _outgoing(item: PendingOutboxEvent) -> OutgoingRecord:
+    event = item.event
+    return OutgoingRecord(event.topic, event.key, event.payload, event.headers)

@@ -1,0 +1,274 @@
+"""What is written for an accepted transaction, and the group-commit writer that writes it.
+
+One writer thread owns one store connection and drains a queue of pending records: it takes
+whatever is queued (up to `max_batch`, never waiting for more), records the batch in one database
+transaction, and hands each result back to the event loop. While one commit is in progress the
+next batch accumulates, so the batch size follows the load and an idle server commits at once.
+Reads go through `TransactionReader`, a second connection on its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, TypeAlias
+
+from txguard.config import TRANSACTIONS_TOPIC
+from txguard.kafka.serde import encode_transaction_created
+from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.v1.service_pb2 import CreateTransactionRequest, CreateTransactionResponse
+from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
+from txguard.store.interface import (
+    IdempotencyKeyReused,
+    NewTransaction,
+    OutboxEvent,
+    RecordOutcome,
+    TransactionStore,
+)
+from txguard.transactions.card import CardToken
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH: Final = 256
+
+
+class StoreWriteFailed(Exception):
+    """The batch holding this record could not be written; nothing of it was stored."""
+
+
+class WriterClosed(RuntimeError):
+    """A record was submitted after `TransactionWriter.close()`."""
+
+
+# Per record: stored (or replayed), key reused with another payload, or the write failed.
+WriteResult: TypeAlias = RecordOutcome | IdempotencyKeyReused | StoreWriteFailed
+OnRecorded: TypeAlias = Callable[[WriteResult], None]
+StoreFactory: TypeAlias = Callable[[], TransactionStore]
+
+
+def _uuid_text(value: bytes | bytearray) -> str:
+    text = value.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def new_ids(now_us: int) -> tuple[str, str]:
+    """A transaction id (UUIDv7) and an event id (UUIDv4), from one call for random bytes.
+
+    The transaction id is time-ordered (48-bit Unix milliseconds first): primary-key inserts land
+    at the right edge of the B-tree instead of scattering over it as random UUIDs do.
+    """
+    rand = bytearray(os.urandom(26))
+    v7 = bytearray(((now_us // 1000) & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")) + rand[:10]
+    v7[6] = 0x70 | (v7[6] & 0x0F)
+    v7[8] = 0x80 | (v7[8] & 0x3F)
+    v4 = rand[10:]
+    v4[6] = 0x40 | (v4[6] & 0x0F)
+    v4[8] = 0x80 | (v4[8] & 0x3F)
+    return _uuid_text(v7), _uuid_text(v4)
+
+
+def accepted_transaction(
+    *,
+    client_id: str,
+    request: CreateTransactionRequest,
+    card: CardToken,
+    fingerprint: bytes,
+    now_us: int,
+) -> tuple[NewTransaction, CreateTransactionResponse]:
+    """The record to store for a valid request, and the response it will be answered with.
+
+    `request.card_number` is never read here: the card enters only as its token.
+    """
+    transaction_id, event_id = new_ids(now_us)
+    response = CreateTransactionResponse()
+    tx = response.transaction
+    tx.transaction_id = transaction_id
+    tx.client_id = client_id
+    tx.idempotency_key = request.idempotency_key
+    tx.account_id = request.account_id
+    tx.amount_minor = request.amount_minor
+    tx.currency = request.currency
+    tx.terminal_id = request.terminal_id
+    tx.merchant_id = request.merchant_id
+    tx.card_token = card.token
+    tx.card_bin = card.bin
+    tx.card_last4 = card.last4
+    tx.channel = request.channel
+    tx.country = request.country
+    tx.device_id = request.device_id
+    accepted_at = tx.accepted_at
+    accepted_at.seconds, micros = divmod(now_us, 1_000_000)
+    accepted_at.nanos = micros * 1000
+    tx.occurred_at.CopyFrom(request.occurred_at if request.HasField("occurred_at") else accepted_at)
+    tx.status = TransactionStatus.TRANSACTION_STATUS_PENDING
+    encoded = encode_transaction_created(TransactionCreated(event_id=event_id, transaction=tx))
+    record = NewTransaction(
+        client_id=client_id,
+        idempotency_key=request.idempotency_key,
+        request_fingerprint=fingerprint,
+        transaction=tx,
+        response=response.SerializeToString(),
+        outbox_event=OutboxEvent(
+            event_id=event_id,
+            topic=TRANSACTIONS_TOPIC,
+            key=encoded.key,
+            payload=encoded.value,
+            headers=encoded.headers,
+        ),
+    )
+    return record, response
+
+
+_Pending: TypeAlias = tuple[NewTransaction, OnRecorded]
+
+
+class TransactionWriter:
+    """Group commit of `NewTransaction`s through one store connection on one thread.
+
+    `submit` is called on the event loop; each callback runs later on that same loop, exactly once
+    per record, with the record's `WriteResult`. `close` writes whatever is still queued first.
+    """
+
+    def __init__(
+        self,
+        open_store: StoreFactory,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._open_store = open_store
+        self._loop = loop
+        self._max_batch = max_batch
+        # None is the stop marker, queued by close() behind everything submitted before it.
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, name="txguard-transaction-writer", daemon=True
+        )
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._closed = False
+        # Written by the writer thread only; read for statistics.
+        self.batches_written = 0
+        self.records_written = 0
+
+    def start(self) -> None:
+        """Open the store on the writer thread; raises what opening it raised."""
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            self._closed = True
+            raise self._startup_error
+
+    def submit(self, record: NewTransaction, on_recorded: OnRecorded) -> None:
+        if self._closed:
+            raise WriterClosed("the transaction writer is closed")
+        self._queue.put((record, on_recorded))
+
+    async def record(self, record: NewTransaction) -> WriteResult:
+        """Submit one record and wait for its result."""
+        future: asyncio.Future[WriteResult] = self._loop.create_future()
+
+        def resolve(result: WriteResult) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        self.submit(record, resolve)
+        return await future
+
+    def close(self) -> None:
+        """Write everything submitted so far, close the store and stop the thread (blocking)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            store = self._open_store()
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < self._max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    batch.append(item)
+                self._write(store, batch)
+        finally:
+            store.close()
+
+    def _write(self, store: TransactionStore, batch: Sequence[_Pending]) -> None:
+        results: Sequence[WriteResult]
+        try:
+            results = store.record_transactions([record for record, _ in batch])
+        except Exception:
+            log.exception("storing a batch of %d transactions failed", len(batch))
+            failure = StoreWriteFailed("the transaction could not be stored")
+            results = [failure] * len(batch)
+        else:
+            self.batches_written += 1
+            self.records_written += len(batch)
+        callbacks = [callback for _, callback in batch]
+        try:
+            self._loop.call_soon_threadsafe(_deliver, callbacks, results)
+        except RuntimeError:
+            # The loop is gone: nobody is waiting any more; what was stored stays stored.
+            log.warning("event loop closed; %d write results dropped", len(batch))
+
+
+def _deliver(callbacks: Sequence[OnRecorded], results: Sequence[WriteResult]) -> None:
+    for callback, result in zip(callbacks, results, strict=True):
+        try:
+            callback(result)
+        except Exception:
+            log.exception("handling a write result failed")
+
+
+class TransactionReader:
+    """Point reads on a second store connection, on its own thread, off the event loop."""
+
+    def __init__(self, open_store: StoreFactory) -> None:
+        self._open_store = open_store
+        self._store: TransactionStore | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txguard-reader")
+
+    async def get_transaction(self, transaction_id: str) -> Transaction | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._get, transaction_id)
+
+    def close(self) -> None:
+        """Close the connection on its own thread and stop the thread (blocking)."""
+        self._executor.submit(self._close_store).result()
+        self._executor.shutdown(wait=True)
+
+    def _get(self, transaction_id: str) -> Transaction | None:
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store.get_transaction(transaction_id)
+
+    def _close_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None

@@ -1,0 +1,221 @@
+"""End-to-end acceptance: gRPC → store → outbox → Kafka → detector → applier, real processes."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import (
+    Pipeline,
+    make_customers,
+    make_requests,
+    open_store_readonly,
+    read_topic,
+    send_with_retries,
+    wait_for_decisions,
+)
+from txguard.config import DECISIONS_TOPIC, TRANSACTIONS_TOPIC
+from txguard.schema.v1.decision_pb2 import FraudDecision
+from txguard.schema.v1.events_pb2 import TransactionCreated
+
+pytestmark = pytest.mark.integration
+
+ALL_SERVICES = ("transactions", "detector", "applier")
+
+
+@pytest.fixture
+def pipeline(txguard_env: dict[str, str], tmp_path: Path):
+    running = Pipeline(txguard_env, tmp_path / "logs")
+    yield running
+    codes = running.stop_all()
+    assert all(code == 0 for code in codes.values()), (codes, running.logs()[-5000:])
+
+
+def store_path(pipeline: Pipeline) -> Path:
+    return Path(pipeline.env["TXGUARD_STORE_PATH"])
+
+
+def transactions_on_kafka(bootstrap: str, accounts: set[str]) -> list[TransactionCreated]:
+    events = []
+    for record in read_topic(bootstrap, TRANSACTIONS_TOPIC):
+        if record.key is not None and record.key.decode(errors="replace") in accounts:
+            events.append(TransactionCreated.FromString(record.value or b""))
+    return events
+
+
+def decisions_on_kafka(bootstrap: str, accounts: set[str]) -> list[FraudDecision]:
+    decisions = []
+    for record in read_topic(bootstrap, DECISIONS_TOPIC):
+        if record.key is not None and record.key.decode(errors="replace") in accounts:
+            decisions.append(FraudDecision.FromString(record.value or b""))
+    return decisions
+
+
+def assert_exactly_one_applied_decision(path: Path, transaction_ids: set[str]) -> None:
+    with open_store_readonly(path) as db:
+        rows = db.execute("SELECT transaction_id, decision_id, status FROM transactions").fetchall()
+    stored = {row[0]: row for row in rows}
+    assert set(stored) == transaction_ids, "store holds exactly the acknowledged transactions"
+    assert all(row[1] for row in stored.values()), "every transaction has its applied decision"
+
+
+def assert_per_account_order(
+    events: list[TransactionCreated], decisions: list[FraudDecision]
+) -> None:
+    """Decisions of each account come in the order its transactions were published."""
+    published: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        ids = published[event.transaction.account_id]
+        if event.transaction.transaction_id not in ids:
+            ids.append(event.transaction.transaction_id)
+    decided: dict[str, list[str]] = defaultdict(list)
+    for decision in decisions:
+        ids = decided[decision.account_id]
+        if decision.transaction_id not in ids:
+            ids.append(decision.transaction_id)
+    assert decided == published
+
+
+def test_idempotent_replays_give_one_transaction_and_one_decision_each(
+    pipeline: Pipeline, kafka_broker
+) -> None:
+    pipeline.start(*ALL_SERVICES)
+    customers = make_customers(50, seed=1)
+    requests = make_requests(customers, 1000, seed=2)
+    # Every request three times, and the first one ten times at once.
+    copies = [requests[0]] * 10 + requests * 3
+    result = asyncio.run(send_with_retries(pipeline.grpc_target, copies, concurrency=64))
+    assert result.final_errors == []
+    assert len(result.acknowledged) == 1000
+    ids = set(result.acknowledged.values())
+    assert len(ids) == 1000
+    assert wait_for_decisions(store_path(pipeline), ids) == set()
+    assert_exactly_one_applied_decision(store_path(pipeline), ids)
+    accounts = {c.account_id for c in customers}
+    events = transactions_on_kafka(kafka_broker.bootstrap, accounts)
+    assert {e.transaction.transaction_id for e in events} == ids
+
+
+def test_transaction_service_sigkill_loses_nothing(pipeline: Pipeline, kafka_broker) -> None:
+    pipeline.start(*ALL_SERVICES)
+    customers = make_customers(100, seed=3)
+    requests = make_requests(customers, 5000, seed=4)
+    kills = 0
+    done = threading.Event()
+
+    def killer() -> None:
+        nonlocal kills
+        while kills < 5 and not done.is_set():
+            time.sleep(1.5)
+            pipeline.kill("transactions")
+            kills += 1
+            pipeline.start("transactions")
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        result = asyncio.run(
+            send_with_retries(pipeline.grpc_target, requests, concurrency=32, rate_per_second=600)
+        )
+    finally:
+        done.set()
+        thread.join()
+    assert kills == 5, "the service was killed five times while the client was sending"
+    assert result.final_errors == []
+    ids = set(result.acknowledged.values())
+    assert len(ids) == 5000
+    assert wait_for_decisions(store_path(pipeline), ids) == set()
+    assert_exactly_one_applied_decision(store_path(pipeline), ids)
+    with open_store_readonly(store_path(pipeline)) as db:
+        unpublished = db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE published_at_us IS NULL"
+        ).fetchone()[0]
+    assert unpublished == 0
+    accounts = {c.account_id for c in customers}
+    events = transactions_on_kafka(kafka_broker.bootstrap, accounts)
+    assert {e.transaction.transaction_id for e in events} == ids, "every stored row has its event"
+    assert_per_account_order(events, decisions_on_kafka(kafka_broker.bootstrap, accounts))
+
+
+def test_broker_outage_api_keeps_accepting_and_backlog_drains(
+    pipeline: Pipeline, kafka_broker
+) -> None:
+    pipeline.start(*ALL_SERVICES)
+    customers = make_customers(40, seed=5)
+    before = make_requests(customers, 300, seed=6)
+    during = make_requests(customers, 1500, seed=7)
+    after = make_requests(customers, 300, seed=8)
+    target = pipeline.grpc_target
+    first = asyncio.run(send_with_retries(target, before, rate_per_second=200))
+    kafka_broker.stop()
+    try:
+        outage_started = time.monotonic()
+        # The API answers from the store alone: no retries needed while Kafka is away.
+        second = asyncio.run(send_with_retries(target, during, rate_per_second=50))
+        remaining = 30 - (time.monotonic() - outage_started)
+        if remaining > 0:
+            time.sleep(remaining)
+    finally:
+        kafka_broker.start()
+    third = asyncio.run(send_with_retries(target, after, rate_per_second=200))
+    assert second.retries == 0 and second.final_errors == []
+    acknowledged = first.acknowledged | second.acknowledged | third.acknowledged
+    ids = set(acknowledged.values())
+    assert len(ids) == 2100
+    assert wait_for_decisions(store_path(pipeline), ids, timeout=240) == set()
+    assert_exactly_one_applied_decision(store_path(pipeline), ids)
+    accounts = {c.account_id for c in customers}
+    events = transactions_on_kafka(kafka_broker.bootstrap, accounts)
+    assert {e.transaction.transaction_id for e in events} == ids
+    assert_per_account_order(events, decisions_on_kafka(kafka_broker.bootstrap, accounts))
+
+
+def test_detector_sigkill_loses_nothing_and_applies_each_decision_once(
+    pipeline: Pipeline, kafka_broker
+) -> None:
+    pipeline.start(*ALL_SERVICES)
+    customers = make_customers(100, seed=9)
+    requests = make_requests(customers, 4000, seed=10)
+    kills = 0
+    done = threading.Event()
+
+    def killer() -> None:
+        nonlocal kills
+        while kills < 5 and not done.is_set():
+            time.sleep(1.0)
+            pipeline.kill("detector")
+            kills += 1
+            pipeline.start("detector")
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        result = asyncio.run(send_with_retries(pipeline.grpc_target, requests, rate_per_second=500))
+    finally:
+        done.set()
+        thread.join()
+    assert kills == 5
+    ids = set(result.acknowledged.values())
+    assert len(ids) == 4000
+    assert wait_for_decisions(store_path(pipeline), ids, timeout=240) == set()
+    assert_exactly_one_applied_decision(store_path(pipeline), ids)
+    accounts = {c.account_id for c in customers}
+    decisions = decisions_on_kafka(kafka_broker.bootstrap, accounts)
+    per_transaction = Counter(d.transaction_id for d in decisions)
+    assert set(per_transaction) == ids
+    extra_decisions = sum(per_transaction.values()) - len(ids)
+    # Stop the applier cleanly so that it reports what it counted.
+    assert pipeline.stop("applier") == 0
+    applier_log = (pipeline.log_dir / "applier.log").read_text()
+    final = re.findall(r"decision applier stopped: (\{.*\})", applier_log)
+    assert final, applier_log[-3000:]
+    assert ast.literal_eval(final[-1])["duplicates"] == extra_decisions
+    events = transactions_on_kafka(kafka_broker.bootstrap, accounts)
+    assert_per_account_order(events, decisions)

@@ -1,0 +1,196 @@
+"""The decision applier against a real broker and a real SQLite store."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import pytest
+from confluent_kafka import KafkaError, Message, Producer
+
+from txguard.clock import now_us, timestamp_from_us
+from txguard.config import DECISIONS_TOPIC, TRANSACTIONS_TOPIC, Settings
+from txguard.kafka import serde
+from txguard.kafka.clients import make_producer
+from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome, Reason
+from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
+from txguard.store.interface import NewTransaction, OutboxEvent
+from txguard.store.sqlite import SqliteStore
+from txguard.transactions.applier import ApplierStats, DecisionApplier
+
+if TYPE_CHECKING:
+    from tests.conftest import KafkaBroker
+
+pytestmark = pytest.mark.integration
+
+
+def stored_transaction(account_id: str) -> NewTransaction:
+    now = now_us()
+    tx = Transaction(
+        transaction_id=str(uuid.uuid4()),
+        client_id="applier-test",
+        idempotency_key=str(uuid.uuid4()),
+        account_id=account_id,
+        amount_minor=1_000,
+        currency="EUR",
+        status=TransactionStatus.TRANSACTION_STATUS_PENDING,
+    )
+    tx.occurred_at.FromMicroseconds(now)
+    tx.accepted_at.FromMicroseconds(now)
+    encoded = serde.encode_transaction_created(TransactionCreated(event_id="e", transaction=tx))
+    return NewTransaction(
+        client_id=tx.client_id,
+        idempotency_key=tx.idempotency_key,
+        request_fingerprint=b"fp",
+        transaction=tx,
+        response=b"",
+        outbox_event=OutboxEvent(
+            event_id=str(uuid.uuid4()),
+            topic=TRANSACTIONS_TOPIC,
+            key=encoded.key,
+            payload=encoded.value,
+            headers=encoded.headers,
+        ),
+    )
+
+
+def decision_for(tx: Transaction, outcome: Outcome.ValueType, score: float) -> FraudDecision:
+    return FraudDecision(
+        decision_id=str(uuid.uuid4()),
+        event_id=str(uuid.uuid4()),
+        transaction_id=tx.transaction_id,
+        account_id=tx.account_id,
+        score=score,
+        outcome=outcome,
+        reasons=[Reason(code="rule.amount_threshold", description="big", contribution=1.0)],
+        model_version="rules-only",
+        rules_version="rules-1",
+        decided_at=timestamp_from_us(now_us()),
+    )
+
+
+def publish(producer: Producer, decisions: list[FraudDecision]) -> None:
+    errors: list[KafkaError] = []
+
+    def report(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            errors.append(error)
+
+    for decision in decisions:
+        encoded = serde.encode_decision(decision)
+        producer.produce(
+            DECISIONS_TOPIC,
+            key=encoded.key,
+            value=encoded.value,
+            headers=list(encoded.headers),
+            on_delivery=report,
+        )
+    assert producer.flush(30) == 0
+    assert not errors, errors
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+@contextmanager
+def running_applier(settings: Settings) -> Iterator[ApplierStats]:
+    applier = DecisionApplier(settings)  # opens its own store connection on its thread
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            applier.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="decision-applier")
+    thread.start()
+    try:
+        yield applier.stats
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive(), "applier did not stop within 60 s"
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def settings(txguard_env: dict[str, str]) -> Settings:
+    return Settings.from_env(txguard_env)
+
+
+@pytest.fixture
+def producer(kafka_broker: KafkaBroker) -> Iterator[Producer]:
+    producer = make_producer(kafka_broker.bootstrap, client_id="test-applier-producer")
+    yield producer
+    producer.close()
+
+
+def test_applies_decisions_and_absorbs_replays(settings: Settings, producer: Producer) -> None:
+    store = SqliteStore(settings.store_path)
+    try:
+        account = f"apply-{uuid.uuid4().hex[:10]}"
+        items = [stored_transaction(account) for _ in range(3)]
+        store.record_transactions(items)
+        declined, approved, reviewed = (item.transaction for item in items)
+        first = [
+            decision_for(declined, Outcome.OUTCOME_DECLINE, 0.9),
+            decision_for(approved, Outcome.OUTCOME_APPROVE, 0.1),
+            decision_for(reviewed, Outcome.OUTCOME_REVIEW, 0.6),
+        ]
+        unknown_tx = stored_transaction(account).transaction  # never stored here
+        publish(producer, [*first, decision_for(unknown_tx, Outcome.OUTCOME_APPROVE, 0.0)])
+
+        with running_applier(settings) as stats:
+            wait_until(lambda: stats.applied == 3)
+            statuses = {
+                tx.transaction_id: store.get_transaction(tx.transaction_id)
+                for tx in (declined, approved, reviewed)
+            }
+            assert {k: v.status for k, v in statuses.items() if v} == {
+                declined.transaction_id: TransactionStatus.TRANSACTION_STATUS_DECLINED,
+                approved.transaction_id: TransactionStatus.TRANSACTION_STATUS_APPROVED,
+                reviewed.transaction_id: TransactionStatus.TRANSACTION_STATUS_IN_REVIEW,
+            }
+            applied = store.get_transaction(declined.transaction_id)
+            assert applied is not None and applied.decision == first[0]
+            assert stats.unknown >= 1
+
+            # A redelivered decision, and a later different one: the first decision stays.
+            late = decision_for(declined, Outcome.OUTCOME_APPROVE, 0.0)
+            publish(producer, [first[0], late])
+            wait_until(lambda: stats.duplicates == 2)
+            assert stats.applied == 3
+        after = store.get_transaction(declined.transaction_id)
+        assert after is not None
+        assert after.status == TransactionStatus.TRANSACTION_STATUS_DECLINED
+        assert after.decision.decision_id == first[0].decision_id
+    finally:
+        store.close()
+
+
+def test_undecodable_decisions_are_skipped(settings: Settings, producer: Producer) -> None:
+    store = SqliteStore(settings.store_path)
+    try:
+        item = stored_transaction(f"skip-{uuid.uuid4().hex[:10]}")
+        store.record_transactions([item])
+        producer.produce(DECISIONS_TOPIC, key=b"skip", value=b"\x00garbage")
+        publish(producer, [decision_for(item.transaction, Outcome.OUTCOME_APPROVE, 0.0)])
+        with running_applier(settings) as stats:
+            wait_until(lambda: stats.applied == 1)
+            assert stats.invalid >= 1
+        tx = store.get_transaction(item.transaction.transaction_id)
+        assert tx is not None and tx.status == TransactionStatus.TRANSACTION_STATUS_APPROVED
+    finally:
+        store.close()

@@ -1,0 +1,399 @@
+"""The fraud detector against a real broker: decisions, order, rules, DLQ, dedup, state restore.
+
+The detector runs in a thread of this process (so its counters can be read), except in the
+restart test, where the first instance is a real `txguard serve detector` process stopped by
+SIGTERM. Every test uses its own consumer group and its own account ids, and reads only its own
+records from the shared topics.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from txguard.clock import now_us
+from txguard.config import DECISIONS_TOPIC, DLQ_TOPIC, TRANSACTIONS_TOPIC, Settings
+from txguard.fraud.detector import FraudDetector
+from txguard.kafka import serde
+from txguard.kafka.clients import make_consumer, make_producer
+from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
+from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.v1.transaction_pb2 import Transaction
+
+if TYPE_CHECKING:
+    from tests.conftest import KafkaBroker
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_SECONDS = 60.0
+
+
+def transaction_event(
+    account_id: str, *, amount_minor: int = 1_000, occurred_at_us: int | None = None
+) -> TransactionCreated:
+    now = now_us()
+    tx = Transaction(
+        transaction_id=str(uuid.uuid4()),
+        account_id=account_id,
+        amount_minor=amount_minor,
+        currency="EUR",
+    )
+    tx.occurred_at.FromMicroseconds(now if occurred_at_us is None else occurred_at_us)
+    tx.accepted_at.FromMicroseconds(now)
+    return TransactionCreated(event_id=str(uuid.uuid4()), transaction=tx)
+
+
+class RecordProducer:
+    """Produces records to the shared topics and waits for every delivery."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._producer: Producer = make_producer(bootstrap, client_id="test-detector-producer")
+        self._errors: list[KafkaError] = []
+
+    def events(self, events: list[TransactionCreated]) -> None:
+        for event in events:
+            encoded = serde.encode_transaction_created(event)
+            self.raw(encoded.key, encoded.value, list(encoded.headers))
+
+    def raw(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        self._producer.produce(
+            TRANSACTIONS_TOPIC,
+            key=key,
+            value=value,
+            headers=cast(list[tuple[str, str | bytes | None]], headers),
+            on_delivery=self._report,
+        )
+        assert self._producer.flush(30) == 0
+        assert not self._errors, self._errors
+
+    def close(self) -> None:
+        self._producer.close()
+
+    def _report(self, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self._errors.append(error)
+
+
+class TopicReader:
+    """Reads a topic from the beginning in its own group, keeping only the records wanted."""
+
+    def __init__(self, bootstrap: str, topic: str, wanted: Callable[[Message], bool]) -> None:
+        self._consumer: Consumer = make_consumer(
+            bootstrap, group_id=f"test-detector-reader-{uuid.uuid4().hex}", client_id="test-reader"
+        )
+        self._consumer.subscribe([topic])
+        self._wanted = wanted
+        self.records: list[Message] = []
+
+    def until(
+        self, done: Callable[[list[Message]], bool], timeout: float = DEADLINE_SECONDS
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self.records):
+            assert time.monotonic() < deadline, f"timed out with {len(self.records)} records"
+            for message in self._consumer.consume(num_messages=1000, timeout=0.2):
+                if message.error() is None and self._wanted(message):
+                    self.records.append(message)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class DecisionReader(TopicReader):
+    def __init__(self, bootstrap: str, accounts: set[str]) -> None:
+        super().__init__(
+            bootstrap, DECISIONS_TOPIC, lambda m: (m.key() or b"").decode() in accounts
+        )
+
+    @property
+    def decisions(self) -> list[FraudDecision]:
+        return [FraudDecision.FromString(m.value() or b"") for m in self.records]
+
+    def until_decided(self, transaction_ids: set[str]) -> list[FraudDecision]:
+        def done(_records: list[Message]) -> bool:
+            return transaction_ids <= {d.transaction_id for d in self.decisions}
+
+        self.until(done)
+        return self.decisions
+
+
+@contextmanager
+def running_detector(settings: Settings) -> Iterator[FraudDetector]:
+    """A detector on a thread; stopped (and its error, if any, raised) on exit."""
+    detector = FraudDetector(settings)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            detector.run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="fraud-detector")
+    thread.start()
+    try:
+        yield detector
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive(), "detector did not stop within 60 s"
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def settings(txguard_env: dict[str, str]) -> Settings:
+    return Settings.from_env({**txguard_env, "TXGUARD_VELOCITY_MAX_TRANSACTIONS": "3"})
+
+
+@pytest.fixture
+def produce(kafka_broker: KafkaBroker) -> Iterator[RecordProducer]:
+    producer = RecordProducer(kafka_broker.bootstrap)
+    yield producer
+    producer.close()
+
+
+def new_account(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def test_decides_every_transaction_in_account_order_and_rules_fire(
+    kafka_broker: KafkaBroker, settings: Settings, produce: RecordProducer
+) -> None:
+    window_us = settings.velocity_window_seconds * 1_000_000
+    start = now_us() - 10 * window_us
+    ordered = [new_account("order") for _ in range(3)]
+    # Each transaction of these accounts one window after the previous one: velocity never fires.
+    spaced = {
+        account: [
+            transaction_event(account, occurred_at_us=start + i * window_us) for i in range(6)
+        ]
+        for account in ordered
+    }
+    big, review, fast = new_account("big"), new_account("review"), new_account("fast")
+    threshold = settings.amount_threshold_minor
+    big_event = transaction_event(big, amount_minor=4 * threshold)
+    review_event = transaction_event(review, amount_minor=threshold)
+    # Five within one second of event time, with a limit of 3: the 4th and 5th exceed it.
+    fast_events = [transaction_event(fast, occurred_at_us=start + i * 1000) for i in range(5)]
+    events = [e for batch in zip(*spaced.values(), strict=True) for e in batch]
+    events += [big_event, review_event, *fast_events]
+    produce.events(events)
+
+    reader = DecisionReader(kafka_broker.bootstrap, {*ordered, big, review, fast})
+    try:
+        with running_detector(settings) as detector:
+            decisions = reader.until_decided({e.transaction.transaction_id for e in events})
+    finally:
+        reader.close()
+
+    assert len(decisions) == len(events)
+    for account, account_events in spaced.items():
+        decided = [d.transaction_id for d in decisions if d.account_id == account]
+        assert decided == [e.transaction.transaction_id for e in account_events]
+        assert {d.outcome for d in decisions if d.account_id == account} == {
+            Outcome.OUTCOME_APPROVE
+        }
+    by_tx = {d.transaction_id: d for d in decisions}
+    big_decision = by_tx[big_event.transaction.transaction_id]
+    assert big_decision.outcome == Outcome.OUTCOME_DECLINE
+    assert [r.code for r in big_decision.reasons] == ["rule.amount_threshold"]
+    assert big_decision.event_id == big_event.event_id
+    assert big_decision.rules_version and big_decision.model_version == "rules-only"
+    assert big_decision.accepted_at == big_event.transaction.accepted_at
+    review_decision = by_tx[review_event.transaction.transaction_id]
+    assert review_decision.outcome == Outcome.OUTCOME_REVIEW
+    assert [r.code for r in review_decision.reasons] == ["rule.amount_threshold"]
+    fast_decisions = [by_tx[e.transaction.transaction_id] for e in fast_events]
+    assert [[r.code for r in d.reasons] for d in fast_decisions] == [
+        [],
+        [],
+        [],
+        ["rule.velocity"],
+        ["rule.velocity"],
+    ]
+    # 4 of 3 allowed: review; 5 of 3: the score grows with the excess and reaches decline.
+    assert [d.outcome for d in fast_decisions][3:] == [
+        Outcome.OUTCOME_REVIEW,
+        Outcome.OUTCOME_DECLINE,
+    ]
+    assert detector.stats.decided >= len(events)
+
+
+def test_poison_records_are_dead_lettered_and_processing_continues(
+    kafka_broker: KafkaBroker, settings: Settings, produce: RecordProducer
+) -> None:
+    account = new_account("poison")
+    key = account.encode()
+    before = transaction_event(account)
+    after = transaction_event(account)
+    wrong_schema = serde.encode_decision(FraudDecision(decision_id="d", transaction_id="t"))
+    produce.events([before])
+    produce.raw(key, b"\xff\x00 not protobuf \x01", [])
+    produce.raw(key, wrong_schema.value, list(wrong_schema.headers))
+    produce.events([after])
+
+    decisions = DecisionReader(kafka_broker.bootstrap, {account})
+    dlq = TopicReader(kafka_broker.bootstrap, DLQ_TOPIC, lambda m: m.key() == key)
+    try:
+        with running_detector(settings) as detector:
+            decided = decisions.until_decided(
+                {before.transaction.transaction_id, after.transaction.transaction_id}
+            )
+            dlq.until(lambda records: len(records) >= 2)
+    finally:
+        decisions.close()
+        dlq.close()
+
+    assert [d.transaction_id for d in decided] == [
+        before.transaction.transaction_id,
+        after.transaction.transaction_id,
+    ]
+    garbage, wrong = sorted(dlq.records, key=lambda m: int(header(m, serde.HEADER_DLQ_OFFSET)))
+    assert garbage.value() == b"\xff\x00 not protobuf \x01"
+    assert wrong.value() == wrong_schema.value
+    for record in (garbage, wrong):
+        assert header(record, serde.HEADER_DLQ_TOPIC) == TRANSACTIONS_TOPIC.encode()
+        assert int(header(record, serde.HEADER_DLQ_PARTITION)) >= 0
+        assert int(header(record, serde.HEADER_DLQ_OFFSET)) >= 0
+        assert header(record, serde.HEADER_DLQ_ERROR)
+    assert header(garbage, serde.HEADER_DLQ_ERROR_KIND) == b"missing-schema"
+    assert header(wrong, serde.HEADER_DLQ_ERROR_KIND) == b"wrong-schema"
+    # The wrong-schema record keeps its original headers beside the DLQ ones.
+    assert header(wrong, serde.HEADER_SCHEMA) == b"txguard.v1.FraudDecision"
+    assert detector.stats.dead_lettered >= 2
+
+
+def header(message: Message, name: str) -> bytes:
+    for key, value in cast(list[tuple[str, bytes]], message.headers() or []):
+        if key == name:
+            return value
+    raise AssertionError(f"no header {name}")
+
+
+def test_duplicate_event_is_decided_once(
+    kafka_broker: KafkaBroker, settings: Settings, produce: RecordProducer
+) -> None:
+    account = new_account("dup")
+    event = transaction_event(account)
+    marker = transaction_event(account)
+    # The relay may publish an event twice (crash before marking it); here in the same batch
+    # and in a later one.
+    produce.events([event, event])
+    reader = DecisionReader(kafka_broker.bootstrap, {account})
+    try:
+        with running_detector(settings) as detector:
+            reader.until_decided({event.transaction.transaction_id})
+            produce.events([event, marker])
+            # Same account, same partition: a second decision would come before the marker's.
+            decisions = reader.until_decided({marker.transaction.transaction_id})
+            duplicates = detector.stats.duplicates_dropped
+    finally:
+        reader.close()
+    assert [d.transaction_id for d in decisions] == [
+        event.transaction.transaction_id,
+        marker.transaction.transaction_id,
+    ]
+    assert duplicates >= 2
+
+
+def test_dedup_state_survives_a_restart(
+    kafka_broker: KafkaBroker,
+    settings: Settings,
+    txguard_env: dict[str, str],
+    produce: RecordProducer,
+) -> None:
+    account = new_account("restart")
+    event = transaction_event(account)
+    produce.events([event])
+    reader = DecisionReader(kafka_broker.bootstrap, {account})
+    try:
+        # First instance: a real detector process, stopped by SIGTERM once it has decided.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "txguard", "serve", "detector"],
+            env={**txguard_env, "TXGUARD_VELOCITY_MAX_TRANSACTIONS": "3"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            reader.until_decided({event.transaction.transaction_id})
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 0, stderr.decode(errors="replace")[-3000:]
+
+        # The relay republishes the event (e.g. it crashed before marking it published).
+        marker = transaction_event(account)
+        produce.events([event, marker])
+        # Second instance, same group: restores the partition's state from the changelog.
+        with running_detector(settings) as detector:
+            decisions = reader.until_decided({marker.transaction.transaction_id})
+            duplicates = detector.stats.duplicates_dropped
+            restored = detector.stats.restored_accounts
+    finally:
+        reader.close()
+    assert [d.transaction_id for d in decisions] == [
+        event.transaction.transaction_id,
+        marker.transaction.transaction_id,
+    ]
+    assert duplicates >= 1
+    assert restored >= 1
+
+
+def assigned(detector: FraudDetector) -> set[int]:
+    while True:
+        try:
+            return set(detector.state.partitions)
+        except RuntimeError:  # the detector thread changed its assignment meanwhile
+            continue
+
+
+def test_dedup_state_follows_partitions_when_a_second_instance_joins(
+    kafka_broker: KafkaBroker, settings: Settings, produce: RecordProducer
+) -> None:
+    accounts = [new_account("rebalance") for _ in range(12)]
+    first_events = {account: transaction_event(account) for account in accounts}
+    markers = {account: transaction_event(account) for account in accounts}
+    produce.events(list(first_events.values()))
+    reader = DecisionReader(kafka_broker.bootstrap, set(accounts))
+    try:
+        with running_detector(settings) as first:
+            reader.until_decided({e.transaction.transaction_id for e in first_events.values()})
+            partitions = assigned(first)
+            assert len(partitions) == settings.topic_partitions
+            with running_detector(settings) as second:
+                # Cooperative rebalance: some partitions move, with their state, to the newcomer.
+                deadline = time.monotonic() + DEADLINE_SECONDS
+                while not (assigned(second) and assigned(first) | assigned(second) == partitions):
+                    assert time.monotonic() < deadline, "second detector never got partitions"
+                    time.sleep(0.05)
+                assert not assigned(first) & assigned(second)
+                produce.events([*first_events.values(), *markers.values()])
+                decisions = reader.until_decided(
+                    {e.transaction.transaction_id for e in markers.values()}
+                )
+                moved = second.stats.restored_accounts
+                dropped = first.stats.duplicates_dropped + second.stats.duplicates_dropped
+    finally:
+        reader.close()
+    for account in accounts:
+        assert [d.transaction_id for d in decisions if d.account_id == account] == [
+            first_events[account].transaction.transaction_id,
+            markers[account].transaction.transaction_id,
+        ]
+    assert moved >= 1
+    assert dropped >= len(accounts)

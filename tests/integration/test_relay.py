@@ -1,0 +1,249 @@
+"""The outbox relay against a real broker and a real SQLite store."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import pytest
+from confluent_kafka import Message
+
+from txguard.clock import now_us
+from txguard.config import TRANSACTIONS_TOPIC, Settings
+from txguard.kafka.clients import make_consumer
+from txguard.kafka.serde import (
+    HEADER_EVENT_ID,
+    HEADER_SCHEMA,
+    HEADER_SCHEMA_VERSION,
+    encode_transaction_created,
+)
+from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
+from txguard.store.interface import NewTransaction, OutboxEvent
+from txguard.store.sqlite import SqliteStore
+from txguard.transactions.relay import OutboxRelay, RelayLockHeld
+
+if TYPE_CHECKING:
+    from tests.conftest import KafkaBroker
+
+pytestmark = pytest.mark.integration
+
+
+def new_transaction(account_id: str, amount_minor: int = 1_000) -> NewTransaction:
+    now = now_us()
+    tx = Transaction(
+        transaction_id=str(uuid.uuid4()),
+        client_id="relay-test",
+        idempotency_key=str(uuid.uuid4()),
+        account_id=account_id,
+        amount_minor=amount_minor,
+        currency="EUR",
+        status=TransactionStatus.TRANSACTION_STATUS_PENDING,
+    )
+    tx.occurred_at.FromMicroseconds(now)
+    tx.accepted_at.FromMicroseconds(now)
+    event = TransactionCreated(event_id=str(uuid.uuid4()), transaction=tx)
+    encoded = encode_transaction_created(event)
+    return NewTransaction(
+        client_id=tx.client_id,
+        idempotency_key=tx.idempotency_key,
+        request_fingerprint=b"fp",
+        transaction=tx,
+        response=b"",
+        outbox_event=OutboxEvent(
+            event_id=event.event_id,
+            topic=TRANSACTIONS_TOPIC,
+            key=encoded.key,
+            payload=encoded.value,
+            headers=encoded.headers,
+        ),
+    )
+
+
+def read_matching(
+    bootstrap: str, topic: str, wanted: Callable[[Message], bool], count: int, timeout: float = 30
+) -> list[Message]:
+    """Records of `topic` (from the beginning) for which `wanted` holds, until `count` are found."""
+    consumer = make_consumer(
+        bootstrap, group_id=f"test-relay-reader-{uuid.uuid4().hex}", client_id="test-reader"
+    )
+    found: list[Message] = []
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        while len(found) < count and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                if message.error() is None and wanted(message):
+                    found.append(message)
+    finally:
+        consumer.close()
+    return found
+
+
+def headers_of(message: Message) -> dict[str, bytes]:
+    return {k: v for k, v in cast(list[tuple[str, bytes]], message.headers() or [])}
+
+
+def event_id_of(message: Message) -> str:
+    return headers_of(message).get(HEADER_EVENT_ID, b"").decode()
+
+
+@pytest.fixture
+def settings(txguard_env: dict[str, str]) -> Settings:
+    return Settings.from_env(txguard_env)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[SqliteStore]:
+    store = SqliteStore(settings.store_path)
+    yield store
+    store.close()
+
+
+def outbox_rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        count: int = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    db.close()
+    return count
+
+
+def test_publishes_in_commit_order_with_key_and_headers(
+    kafka_broker: KafkaBroker, settings: Settings, store: SqliteStore
+) -> None:
+    accounts = [f"relay-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    items = [new_transaction(accounts[i % 3]) for i in range(12)]
+    # Two commits, so commit order spans more than one store transaction.
+    store.record_transactions(items[:5])
+    store.record_transactions(items[5:])
+    relay = OutboxRelay(settings, store=store, bootstrap=kafka_broker.bootstrap)
+    try:
+        assert relay.publish_pending() == 12
+        assert relay.publish_pending() == 0
+    finally:
+        relay.close()
+    assert store.outbox_backlog().count == 0
+    assert relay.stats.published == 12
+
+    expected = {item.outbox_event.event_id: item for item in items}
+    messages = read_matching(
+        kafka_broker.bootstrap, TRANSACTIONS_TOPIC, lambda m: event_id_of(m) in expected, 12
+    )
+    assert sorted(event_id_of(m) for m in messages) == sorted(expected)
+    for message in messages:
+        item = expected[event_id_of(message)]
+        assert message.key() == item.transaction.account_id.encode()
+        assert message.value() == item.outbox_event.payload
+        headers = headers_of(message)
+        assert headers[HEADER_SCHEMA] == b"txguard.v1.TransactionCreated"
+        assert headers[HEADER_SCHEMA_VERSION] == b"1"
+    for account in accounts:
+        # Same key, same partition: offset order must be commit order.
+        mine = sorted(
+            (m for m in messages if m.key() == account.encode()), key=lambda m: m.offset() or 0
+        )
+        committed = [i.outbox_event.event_id for i in items if i.transaction.account_id == account]
+        assert [event_id_of(m) for m in mine] == committed
+
+
+def test_prunes_only_events_published_before_the_retention(
+    kafka_broker: KafkaBroker, settings: Settings, store: SqliteStore
+) -> None:
+    store.record_transactions([new_transaction(f"prune-{uuid.uuid4().hex[:8]}") for _ in range(4)])
+    relay = OutboxRelay(settings, store=store, bootstrap=kafka_broker.bootstrap)
+    try:
+        assert relay.publish_pending() == 4
+        store.record_transactions([new_transaction("prune-unpublished")])
+        # Retention is an hour by default: nothing just published is old enough.
+        assert relay.prune_published() == 0
+        assert outbox_rows(settings.store_path) == 5
+        an_hour_later = now_us() + settings.outbox_retention_seconds * 1_000_000 + 1
+        assert relay.prune_published(now=an_hour_later) == 4
+    finally:
+        relay.close()
+    # The unpublished event is never pruned.
+    assert outbox_rows(settings.store_path) == 1
+    assert store.outbox_backlog().count == 1
+
+
+def test_second_relay_waits_for_the_lock_and_never_publishes_meanwhile(
+    kafka_broker: KafkaBroker, settings: Settings, store: SqliteStore
+) -> None:
+    settings = dataclasses.replace(settings, kafka_bootstrap=kafka_broker.bootstrap)
+    first = OutboxRelay(settings, store=store, bootstrap=kafka_broker.bootstrap)
+    second = OutboxRelay(settings)  # its own store connection, on its own thread
+    stop = threading.Event()
+    thread = threading.Thread(target=second.run, args=(stop,), name="second-relay")
+    try:
+        assert first.publish_pending() == 0  # takes the lock
+        store.record_transactions([new_transaction(f"lock-{uuid.uuid4().hex[:8]}")])
+        third = OutboxRelay(settings, store=store, bootstrap=kafka_broker.bootstrap)
+        with pytest.raises(RelayLockHeld):
+            third.publish_pending()
+        third.close()
+        thread.start()
+        time.sleep(1.5)
+        assert store.outbox_backlog().count == 1
+        assert second.stats.published == 0
+
+        first.close()  # releases the lock: the waiting relay takes over and drains the backlog
+        deadline = time.monotonic() + 30
+        while store.outbox_backlog().count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert store.outbox_backlog().count == 0
+        assert second.stats.published == 1
+    finally:
+        stop.set()
+        if thread.ident is not None:
+            thread.join(timeout=30)
+        first.close()
+    assert not thread.is_alive()
+
+
+def test_backlog_written_during_a_broker_outage_drains_in_order(
+    kafka_broker: KafkaBroker, settings: Settings, store: SqliteStore
+) -> None:
+    account = f"outage-{uuid.uuid4().hex[:8]}"
+    settings = dataclasses.replace(settings, kafka_bootstrap=kafka_broker.bootstrap)
+    relay = OutboxRelay(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), name="relay-outage")
+    thread.start()
+    try:
+        items = [new_transaction(account) for _ in range(6)]
+        store.record_transactions(items[:2])
+        wait_for(lambda: store.outbox_backlog().count == 0)
+        kafka_broker.stop()
+        try:
+            # The store keeps accepting while Kafka is away; the relay holds the round in flight.
+            store.record_transactions(items[2:4])
+            store.record_transactions(items[4:])
+            time.sleep(1.0)
+            assert store.outbox_backlog().count == 4
+        finally:
+            kafka_broker.start()
+        wait_for(lambda: store.outbox_backlog().count == 0, timeout=90)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert relay.stats.failed_deliveries == 0
+
+    expected = [item.outbox_event.event_id for item in items]
+    messages = read_matching(
+        kafka_broker.bootstrap, TRANSACTIONS_TOPIC, lambda m: m.key() == account.encode(), 6
+    )
+    in_offset_order = [event_id_of(m) for m in sorted(messages, key=lambda m: m.offset() or 0)]
+    assert in_offset_order == expected
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)

@@ -1,0 +1,626 @@
+"""The transaction API through a real gRPC channel, a real server and a real SQLite file.
+
+No broker: the API only writes the outbox; publishing it is the relay's job. Each test runs its own
+server on a free port with its own database, and on the way out checks that no card number it used
+reached the database files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import socket
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+from txguard.clock import now_us, timestamp_from_us
+from txguard.config import ConfigError, Settings
+from txguard.kafka.serde import decode_transaction_created
+from txguard.schema.luhn import luhn_valid
+from txguard.schema.v1 import service_pb2_grpc
+from txguard.schema.v1.service_pb2 import (
+    CreateTransactionRequest,
+    CreateTransactionResponse,
+    GetTransactionRequest,
+    SubmitTransactionsRequest,
+    SubmitTransactionsResponse,
+)
+from txguard.schema.v1.transaction_pb2 import Channel, TransactionStatus
+from txguard.transactions.client import TransactionClient, error_status, field_violations
+from txguard.transactions.server import SERVICE_NAME, serve
+
+pytestmark = pytest.mark.integration
+
+KEY = bytes(range(32))
+CLIENT_ID = "test-client"
+
+
+def _luhn_complete(body: str) -> str:
+    for digit in "0123456789":
+        if luhn_valid(body + digit):
+            return body + digit
+    raise AssertionError("no check digit")
+
+
+# Valid test card numbers; every test checks on exit that none of them reached the database.
+PANS = [_luhn_complete(f"4{n:014d}") for n in range(1, 41)]
+# Luhn-invalid and malformed ones, sent in rejected requests.
+BAD_PANS = [pan[:-1] + str((int(pan[-1]) + 1) % 10) for pan in PANS[:5]]
+
+
+def request(index: int, *, prefix: str = "tx", with_time: bool = False) -> CreateTransactionRequest:
+    req = CreateTransactionRequest(
+        idempotency_key=f"{prefix}-{index}",
+        account_id=f"account-{index % 97}",
+        amount_minor=1000 + index,
+        currency="EUR",
+        terminal_id=f"terminal-{index % 13}",
+        card_number=PANS[index % len(PANS)],
+        merchant_id=f"merchant-{index % 7}",
+        channel=Channel.CHANNEL_ECOMMERCE,
+        country="DE",
+        device_id=f"device-{index % 11}",
+    )
+    if with_time:
+        req.occurred_at.CopyFrom(timestamp_from_us(now_us() - 60_000_000))
+    return req
+
+
+@dataclass
+class Api:
+    settings: Settings
+    channel: grpc.aio.Channel
+    client: TransactionClient
+    stopping: asyncio.Event
+    extra_pans: set[str] = field(default_factory=set)
+
+    @property
+    def stub(self) -> service_pb2_grpc.TransactionServiceAsyncStub:
+        return service_pb2_grpc.TransactionServiceStub(self.channel)
+
+    def counts(self) -> dict[str, int]:
+        return table_counts(self.settings.store_path)
+
+
+def table_counts(db_path: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        return {
+            table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("transactions", "idempotency_keys", "outbox")
+        }
+
+
+def _settings(home: Path, addr: str = "127.0.0.1:0") -> Settings:
+    return Settings.from_env(
+        {"TXGUARD_HOME": str(home), "TXGUARD_GRPC_ADDR": addr, "TXGUARD_CARD_TOKEN_KEY": KEY.hex()}
+    )
+
+
+def assert_no_card_numbers_on_disk(db_path: Path, pans: Iterable[str]) -> None:
+    files = [p for p in db_path.parent.iterdir() if p.name.startswith(db_path.name)]
+    assert db_path in files
+    data = b"".join(p.read_bytes() for p in files)
+    leaked = [pan for pan in pans if pan.encode() in data]
+    assert not leaked, f"card numbers found in {[p.name for p in files]}: {leaked}"
+    if table_counts(db_path)["transactions"]:
+        # The search can see stored text at all (account ids are stored in clear).
+        assert b"account-" in data
+
+
+@contextlib.asynccontextmanager
+async def running_api(home: Path) -> AsyncIterator[Api]:
+    settings = _settings(home)
+    stopping = asyncio.Event()
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(serve(settings, stopping, started=bound.set_result))
+    starting: set[asyncio.Future[Any]] = {server, bound}
+    await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
+    if server.done():
+        server.result()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound.result()}")
+    api = Api(settings, channel, TransactionClient(channel, CLIENT_ID), stopping)
+    try:
+        yield api
+    finally:
+        await channel.close()
+        stopping.set()
+        await server
+    assert_no_card_numbers_on_disk(settings.store_path, [*PANS, *BAD_PANS, *api.extra_pans])
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(coroutine)
+
+
+def rpc_error_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    status = error_status(error)
+    assert status is not None, "the error carries no google.rpc.Status"
+    assert status.code == error.code().value[0]
+    return status
+
+
+def error_reason(status: status_pb2.Status) -> str:
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def test_create_then_get(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            before = now_us()
+            created = await api.client.create(request(1))
+            tx = created.transaction
+            assert uuid.UUID(tx.transaction_id).version == 7  # time-ordered
+            assert tx.client_id == CLIENT_ID
+            assert tx.status == TransactionStatus.TRANSACTION_STATUS_PENDING
+            assert (tx.account_id, tx.amount_minor, tx.currency) == ("account-1", 1001, "EUR")
+            pan = PANS[1]
+            assert tx.card_token == hmac.new(KEY, pan.encode(), hashlib.sha256).hexdigest()
+            assert (tx.card_bin, tx.card_last4) == (pan[:6], pan[-4:])
+            # Without occurred_at, the event time is the acceptance time.
+            assert tx.occurred_at == tx.accepted_at
+            assert before <= tx.accepted_at.ToMicroseconds() <= now_us()
+
+            fetched = await api.client.get(tx.transaction_id)
+            assert fetched == tx
+
+            timed = request(2, with_time=True)
+            created_timed = await api.client.create(timed)
+            assert created_timed.transaction.occurred_at == timed.occurred_at
+
+            assert api.counts() == {"transactions": 2, "idempotency_keys": 2, "outbox": 2}
+            with contextlib.closing(sqlite3.connect(api.settings.store_path)) as db:
+                key, payload, headers_json = db.execute(
+                    "SELECT key, payload, headers FROM outbox ORDER BY seq LIMIT 1"
+                ).fetchone()
+            headers = [(name, bytes.fromhex(value)) for name, value in json.loads(headers_json)]
+            event = decode_transaction_created(payload, headers)
+            assert bytes(key) == b"account-1"
+            assert event.transaction == tx
+
+    run(scenario())
+
+
+INVALID_FIELDS: dict[str, dict[str, object]] = {
+    "idempotency_key": {"idempotency_key": ""},
+    "account_id": {"account_id": "  "},
+    "amount_minor": {"amount_minor": 0},
+    "currency": {"currency": "XAU"},
+    "terminal_id": {"terminal_id": "t" * 129},
+    "card_number": {"card_number": BAD_PANS[0]},
+    "occurred_at": {"occurred_at": timestamp_from_us(now_us() + 3600 * 10**6)},
+    "merchant_id": {"merchant_id": "m\nx"},
+    "channel": {"channel": 42},
+    "country": {"country": "deu"},
+    "device_id": {"device_id": "d" * 200},
+}
+
+
+def _broken(index: int, overrides: dict[str, object]) -> CreateTransactionRequest:
+    req = request(index, prefix="bad")
+    for name, value in overrides.items():
+        if isinstance(value, Timestamp):
+            getattr(req, name).CopyFrom(value)
+        else:
+            setattr(req, name, value)
+    return req
+
+
+def test_every_invalid_field_is_named_and_nothing_is_stored(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            cases = [({name}, _broken(i, o)) for i, (name, o) in enumerate(INVALID_FIELDS.items())]
+            everything: dict[str, object] = {}
+            for overrides in INVALID_FIELDS.values():
+                everything.update(overrides)
+            cases.append((set(INVALID_FIELDS), _broken(99, everything)))
+            for expected, req in cases:
+                pan = req.card_number
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await api.client.create(req)
+                error = raised.value
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                status = rpc_error_status(error)
+                violations = field_violations(status)
+                assert set(violations) == expected
+                text = " ".join([error.details() or "", status.message, *violations.values()])
+                assert pan not in text
+                assert pan[:6] not in text and pan[-4:] not in text
+            assert api.counts() == {"transactions": 0, "idempotency_keys": 0, "outbox": 0}
+
+    run(scenario())
+
+
+def test_calls_without_client_id_are_unauthenticated(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            stub = api.stub
+            for metadata in [(), (("x-client-id", ""),), (("x-client-id", "x" * 129),)]:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await stub.CreateTransaction(request(1), metadata=metadata)
+                assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "x-client-id" in (raised.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.GetTransaction(GetTransactionRequest(transaction_id="x"))
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            call = stub.SubmitTransactions(
+                iter([SubmitTransactionsRequest(request_id="1", transaction=request(1))])
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                async for _ in call:
+                    pass
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert api.counts()["transactions"] == 0
+
+    run(scenario())
+
+
+@dataclass
+class RetryStats:
+    codes: Counter[grpc.StatusCode] = field(default_factory=Counter)
+
+
+async def create_retrying(
+    client: TransactionClient, req: CreateTransactionRequest, stats: RetryStats
+) -> CreateTransactionResponse:
+    """What a real client does: retry ABORTED (same key still in flight) with jittered backoff."""
+    backoff = 0.002
+    for _ in range(200):
+        try:
+            return await client.create(req, timeout=30)
+        except grpc.aio.AioRpcError as error:
+            stats.codes[error.code()] += 1
+            if error.code() != grpc.StatusCode.ABORTED:
+                raise
+        await asyncio.sleep(random.uniform(backoff / 2, backoff))
+        backoff = min(backoff * 2, 0.1)
+    raise AssertionError("still ABORTED after 200 attempts")
+
+
+def test_idempotent_acceptance_under_retries_and_concurrency(tmp_path: Path) -> None:
+    transactions = 1000
+    # Every transaction is sent 3 times at once; every 50th one 10 times at once.
+    copies = [10 if i % 50 == 0 else 3 for i in range(transactions)]
+    stats = RetryStats()
+
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            requests = [request(i, with_time=i % 2 == 0) for i in range(transactions)]
+            window = asyncio.Semaphore(100)
+
+            async def send_copies(i: int) -> list[bytes]:
+                async with window:
+                    answers = await asyncio.gather(
+                        *(create_retrying(api.client, requests[i], stats) for _ in range(copies[i]))
+                    )
+                return [answer.SerializeToString() for answer in answers]
+
+            order = list(range(transactions))
+            random.Random(7).shuffle(order)
+            answers = dict(zip(order, await asyncio.gather(*map(send_copies, order)), strict=True))
+
+            ids = set()
+            for i, serialized in answers.items():
+                assert len(serialized) == copies[i]
+                assert len(set(serialized)) == 1, f"transaction {i}: copies got different answers"
+                ids.add(
+                    CreateTransactionResponse.FromString(serialized[0]).transaction.transaction_id
+                )
+            assert len(ids) == transactions
+            assert api.counts() == {
+                "transactions": transactions,
+                "idempotency_keys": transactions,
+                "outbox": transactions,
+            }
+            # A later replay, one by one, still gets the original bytes.
+            for i in range(0, transactions, 100):
+                replay = await api.client.create(requests[i])
+                assert replay.SerializeToString() == answers[i][0]
+            assert api.counts()["transactions"] == transactions
+
+    run(scenario())
+    assert set(stats.codes) <= {grpc.StatusCode.ABORTED}
+    # The 10-copy bursts must have met the in-flight registry, or this test proves nothing.
+    assert stats.codes[grpc.StatusCode.ABORTED] > 0
+
+
+def test_two_servers_on_one_store_agree_on_every_key(tmp_path: Path) -> None:
+    """Two servers (as two processes would) share the database: the store arbitrates."""
+    transactions = 200
+    stats = RetryStats()
+
+    async def scenario() -> None:
+        async with running_api(tmp_path) as first, running_api(tmp_path) as second:
+            assert first.settings.store_path == second.settings.store_path
+
+            async def race(i: int) -> set[bytes]:
+                req = request(i, prefix="race")
+                answers = await asyncio.gather(
+                    create_retrying(first.client, req, stats),
+                    create_retrying(second.client, req, stats),
+                )
+                return {answer.SerializeToString() for answer in answers}
+
+            outcomes = await asyncio.gather(*map(race, range(transactions)))
+            assert all(len(outcome) == 1 for outcome in outcomes)
+            assert first.counts() == {
+                "transactions": transactions,
+                "idempotency_keys": transactions,
+                "outbox": transactions,
+            }
+
+    run(scenario())
+    # No in-flight registry spans servers: neither ever answered ABORTED for the other's call.
+    assert not stats.codes
+
+
+def test_replay_is_byte_identical_and_a_changed_payload_is_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            original = request(5)
+            first = await api.client.create(original)
+            await asyncio.sleep(0.01)  # occurred_at defaulted at the first call must not matter
+            replay = await api.client.create(original)
+            assert replay.SerializeToString() == first.SerializeToString()
+            counts = api.counts()
+
+            changed = CreateTransactionRequest()
+            changed.CopyFrom(original)
+            changed.amount_minor += 1
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await api.client.create(changed)
+            assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error_reason(rpc_error_status(raised.value)) == "IDEMPOTENCY_KEY_REUSED"
+
+            other_card = CreateTransactionRequest()
+            other_card.CopyFrom(original)
+            other_card.card_number = PANS[6]
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await api.client.create(other_card)
+            assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert api.counts() == counts
+
+            # Keys are scoped per client: another client's same key is another transaction.
+            other_client = TransactionClient(api.channel, "another-client")
+            theirs = await other_client.create(original)
+            assert theirs.transaction.transaction_id != first.transaction.transaction_id
+            assert api.counts()["transactions"] == counts["transactions"] + 1
+
+    run(scenario())
+
+
+def test_get_unknown_empty_and_foreign_ids(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await api.client.get("01890000-0000-7000-8000-000000000000")
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await api.client.get("")
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert set(field_violations(rpc_error_status(raised.value))) == {"transaction_id"}
+
+            created = await api.client.create(request(1))
+            stranger = TransactionClient(api.channel, "stranger")
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stranger.get(created.transaction.transaction_id)
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+    run(scenario())
+
+
+def test_submit_stream_answers_every_item_and_keeps_going(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            earlier = await api.client.create(request(0, prefix="s"))
+            items = {
+                "valid-1": request(1, prefix="s"),
+                "valid-2": request(2, prefix="s", with_time=True),
+                "invalid-card": _broken(3, {"card_number": BAD_PANS[1]}),
+                "invalid-two": _broken(4, {"currency": "eur", "country": "D"}),
+                "replayed": request(0, prefix="s"),
+            }
+            call = api.client.submit()
+
+            async def exchange(batch: dict[str, CreateTransactionRequest]) -> dict[str, Any]:
+                for request_id, item in batch.items():
+                    await call.write(
+                        SubmitTransactionsRequest(request_id=request_id, transaction=item)
+                    )
+                answers: dict[str, SubmitTransactionsResponse] = {}
+                for _ in batch:
+                    answer = await call.read()
+                    assert isinstance(answer, SubmitTransactionsResponse)
+                    assert answer.request_id not in answers
+                    answers[answer.request_id] = answer
+                assert set(answers) == set(batch)
+                return answers
+
+            answers = await exchange(items)
+            for request_id in ("valid-1", "valid-2"):
+                assert answers[request_id].WhichOneof("result") == "created"
+            assert answers["replayed"].created.SerializeToString() == earlier.SerializeToString()
+            card_error = answers["invalid-card"].error
+            assert card_error.code == code_pb2.INVALID_ARGUMENT
+            assert set(field_violations(card_error)) == {"card_number"}
+            assert BAD_PANS[1] not in str(card_error)
+            two_error = answers["invalid-two"].error
+            assert set(field_violations(two_error)) == {"currency", "country"}
+
+            # The stream is still open after errors: more items, more answers.
+            conflicting = request(0, prefix="s")
+            conflicting.amount_minor += 1
+            later = await exchange({"conflicting": conflicting, "after": request(9, prefix="s")})
+            assert later["conflicting"].error.code == code_pb2.FAILED_PRECONDITION
+            assert error_reason(later["conflicting"].error) == "IDEMPOTENCY_KEY_REUSED"
+            assert later["after"].WhichOneof("result") == "created"
+
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+            # earlier + valid-1 + valid-2 + after
+            assert api.counts() == {"transactions": 4, "idempotency_keys": 4, "outbox": 4}
+
+    run(scenario())
+
+
+def test_submit_stream_handles_a_large_batch(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            items = [
+                SubmitTransactionsRequest(request_id=str(i), transaction=request(i, prefix="bulk"))
+                for i in range(2000)
+            ]
+            # Duplicates inside one stream: the in-flight registry or the store catches them.
+            items += [
+                SubmitTransactionsRequest(
+                    request_id=f"dup-{i}", transaction=request(i, prefix="bulk")
+                )
+                for i in range(0, 2000, 40)
+            ]
+            answers = [answer async for answer in api.client.submit(iter(items))]
+            assert sorted(a.request_id for a in answers) == sorted(i.request_id for i in items)
+            results = Counter(a.error.code if a.HasField("error") else "created" for a in answers)
+            assert set(results) <= {"created", code_pb2.ABORTED}
+            assert api.counts()["transactions"] == 2000
+
+    run(scenario())
+
+
+def test_health_serving_then_not_serving_on_shutdown(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            check = api.channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            watch = api.channel.unary_stream(
+                "/grpc.health.v1.Health/Watch",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            for service in ("", SERVICE_NAME):
+                reply = await check(health_pb2.HealthCheckRequest(service=service))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            watching = watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+            first = await watching.read()
+            assert isinstance(first, health_pb2.HealthCheckResponse)
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            api.stopping.set()
+            second = await watching.read()
+            assert isinstance(second, health_pb2.HealthCheckResponse)
+            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watching.cancel()
+
+    run(scenario())
+
+
+def test_reflection_lists_the_services(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            reflect = api.channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            call = reflect(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            names: set[str] = set()
+            async for reply in call:
+                names.update(s.name for s in reply.list_services_response.service)
+            assert {"txguard.v1.TransactionService", "grpc.health.v1.Health"} <= names
+
+    run(scenario())
+
+
+def test_graceful_shutdown_finishes_calls_in_flight(tmp_path: Path) -> None:
+    acknowledged: list[str] = []
+    refused: Counter[grpc.StatusCode] = Counter()
+
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            some_done = asyncio.Event()
+
+            async def create(i: int) -> None:
+                try:
+                    answer = await api.client.create(request(i, prefix="shutdown"))
+                except grpc.aio.AioRpcError as error:
+                    refused[error.code()] += 1
+                    return
+                acknowledged.append(answer.transaction.transaction_id)
+                if len(acknowledged) >= 20:
+                    some_done.set()
+
+            tasks = [asyncio.create_task(create(i)) for i in range(500)]
+            await some_done.wait()
+            api.stopping.set()
+            await asyncio.gather(*tasks)
+
+    run(scenario())
+    # Calls not yet taken by a handler are refused by gRPC (UNAVAILABLE, or CANCELLED for calls
+    # queued inside the server); none of them stored anything.
+    assert set(refused) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    with contextlib.closing(sqlite3.connect(tmp_path / "txguard.db")) as db:
+        stored = {row[0] for row in db.execute("SELECT transaction_id FROM transactions")}
+    # Every call a handler had taken was finished, not cut off: stored exactly what was answered.
+    assert stored == set(acknowledged)
+
+
+def test_card_numbers_stay_out_of_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="txguard")
+
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            created = await api.client.create(request(3))
+            await api.client.create(request(3))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await api.client.create(_broken(4, {"card_number": BAD_PANS[2], "amount_minor": 0}))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await api.client.create(_broken(5, {"account_id": ""}))
+            assert created.transaction.transaction_id in caplog.text
+
+    run(scenario())
+    assert "accepted transaction" in caplog.text
+    assert "rejected a transaction" in caplog.text
+    for pan in (PANS[3], BAD_PANS[2], PANS[5]):
+        assert pan not in caplog.text
+
+
+def test_port_in_use_names_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = _settings(tmp_path, f"127.0.0.1:{port}")
+        with pytest.raises(ConfigError, match="TXGUARD_GRPC_ADDR"):
+            asyncio.run(serve(settings, asyncio.Event()))
+
+
+def test_missing_card_key_is_a_clear_error(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"TXGUARD_HOME": str(tmp_path), "TXGUARD_GRPC_ADDR": "127.0.0.1:0"}
+    )
+    with pytest.raises(ConfigError, match="TXGUARD_CARD_TOKEN_KEY"):
+        asyncio.run(serve(settings, asyncio.Event()))
