@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from confluent_kafka import Consumer, TopicPartition
@@ -18,11 +19,12 @@ from confluent_kafka import Consumer, TopicPartition
 from txguard.demo.processes import ServiceProcess, start_service, wait_for_grpc_serving
 from txguard.kafka.serde import HEADER_EVENT_ID, header_value
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest
-from txguard.schema.v1.service_pb2_grpc import (
-    TransactionServiceAsyncStub,
-    TransactionServiceStub,
-)
+from txguard.schema.v1.service_pb2_grpc import TransactionServiceStub
 from txguard.simulate.cards import synthetic_card_number
+
+if TYPE_CHECKING:
+    # Exists only in the typing stubs: the type a stub has on an asyncio channel.
+    from txguard.schema.v1.service_pb2_grpc import TransactionServiceAsyncStub
 
 # A client that does not know whether a failed call was stored retries it with the same key;
 # only these answers are final.
