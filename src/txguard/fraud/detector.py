@@ -28,6 +28,7 @@ from txguard.fraud.state import DetectorState, StateChange, StateLimits
 from txguard.kafka.clients import make_consumer, make_producer
 from txguard.kafka.consumer_loop import (
     Backoff,
+    CommitReporter,
     DeliveryTimeout,
     FailedDeliveries,
     OutgoingRecord,
@@ -108,7 +109,10 @@ class FraudDetector:
             return
         self._bootstrap = bootstrap
         consumer = make_consumer(
-            bootstrap, group_id=self.settings.detector_group, client_id="txguard-detector"
+            bootstrap,
+            group_id=self.settings.detector_group,
+            client_id="txguard-detector",
+            on_commit=CommitReporter(self._count_retry),
         )
         try:
             # The group's own changelog is created on first start of a new group.
@@ -217,7 +221,8 @@ class FraudDetector:
 
         1. decisions and dead letters -> flush -> every delivery report checked;
         2. the changed accounts' state -> changelog -> flush -> every delivery report checked;
-        3. only then commit the batch's offsets (synchronously).
+        3. only then commit the batch's offsets (asynchronously: a synchronous commit can hang
+           while the coordinator is unreachable).
 
         Decisions go before state so that the changelog never says "seen" for an event whose
         decision was lost. A crash before 3 reprocesses the batch: events whose state reached the

@@ -1,7 +1,8 @@
 """Helpers shared by txguard's batch loops (relay, detector, applier): one way to do each thing.
 
 - `poll_batch`: one batch `consume()`, with consumer error events logged or raised;
-- `next_offsets` / `commit_offsets`: synchronous commit of a processed batch, retried with back-off;
+- `next_offsets` / `commit_offsets` / `CommitReporter`: asynchronous commit of a processed batch,
+  with failures logged and counted from the `on_commit` callback;
 - `produce_with_backpressure`: `produce()` that polls and retries while the local queue is full;
 - `wait_for_deliveries` / `close_producer`: flush with a bounded wait once the loop is stopping;
 - `wait_for_kafka`: the bootstrap address and topics, waiting while the cluster is unreachable;
@@ -34,19 +35,6 @@ _GROUP_MOVED_ON = frozenset(
         KafkaError.FENCED_INSTANCE_ID,
         KafkaError.STALE_MEMBER_EPOCH,
         KafkaError._ASSIGNMENT_LOST,
-    }
-)
-# Worth retrying as is: the coordinator is moving, loading, or the group is mid-rebalance.
-_RETRY_COMMIT = frozenset(
-    {
-        KafkaError.REBALANCE_IN_PROGRESS,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._WAIT_COORD,
     }
 )
 
@@ -146,56 +134,52 @@ def commit_offsets(
     offsets: Sequence[TopicPartition],
     *,
     on_retry: Callable[[], None],
-    give_up_after_seconds: float = 60.0,
-) -> bool:
-    """Commit synchronously; True once committed, False if the group has moved on.
+) -> None:
+    """Commit a processed batch's offsets asynchronously.
 
-    Transient errors are retried with back-off (each retry reported through `on_retry`); a commit
-    rejected because the partitions now belong to another generation is logged and skipped, which
-    is safe: their next owner reprocesses from the last commit and deduplicates. Anything else
-    raises OffsetCommitError.
+    A synchronous commit can block without limit while the group coordinator is unreachable, and
+    with it the whole loop and its shutdown; an asynchronous one never does. Its result arrives
+    through the consumer's `on_commit` callback (`CommitReporter`). A lost commit is safe: the
+    next batch's commit supersedes it, and if none does, the partition's next owner reprocesses
+    from the last committed offset and deduplicates.
     """
     if not offsets:
-        return True
-    backoff = Backoff()
-    deadline = time.monotonic() + give_up_after_seconds
-    while True:
-        error = _try_commit(consumer, list(offsets))
-        if error is None:
-            return True
-        code = error.code()
-        if code == KafkaError._NO_OFFSET:
-            return True
-        if code in _GROUP_MOVED_ON:
+        return
+    try:
+        consumer.commit(offsets=list(offsets), asynchronous=True)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
+            return
+        if isinstance(error, KafkaError) and error.fatal():
+            raise OffsetCommitError(f"offset commit failed: {error}", error) from exc
+        on_retry()
+        log.warning("offset commit not sent (%s); the next batch's commit supersedes it", exc)
+
+
+class CommitReporter:
+    """The consumer's `on_commit` callback: logs and counts commits that failed."""
+
+    def __init__(self, on_failure: Callable[[], None]) -> None:
+        self._on_failure = on_failure
+
+    def __call__(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = (
+            error
+            if error is not None
+            else next((p.error for p in partitions if p.error is not None), None)
+        )
+        if failed is None or failed.code() == KafkaError._NO_OFFSET:
+            return
+        self._on_failure()
+        if failed.code() in _GROUP_MOVED_ON:
             log.warning(
                 "offset commit rejected (%s): the partitions' next owner will reprocess and "
                 "deduplicate",
-                error,
+                failed,
             )
-            return False
-        if not (error.retriable() or code in _RETRY_COMMIT):
-            raise OffsetCommitError(f"offset commit failed: {error}", error)
-        if time.monotonic() >= deadline:
-            raise OffsetCommitError(
-                f"offset commit still failing after {give_up_after_seconds:.0f} s: {error}", error
-            )
-        on_retry()
-        log.info("offset commit failed (%s); retrying", error)
-        backoff.sleep()
-
-
-def _try_commit(consumer: Consumer, offsets: list[TopicPartition]) -> KafkaError | None:
-    try:
-        committed = consumer.commit(offsets=offsets, asynchronous=False)
-    except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        if isinstance(error, KafkaError):
-            return error
-        raise OffsetCommitError(f"offset commit failed: {exc}") from exc
-    for partition in committed or ():
-        if partition.error is not None:
-            return partition.error
-    return None
+        else:
+            log.warning("offset commit failed (%s); the next batch's commit supersedes it", failed)
 
 
 def produce_with_backpressure(

@@ -1,6 +1,6 @@
 """The decision applier: writes fraud decisions back to the store, then commits their offsets.
 
-Per batch: decode -> `apply_decisions` in one database transaction -> synchronous offset commit.
+Per batch: decode -> `apply_decisions` in one database transaction -> asynchronous offset commit.
 Applying is idempotent (the first decision of a transaction wins), so a batch reprocessed after a
 crash only yields "duplicate" results. "unknown" (no such transaction in this store) is normal
 when several stores share the decisions topic. An undecodable decision is logged, counted and
@@ -25,6 +25,7 @@ from txguard.config import DECISIONS_TOPIC, Settings
 from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     Backoff,
+    CommitReporter,
     commit_offsets,
     next_offsets,
     poll_batch,
@@ -74,7 +75,10 @@ class DecisionApplier:
             return
         store = self._open_store()
         consumer = make_consumer(
-            bootstrap, group_id=self.settings.applier_group, client_id="txguard-applier"
+            bootstrap,
+            group_id=self.settings.applier_group,
+            client_id="txguard-applier",
+            on_commit=CommitReporter(self._count_retry),
         )
         stats_logged_at = time.monotonic()
         try:
