@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
-from txguard.fraud.decisions import DecisionThresholds, build_decision, new_decision_id
+from txguard.fraud.decisions import DecisionThresholds, build_decision
 from txguard.fraud.scoring import ReasonScore, ScoreResult
 from txguard.schema.v1.decision_pb2 import Outcome
 from txguard.schema.v1.events_pb2 import TransactionCreated
@@ -75,11 +73,3 @@ def test_decision_copies_the_transaction_and_carries_reasons() -> None:
         decided_at_us=3_000_000,
     )
     assert other.decision_id != decision.decision_id
-
-
-def test_decision_ids_are_version_4_uuids() -> None:
-    ids = {new_decision_id() for _ in range(100)}
-    assert len(ids) == 100
-    for text in ids:
-        parsed = uuid.UUID(text)
-        assert parsed.version == 4 and str(parsed) == text

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from txguard.config import Settings
 from txguard.fraud.scoring import ScoreResult
+from txguard.schema.ids import new_random_id
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
 from txguard.schema.v1.events_pb2 import TransactionCreated
 
@@ -56,7 +56,7 @@ def build_decision(
     tx = event.transaction
     # Field by field: measurably cheaper than keyword construction, and this runs per record.
     decision = FraudDecision()
-    decision.decision_id = decision_id or new_decision_id()
+    decision.decision_id = decision_id or new_random_id()
     decision.event_id = event.event_id
     decision.transaction_id = tx.transaction_id
     decision.account_id = tx.account_id
@@ -74,12 +74,3 @@ def build_decision(
     decision.accepted_at.CopyFrom(tx.accepted_at)
     decision.occurred_at.CopyFrom(tx.occurred_at)
     return decision
-
-
-def new_decision_id() -> str:
-    """A random (version 4) UUID string, as `str(uuid.uuid4())` but without the UUID object."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

@@ -61,7 +61,7 @@ class TransactionFactory:
             currency=_CURRENCY_BY_COUNTRY.get(country, "EUR"),
             typical_amount_minor=int(rng.uniform(500, 10_000)),
             terminals=tuple(f"term-{rng.randrange(5_000):05d}" for _ in range(3)),
-            device_id=f"dev-{rng.getrandbits(48):012x}",
+            device_id=f"dev-{rng.getrandbits(128):032x}",
         )
 
     def next_request(self) -> CreateTransactionRequest:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Final, TypeAlias
 
 from txguard.config import TRANSACTIONS_TOPIC
 from txguard.kafka.serde import encode_transaction_created
+from txguard.schema.ids import new_transaction_and_event_ids
 from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest, CreateTransactionResponse
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
@@ -51,27 +51,6 @@ OnRecorded: TypeAlias = Callable[[WriteResult], None]
 StoreFactory: TypeAlias = Callable[[], TransactionStore]
 
 
-def _uuid_text(value: bytes | bytearray) -> str:
-    text = value.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-def new_ids(now_us: int) -> tuple[str, str]:
-    """A transaction id (UUIDv7) and an event id (UUIDv4), from one call for random bytes.
-
-    The transaction id is time-ordered (48-bit Unix milliseconds first): primary-key inserts land
-    at the right edge of the B-tree instead of scattering over it as random UUIDs do.
-    """
-    rand = bytearray(os.urandom(26))
-    v7 = bytearray(((now_us // 1000) & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")) + rand[:10]
-    v7[6] = 0x70 | (v7[6] & 0x0F)
-    v7[8] = 0x80 | (v7[8] & 0x3F)
-    v4 = rand[10:]
-    v4[6] = 0x40 | (v4[6] & 0x0F)
-    v4[8] = 0x80 | (v4[8] & 0x3F)
-    return _uuid_text(v7), _uuid_text(v4)
-
-
 def accepted_transaction(
     *,
     client_id: str,
@@ -84,7 +63,7 @@ def accepted_transaction(
 
     `request.card_number` is never read here: the card enters only as its token.
     """
-    transaction_id, event_id = new_ids(now_us)
+    transaction_id, event_id = new_transaction_and_event_ids(now_us)
     response = CreateTransactionResponse()
     tx = response.transaction
     tx.transaction_id = transaction_id
