@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import grpc
+
 from txguard.clock import now_us
 from txguard.config import Settings
 from txguard.demo.console import DecisionTally, LiveView, summary_lines
@@ -19,6 +21,7 @@ from txguard.demo.processes import (
     start_service,
     wait_for_grpc_serving,
 )
+from txguard.schema.v1.service_pb2_grpc import TransactionServiceStub
 from txguard.simulate.load_generator import LoadStats, TransactionFactory, generate_load
 from txguard.store.sqlite import SqliteStore, applied_after
 
@@ -115,6 +118,32 @@ def _run_with_kafka(settings: Settings, options: DemoOptions, bootstrap: str) ->
             print(f"services that did not stop cleanly: {unclean}", file=sys.stderr)
 
 
+async def _wait_until_pipeline_decides(
+    target: str,
+    factory: TransactionFactory,
+    store: SqliteStore,
+    services: list[ServiceProcess],
+    timeout: float = 120.0,
+) -> None:
+    """One warm-up transaction through the whole pipeline, so that the consumer groups have
+    their partitions before the measured load starts (it is not counted in the summary)."""
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(target) as channel:
+        response = await TransactionServiceStub(channel).CreateTransaction(
+            factory.next_request(), metadata=(("x-client-id", "txguard-demo"),), timeout=10
+        )
+    transaction_id = response.transaction.transaction_id
+    while time.monotonic() - started < timeout:
+        found = store.get_transaction(transaction_id)
+        if found is not None and found.HasField("decision"):
+            print(f"pipeline ready: first decision after {time.monotonic() - started:.1f}s")
+            return
+        if not all(service.alive() for service in services):
+            raise DemoError("a service exited during start-up; see its log")
+        await asyncio.sleep(0.1)
+    raise DemoError(f"no decision for a warm-up transaction within {timeout:.0f}s")
+
+
 async def _drive(settings: Settings, options: DemoOptions, services: list[ServiceProcess]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -124,10 +153,11 @@ async def _drive(settings: Settings, options: DemoOptions, services: list[Servic
     tally = DecisionTally()
     view = LiveView()
     factory = TransactionFactory(accounts=options.accounts, seed=options.seed)
-    run_start_us = now_us()
-    started = time.monotonic()
     store = SqliteStore(settings.store_path)
     try:
+        await _wait_until_pipeline_decides(settings.grpc_addr, factory, store, services)
+        run_start_us = now_us()
+        started = time.monotonic()
         load = asyncio.create_task(
             generate_load(
                 settings.grpc_addr,

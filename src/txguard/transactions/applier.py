@@ -38,7 +38,8 @@ from txguard.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
-CONSUME_TIMEOUT_SECONDS = 0.1
+# consume() waits this long for a full batch: it bounds the latency added under light load.
+CONSUME_TIMEOUT_SECONDS = 0.02
 STATS_LOG_INTERVAL_SECONDS = 30.0
 # A locked database is retried this long before the applier gives up and exits.
 STORE_RETRY_SECONDS = 120.0
