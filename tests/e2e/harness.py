@@ -6,9 +6,10 @@ import asyncio
 import random
 import signal
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,44 @@ class Pipeline:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+class RepeatedKill:
+    """Kills one service with SIGKILL `times` times from a thread, restarting it after each kill.
+
+    `wait_before_kill(done)` decides when the next kill lands; it returns early once `done` is set.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        service: str,
+        *,
+        times: int,
+        wait_before_kill: Callable[[threading.Event], object],
+    ) -> None:
+        self.pipeline = pipeline
+        self.service = service
+        self.times = times
+        self.kills = 0
+        self._wait = wait_before_kill
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"kill-{service}")
+
+    def _run(self) -> None:
+        while self.kills < self.times and not self._done.is_set():
+            self._wait(self._done)
+            self.pipeline.kill(self.service)
+            self.kills += 1
+            self.pipeline.start(self.service)
+
+    def __enter__(self) -> RepeatedKill:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 @dataclass

@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.harness import (
     Pipeline,
+    RepeatedKill,
     make_customers,
     make_requests,
     open_store_readonly,
@@ -107,27 +108,13 @@ def test_transaction_service_sigkill_loses_nothing(pipeline: Pipeline, kafka_bro
     pipeline.start(*ALL_SERVICES)
     customers = make_customers(100, seed=3)
     requests = make_requests(customers, 5000, seed=4)
-    kills = 0
-    done = threading.Event()
-
-    def killer() -> None:
-        nonlocal kills
-        while kills < 5 and not done.is_set():
-            time.sleep(1.5)
-            pipeline.kill("transactions")
-            kills += 1
-            pipeline.start("transactions")
-
-    thread = threading.Thread(target=killer)
-    thread.start()
-    try:
+    with RepeatedKill(
+        pipeline, "transactions", times=5, wait_before_kill=lambda done: done.wait(1.0)
+    ) as killer:
         result = asyncio.run(
             send_with_retries(pipeline.grpc_target, requests, concurrency=32, rate_per_second=600)
         )
-    finally:
-        done.set()
-        thread.join()
-    assert kills == 5, "the service was killed five times while the client was sending"
+    assert killer.kills == 5, "the service was killed five times while the client was sending"
     assert result.retries > 0, "kills interrupted requests in flight"
     assert result.final_errors == []
     ids = set(result.acknowledged.values())
@@ -197,32 +184,19 @@ def test_detector_sigkill_loses_nothing_and_applies_each_decision_once(
     pipeline.start(*ALL_SERVICES)
     customers = make_customers(100, seed=9)
     requests = make_requests(customers, 4000, seed=10)
-    kills = 0
-    done = threading.Event()
 
-    def killer() -> None:
+    def after_progress(done: threading.Event) -> None:
         """Kill each detector in the middle of its work: once it has decided a few hundred."""
-        nonlocal kills
-        while kills < 5 and not done.is_set():
-            baseline = decided_count(store_path(pipeline))
-            deadline = time.monotonic() + 60
-            while decided_count(store_path(pipeline)) < baseline + 150:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.02)
-            pipeline.kill("detector")
-            kills += 1
-            pipeline.start("detector")
+        baseline = decided_count(store_path(pipeline))
+        deadline = time.monotonic() + 60
+        while decided_count(store_path(pipeline)) < baseline + 150:
+            if time.monotonic() > deadline or done.wait(0.02):
+                return
 
-    thread = threading.Thread(target=killer)
-    thread.start()
-    try:
+    with RepeatedKill(pipeline, "detector", times=5, wait_before_kill=after_progress) as killer:
         result = asyncio.run(send_with_retries(pipeline.grpc_target, requests, rate_per_second=200))
         assert wait_for_decisions(store_path(pipeline), result.acknowledged.values(), 240) == set()
-    finally:
-        done.set()
-        thread.join()
-    assert kills == 5
+    assert killer.kills == 5
     ids = set(result.acknowledged.values())
     assert len(ids) == 4000
     assert_exactly_one_applied_decision(store_path(pipeline), ids)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
 from txguard.config import TRANSACTIONS_TOPIC
@@ -82,9 +82,7 @@ def restore_partitions(
     try:
         ends: dict[int, int] = {}
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout_seconds
-            )
+            low, high = _watermarks(consumer, TopicPartition(topic, partition), deadline)
             if high > low:
                 ends[partition] = high
         if ends:
@@ -115,6 +113,37 @@ def restore_partitions(
     finally:
         consumer.close()
     return {partition: list(accounts.values()) for partition, accounts in latest.items()}
+
+
+# A partition moments old, or one whose leader is moving, answers these until it settles.
+_SETTLING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition, deadline: float) -> tuple[int, int]:
+    """Low and high watermark, retried while the partition settles (e.g. just created)."""
+    while True:
+        wait = max(0.1, min(10.0, deadline - time.monotonic()))
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=wait)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            settling = isinstance(error, KafkaError) and (
+                error.retriable() or error.code() in _SETTLING
+            )
+            if not settling or time.monotonic() >= deadline:
+                raise StateRestoreError(
+                    f"cannot read the end of {partition.topic}[{partition.partition}]: {exc}"
+                ) from exc
+            time.sleep(0.1)
 
 
 def _apply(accounts: dict[str, AccountState], key: bytes | None, value: bytes | None) -> None:
