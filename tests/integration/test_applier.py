@@ -185,7 +185,9 @@ def test_undecodable_decisions_are_skipped(settings: Settings, producer: Produce
     try:
         item = stored_transaction(f"skip-{uuid.uuid4().hex[:10]}")
         store.record_transactions([item])
-        producer.produce(DECISIONS_TOPIC, key=b"skip", value=b"\x00garbage")
+        # Same key as the decision, so the same partition: the garbage is consumed first.
+        account = item.transaction.account_id.encode()
+        producer.produce(DECISIONS_TOPIC, key=account, value=b"\x00garbage")
         publish(producer, [decision_for(item.transaction, Outcome.OUTCOME_APPROVE, 0.0)])
         with running_applier(settings) as stats:
             wait_until(lambda: stats.applied == 1)
