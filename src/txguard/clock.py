@@ -12,7 +12,13 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def set_timestamp_us(stamp: Timestamp, micros: int) -> None:
+    """Set a Protobuf Timestamp field in place from microseconds since the epoch."""
+    stamp.seconds, rest = divmod(micros, 1_000_000)
+    stamp.nanos = rest * 1000
+
+
 def timestamp_from_us(micros: int) -> Timestamp:
     stamp = Timestamp()
-    stamp.FromMicroseconds(micros)
+    set_timestamp_us(stamp, micros)
     return stamp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from txguard.clock import set_timestamp_us
 from txguard.config import Settings
 from txguard.fraud.scoring import ScoreResult
 from txguard.schema.ids import new_random_id
@@ -68,9 +69,7 @@ def build_decision(
         )
     decision.model_version = model_version
     decision.rules_version = rules_version
-    seconds, micros = divmod(decided_at_us, 1_000_000)
-    decision.decided_at.seconds = seconds
-    decision.decided_at.nanos = micros * 1000
+    set_timestamp_us(decision.decided_at, decided_at_us)
     decision.accepted_at.CopyFrom(tx.accepted_at)
     decision.occurred_at.CopyFrom(tx.occurred_at)
     return decision

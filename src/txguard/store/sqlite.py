@@ -6,7 +6,8 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,17 @@ class SqliteStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
 
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE takes the write lock up front, so check-then-insert cannot race."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     @property
     def connection(self) -> sqlite3.Connection:
         """The raw connection, for read-only reports; writes go through the store methods."""
@@ -103,8 +115,7 @@ class SqliteStore:
     ) -> list[RecordOutcome | IdempotencyKeyReused]:
         results: list[RecordOutcome | IdempotencyKeyReused] = []
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction():
             for item in batch:
                 row = db.execute(
                     "SELECT request_fingerprint, response FROM idempotency_keys "
@@ -161,10 +172,6 @@ class SqliteStore:
                     ),
                 )
                 results.append(RecordOutcome(created=True, response=item.response))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return results
 
     def get_transaction(self, transaction_id: str) -> Transaction | None:
@@ -205,16 +212,11 @@ class SqliteStore:
         if not seqs:
             return
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction():
             db.executemany(
                 "UPDATE outbox SET published_at_us = ? WHERE seq = ?",
                 [(published_at_us, seq) for seq in seqs],
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def prune_published(self, published_before_us: int) -> int:
         cursor = self._db.execute(
@@ -234,8 +236,7 @@ class SqliteStore:
     ) -> list[DecisionApplied]:
         results: list[DecisionApplied] = []
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction():
             for decision in decisions:
                 cursor = db.execute(
                     "UPDATE transactions SET status = ?, decision_id = ?, decision = ?, "
@@ -261,10 +262,6 @@ class SqliteStore:
                     ).fetchone()
                     result = "duplicate" if exists else "unknown"
                 results.append(DecisionApplied(decision.transaction_id, result))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return results
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeAlias
 
+from txguard.clock import set_timestamp_us
 from txguard.config import TRANSACTIONS_TOPIC
 from txguard.kafka.serde import encode_transaction_created
 from txguard.schema.ids import new_transaction_and_event_ids
@@ -80,10 +81,10 @@ def accepted_transaction(
     tx.channel = request.channel
     tx.country = request.country
     tx.device_id = request.device_id
-    accepted_at = tx.accepted_at
-    accepted_at.seconds, micros = divmod(now_us, 1_000_000)
-    accepted_at.nanos = micros * 1000
-    tx.occurred_at.CopyFrom(request.occurred_at if request.HasField("occurred_at") else accepted_at)
+    set_timestamp_us(tx.accepted_at, now_us)
+    tx.occurred_at.CopyFrom(
+        request.occurred_at if request.HasField("occurred_at") else tx.accepted_at
+    )
     tx.status = TransactionStatus.TRANSACTION_STATUS_PENDING
     encoded = encode_transaction_created(TransactionCreated(event_id=event_id, transaction=tx))
     record = NewTransaction(
