@@ -33,7 +33,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from txguard.clock import now_us, timestamp_from_us
 from txguard.config import ConfigError, Settings
 from txguard.kafka.serde import decode_transaction_created
-from txguard.schema.luhn import luhn_valid
+from txguard.schema.luhn import with_check_digit
 from txguard.schema.v1 import service_pb2_grpc
 from txguard.schema.v1.service_pb2 import (
     CreateTransactionRequest,
@@ -52,15 +52,8 @@ KEY = bytes(range(32))
 CLIENT_ID = "test-client"
 
 
-def _luhn_complete(body: str) -> str:
-    for digit in "0123456789":
-        if luhn_valid(body + digit):
-            return body + digit
-    raise AssertionError("no check digit")
-
-
 # Valid test card numbers; every test checks on exit that none of them reached the database.
-PANS = [_luhn_complete(f"4{n:014d}") for n in range(1, 41)]
+PANS = [with_check_digit(f"4{n:014d}") for n in range(1, 41)]
 # Luhn-invalid and malformed ones, sent in rejected requests.
 BAD_PANS = [pan[:-1] + str((int(pan[-1]) + 1) % 10) for pan in PANS[:5]]
 

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txguard.schema.luhn import luhn_valid
+from txguard.schema.luhn import with_check_digit
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest
 from txguard.schema.v1.transaction_pb2 import Channel
 from txguard.transactions.currencies import (
@@ -56,14 +56,7 @@ def _identifier(max_size: int = 128) -> st.SearchStrategy[str]:
     return st.text(_printable, min_size=1, max_size=max_size).filter(lambda s: not s.isspace())
 
 
-def _with_check_digit(body: str) -> str:
-    for digit in "0123456789":
-        if luhn_valid(body + digit):
-            return body + digit
-    raise AssertionError("no Luhn check digit")
-
-
-valid_pans = st.from_regex(r"\A[0-9]{11,18}\Z").map(_with_check_digit)
+valid_pans = st.from_regex(r"\A[0-9]{11,18}\Z").map(with_check_digit)
 
 
 def _timestamp(seconds: int, nanos: int) -> Timestamp:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import re
 import sys
 import tempfile
 from importlib import resources
@@ -53,7 +54,16 @@ def generate(into: Path) -> None:
         into.mkdir(parents=True, exist_ok=True)
         for stale in into.glob("*_pb2*.py*"):
             stale.unlink()
+        # protoc writes a *_pb2_grpc module for every file; only those with a service need one.
+        services = {
+            Path(proto).stem
+            for proto in protos
+            if re.search(r"^service\s", (PROTO_ROOT / proto).read_text(), re.MULTILINE)
+        }
         for produced in sorted((raw_dir / PROTO_PACKAGE).iterdir()):
+            stem, grpc_module, _ = produced.name.partition("_pb2_grpc.")
+            if grpc_module and stem not in services:
+                continue
             text = produced.read_text()
             for old, new in IMPORT_REWRITES:
                 text = text.replace(old, new)

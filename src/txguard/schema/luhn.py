@@ -22,3 +22,8 @@ def luhn_valid(digits: str) -> bool:
 def luhn_check_digit(partial: str) -> str:
     """The digit that, appended to the ASCII-digit string `partial`, makes it Luhn-valid."""
     return str((10 - _luhn_sum(partial + "0") % 10) % 10)
+
+
+def with_check_digit(partial: str) -> str:
+    """`partial` followed by its Luhn check digit."""
+    return partial + luhn_check_digit(partial)
