@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
+from tests.support import new_transaction, running_in_thread, wait_until
 from txguard.clock import now_us, timestamp_from_us
-from txguard.config import DECISIONS_TOPIC, TRANSACTIONS_TOPIC, Settings
+from txguard.config import DECISIONS_TOPIC, Settings
 from txguard.kafka import serde
 from txguard.kafka.clients import make_producer
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome, Reason
-from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
-from txguard.store.interface import NewTransaction, OutboxEvent
 from txguard.store.sqlite import SqliteStore
 from txguard.transactions.applier import ApplierStats, DecisionApplier
 
@@ -27,36 +24,6 @@ if TYPE_CHECKING:
     from tests.conftest import KafkaBroker
 
 pytestmark = pytest.mark.integration
-
-
-def stored_transaction(account_id: str) -> NewTransaction:
-    now = now_us()
-    tx = Transaction(
-        transaction_id=str(uuid.uuid4()),
-        client_id="applier-test",
-        idempotency_key=str(uuid.uuid4()),
-        account_id=account_id,
-        amount_minor=1_000,
-        currency="EUR",
-        status=TransactionStatus.TRANSACTION_STATUS_PENDING,
-    )
-    tx.occurred_at.FromMicroseconds(now)
-    tx.accepted_at.FromMicroseconds(now)
-    encoded = serde.encode_transaction_created(TransactionCreated(event_id="e", transaction=tx))
-    return NewTransaction(
-        client_id=tx.client_id,
-        idempotency_key=tx.idempotency_key,
-        request_fingerprint=b"fp",
-        transaction=tx,
-        response=b"",
-        outbox_event=OutboxEvent(
-            event_id=str(uuid.uuid4()),
-            topic=TRANSACTIONS_TOPIC,
-            key=encoded.key,
-            payload=encoded.value,
-            headers=encoded.headers,
-        ),
-    )
 
 
 def decision_for(tx: Transaction, outcome: Outcome.ValueType, score: float) -> FraudDecision:
@@ -94,35 +61,11 @@ def publish(producer: Producer, decisions: list[FraudDecision]) -> None:
     assert not errors, errors
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 @contextmanager
 def running_applier(settings: Settings) -> Iterator[ApplierStats]:
     applier = DecisionApplier(settings)  # opens its own store connection on its thread
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            applier.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="decision-applier")
-    thread.start()
-    try:
+    with running_in_thread(applier.run, "decision-applier"):
         yield applier.stats
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    assert not thread.is_alive(), "applier did not stop within 60 s"
-    if errors:
-        raise errors[0]
 
 
 @pytest.fixture
@@ -141,7 +84,7 @@ def test_applies_decisions_and_absorbs_replays(settings: Settings, producer: Pro
     store = SqliteStore(settings.store_path)
     try:
         account = f"apply-{uuid.uuid4().hex[:10]}"
-        items = [stored_transaction(account) for _ in range(3)]
+        items = [new_transaction(account) for _ in range(3)]
         store.record_transactions(items)
         declined, approved, reviewed = (item.transaction for item in items)
         first = [
@@ -149,7 +92,7 @@ def test_applies_decisions_and_absorbs_replays(settings: Settings, producer: Pro
             decision_for(approved, Outcome.OUTCOME_APPROVE, 0.1),
             decision_for(reviewed, Outcome.OUTCOME_REVIEW, 0.6),
         ]
-        unknown_tx = stored_transaction(account).transaction  # never stored here
+        unknown_tx = new_transaction(account).transaction  # never stored here
         publish(producer, [*first, decision_for(unknown_tx, Outcome.OUTCOME_APPROVE, 0.0)])
 
         with running_applier(settings) as stats:
@@ -183,7 +126,7 @@ def test_applies_decisions_and_absorbs_replays(settings: Settings, producer: Pro
 def test_undecodable_decisions_are_skipped(settings: Settings, producer: Producer) -> None:
     store = SqliteStore(settings.store_path)
     try:
-        item = stored_transaction(f"skip-{uuid.uuid4().hex[:10]}")
+        item = new_transaction(f"skip-{uuid.uuid4().hex[:10]}")
         store.record_transactions([item])
         # Same key as the decision, so the same partition: the garbage is consumed first.
         account = item.transaction.account_id.encode()

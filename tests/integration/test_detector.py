@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, cast
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from tests.support import running_in_thread
 from txguard.clock import now_us
 from txguard.config import DECISIONS_TOPIC, DLQ_TOPIC, TRANSACTIONS_TOPIC, Settings
 from txguard.fraud.detector import FraudDetector
@@ -131,25 +131,8 @@ class DecisionReader(TopicReader):
 def running_detector(settings: Settings) -> Iterator[FraudDetector]:
     """A detector on a thread; stopped (and its error, if any, raised) on exit."""
     detector = FraudDetector(settings)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            detector.run(stop)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="fraud-detector")
-    thread.start()
-    try:
+    with running_in_thread(detector.run, "fraud-detector"):
         yield detector
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    assert not thread.is_alive(), "detector did not stop within 60 s"
-    if errors:
-        raise errors[0]
 
 
 @pytest.fixture

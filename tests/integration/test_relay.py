@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 import pytest
 from confluent_kafka import Message
 
+from tests.support import new_transaction, wait_until
 from txguard.clock import now_us
 from txguard.config import TRANSACTIONS_TOPIC, Settings
 from txguard.kafka.clients import make_consumer
@@ -21,11 +22,7 @@ from txguard.kafka.serde import (
     HEADER_EVENT_ID,
     HEADER_SCHEMA,
     HEADER_SCHEMA_VERSION,
-    encode_transaction_created,
 )
-from txguard.schema.v1.events_pb2 import TransactionCreated
-from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
-from txguard.store.interface import NewTransaction, OutboxEvent
 from txguard.store.sqlite import SqliteStore
 from txguard.transactions.relay import OutboxRelay, RelayLockHeld
 
@@ -33,37 +30,6 @@ if TYPE_CHECKING:
     from tests.conftest import KafkaBroker
 
 pytestmark = pytest.mark.integration
-
-
-def new_transaction(account_id: str, amount_minor: int = 1_000) -> NewTransaction:
-    now = now_us()
-    tx = Transaction(
-        transaction_id=str(uuid.uuid4()),
-        client_id="relay-test",
-        idempotency_key=str(uuid.uuid4()),
-        account_id=account_id,
-        amount_minor=amount_minor,
-        currency="EUR",
-        status=TransactionStatus.TRANSACTION_STATUS_PENDING,
-    )
-    tx.occurred_at.FromMicroseconds(now)
-    tx.accepted_at.FromMicroseconds(now)
-    event = TransactionCreated(event_id=str(uuid.uuid4()), transaction=tx)
-    encoded = encode_transaction_created(event)
-    return NewTransaction(
-        client_id=tx.client_id,
-        idempotency_key=tx.idempotency_key,
-        request_fingerprint=b"fp",
-        transaction=tx,
-        response=b"",
-        outbox_event=OutboxEvent(
-            event_id=event.event_id,
-            topic=TRANSACTIONS_TOPIC,
-            key=encoded.key,
-            payload=encoded.value,
-            headers=encoded.headers,
-        ),
-    )
 
 
 def read_matching(
@@ -217,7 +183,7 @@ def test_backlog_written_during_a_broker_outage_drains_in_order(
     try:
         items = [new_transaction(account) for _ in range(6)]
         store.record_transactions(items[:2])
-        wait_for(lambda: store.outbox_backlog().count == 0)
+        wait_until(lambda: store.outbox_backlog().count == 0, timeout=30.0)
         kafka_broker.stop()
         try:
             # The store keeps accepting while Kafka is away; the relay holds the round in flight.
@@ -227,7 +193,7 @@ def test_backlog_written_during_a_broker_outage_drains_in_order(
             assert store.outbox_backlog().count == 4
         finally:
             kafka_broker.start()
-        wait_for(lambda: store.outbox_backlog().count == 0, timeout=90)
+        wait_until(lambda: store.outbox_backlog().count == 0, timeout=90)
     finally:
         stop.set()
         thread.join(timeout=30)
@@ -240,10 +206,3 @@ def test_backlog_written_during_a_broker_outage_drains_in_order(
     )
     in_offset_order = [event_id_of(m) for m in sorted(messages, key=lambda m: m.offset() or 0)]
     assert in_offset_order == expected
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)

@@ -1,0 +1,79 @@
+"""Helpers shared by the integration tests: polling, services on threads, stored-row builders."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from txguard.clock import now_us
+from txguard.config import TRANSACTIONS_TOPIC
+from txguard.kafka.serde import encode_transaction_created
+from txguard.schema.ids import new_random_id
+from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
+from txguard.store.interface import NewTransaction, OutboxEvent
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+@contextmanager
+def running_in_thread(run: Callable[[threading.Event], None], name: str) -> Iterator[None]:
+    """`run(stop)` on a thread; on exit it is stopped, joined, and its error (if any) raised."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run(stop)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive(), f"{name} did not stop within 60 s"
+    if errors:
+        raise errors[0]
+
+
+def new_transaction(account_id: str, amount_minor: int = 1_000) -> NewTransaction:
+    """A pending transaction with its outbox event, as the API would store it."""
+    now = now_us()
+    tx = Transaction(
+        transaction_id=new_random_id(),
+        client_id="test-client",
+        idempotency_key=new_random_id(),
+        account_id=account_id,
+        amount_minor=amount_minor,
+        currency="EUR",
+        status=TransactionStatus.TRANSACTION_STATUS_PENDING,
+    )
+    tx.occurred_at.FromMicroseconds(now)
+    tx.accepted_at.FromMicroseconds(now)
+    event = TransactionCreated(event_id=new_random_id(), transaction=tx)
+    encoded = encode_transaction_created(event)
+    return NewTransaction(
+        client_id=tx.client_id,
+        idempotency_key=tx.idempotency_key,
+        request_fingerprint=b"fp",
+        transaction=tx,
+        response=b"",
+        outbox_event=OutboxEvent(
+            event_id=event.event_id,
+            topic=TRANSACTIONS_TOPIC,
+            key=encoded.key,
+            payload=encoded.value,
+            headers=encoded.headers,
+        ),
+    )
