@@ -48,6 +48,9 @@ class Settings:
     velocity_max_transactions: int
     consume_batch_size: int
     log_level: str
+    log_format: str  # "text" or "json"
+    # Port of this process's /metrics endpoint; None: the service's default port, 0: no endpoint.
+    metrics_port: int | None
 
     @property
     def local_kafka(self) -> bool:
@@ -104,6 +107,8 @@ class Settings:
             ),
             consume_batch_size=reader.integer("TXGUARD_CONSUME_BATCH_SIZE", 500, minimum=1),
             log_level=reader.text("TXGUARD_LOG_LEVEL", "INFO").upper(),
+            log_format=reader.choice("TXGUARD_LOG_FORMAT", "text", ("text", "json")),
+            metrics_port=reader.optional_integer("TXGUARD_METRICS_PORT", minimum=0),
         )
         if not _TOPIC_SAFE.match(settings.detector_group):
             raise ConfigError(
@@ -154,15 +159,25 @@ class _EnvReader:
         return self.optional(name) or default
 
     def integer(self, name: str, default: int, *, minimum: int) -> int:
+        value = self.optional_integer(name, minimum=minimum)
+        return default if value is None else value
+
+    def optional_integer(self, name: str, *, minimum: int) -> int | None:
         raw = self.optional(name)
         if raw is None:
-            return default
+            return None
         try:
             value = int(raw)
         except ValueError as exc:
             raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
     def fraction(self, name: str, default: float) -> float:

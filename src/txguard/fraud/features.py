@@ -6,6 +6,46 @@ from dataclasses import dataclass
 
 from txguard.schema.v1.events_pb2 import TransactionCreated
 
+DAY_SECONDS = 86_400
+# Window lengths of the handbook's customer and terminal features, in days.
+WINDOW_DAYS = (1, 7, 30)
+# Terminal features look at transactions at least this old, whose labels are known by now.
+TERMINAL_DELAY_DAYS = 7
+
+# The handbook's 15 model inputs, in the handbook's order and under its column names.
+HANDBOOK_FEATURES: tuple[str, ...] = (
+    "TX_AMOUNT",
+    "TX_DURING_WEEKEND",
+    "TX_DURING_NIGHT",
+    *(
+        name
+        for n in WINDOW_DAYS
+        for name in (f"CUSTOMER_ID_NB_TX_{n}DAY_WINDOW", f"CUSTOMER_ID_AVG_AMOUNT_{n}DAY_WINDOW")
+    ),
+    *(
+        name
+        for n in WINDOW_DAYS
+        for name in (f"TERMINAL_ID_NB_TX_{n}DAY_WINDOW", f"TERMINAL_ID_RISK_{n}DAY_WINDOW")
+    ),
+)
+
+# txguard's own features, from the customer's history in event time:
+# - CUSTOMER_ID_NB_TX_1HOUR_WINDOW: the customer's transactions in (t - 1 h, t], this one included;
+# - CUSTOMER_ID_SECONDS_SINCE_PREV_TX: t minus the customer's previous transaction time, capped at
+#   30 days (30 days when there is none in (t - 30 d, t]);
+# - CUSTOMER_ID_AMOUNT_RATIO_30DAY: TX_AMOUNT / mean amount of the customer's previous transactions
+#   in (t - 30 d, t], this one excluded; 1.0 when there is none;
+# - CUSTOMER_ID_AMOUNT_ZSCORE_30DAY: (TX_AMOUNT - that mean) / their population standard
+#   deviation; 0.0 when there are fewer than 2 of them or the deviation is 0.
+TXGUARD_FEATURES: tuple[str, ...] = (
+    "CUSTOMER_ID_NB_TX_1HOUR_WINDOW",
+    "CUSTOMER_ID_SECONDS_SINCE_PREV_TX",
+    "CUSTOMER_ID_AMOUNT_RATIO_30DAY",
+    "CUSTOMER_ID_AMOUNT_ZSCORE_30DAY",
+)
+
+ALL_FEATURES: tuple[str, ...] = HANDBOOK_FEATURES + TXGUARD_FEATURES
+
 
 @dataclass(frozen=True, slots=True)
 class TransactionFeatures:
