@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("action", choices=["fetch", "up", "down", "status", "topics"])
 
     serve = commands.add_parser("serve", help="run one txguard service in the foreground")
-    serve.add_argument("service", choices=["transactions", "relay", "detector", "applier"])
+    serve.add_argument(
+        "service", choices=["transactions", "relay", "detector", "applier", "terminal-risk"]
+    )
     serve.add_argument(
         "--no-relay",
         action="store_true",

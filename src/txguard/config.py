@@ -13,15 +13,54 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable and what to do."""
 
 
-# Topic names are part of the wire contract: a new major event shape is a new `.vN` topic.
-TRANSACTIONS_TOPIC = "txguard.transactions.v1"
-DECISIONS_TOPIC = "txguard.fraud-decisions.v1"
-LABELS_TOPIC = "txguard.fraud-labels.v1"
-TERMINAL_RISK_TOPIC = "txguard.terminal-risk.v1"
-DLQ_TOPIC = "txguard.transactions.dlq.v1"
-# Prefix of each detector group's own state changelog (see Settings.detector_state_topic).
-DETECTOR_STATE_TOPIC = "txguard.detector-state.v1"
+DEFAULT_TOPIC_NAMESPACE = "txguard"
 _TOPIC_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Every topic of one txguard deployment. Names are part of the wire contract: a new major
+    event shape is a new `.vN` topic. The namespace keeps separate pipelines (a replay, a test)
+    on one cluster apart."""
+
+    namespace: str = DEFAULT_TOPIC_NAMESPACE
+
+    @property
+    def transactions(self) -> str:
+        return f"{self.namespace}.transactions.v1"
+
+    @property
+    def decisions(self) -> str:
+        return f"{self.namespace}.fraud-decisions.v1"
+
+    @property
+    def labels(self) -> str:
+        return f"{self.namespace}.fraud-labels.v1"
+
+    @property
+    def terminal_events(self) -> str:
+        """Transactions and labels re-keyed by terminal, for the terminal-risk aggregator."""
+        return f"{self.namespace}.terminal-events.v1"
+
+    @property
+    def terminal_risk(self) -> str:
+        return f"{self.namespace}.terminal-risk.v1"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.namespace}.transactions.dlq.v1"
+
+    def detector_state(self, group: str) -> str:
+        """A detector group's own state changelog: groups never read each other's state."""
+        return f"{self.namespace}.detector-state.v2.{group}"
+
+
+_DEFAULT_TOPICS = TopicNames()
+TRANSACTIONS_TOPIC = _DEFAULT_TOPICS.transactions
+DECISIONS_TOPIC = _DEFAULT_TOPICS.decisions
+LABELS_TOPIC = _DEFAULT_TOPICS.labels
+TERMINAL_RISK_TOPIC = _DEFAULT_TOPICS.terminal_risk
+DLQ_TOPIC = _DEFAULT_TOPICS.dead_letters
 
 
 @dataclass(frozen=True)
@@ -48,6 +87,19 @@ class Settings:
     velocity_max_transactions: int
     consume_batch_size: int
     log_level: str
+    topics: TopicNames
+    # Detector: state changelog and offsets are checkpointed at most this often (decisions are
+    # published per batch regardless).
+    checkpoint_interval_ms: int
+    terminal_risk_group: str
+    # How long the detector waits for the terminal table to reach a transaction's event time
+    # before scoring with the table as it is; None waits as long as it takes (replays).
+    terminal_table_max_wait_ms: int | None
+    model_dir: Path | None
+    shadow_model_dir: Path | None
+    model_poll_seconds: int
+    # Carry every feature value on the decision event (replays and audits).
+    decision_features: bool
     log_format: str  # "text" or "json"
     # Port of this process's /metrics endpoint; None: the service's default port, 0: no endpoint.
     metrics_port: int | None
@@ -59,8 +111,7 @@ class Settings:
 
     @property
     def detector_state_topic(self) -> str:
-        """The detector group's own state changelog: groups never read each other's state."""
-        return f"{DETECTOR_STATE_TOPIC}.{self.detector_group}"
+        return self.topics.detector_state(self.detector_group)
 
     @property
     def kafka_dir(self) -> Path:
@@ -107,9 +158,29 @@ class Settings:
             ),
             consume_batch_size=reader.integer("TXGUARD_CONSUME_BATCH_SIZE", 500, minimum=1),
             log_level=reader.text("TXGUARD_LOG_LEVEL", "INFO").upper(),
+            topics=TopicNames(reader.text("TXGUARD_TOPIC_NAMESPACE", DEFAULT_TOPIC_NAMESPACE)),
+            checkpoint_interval_ms=reader.integer(
+                "TXGUARD_CHECKPOINT_INTERVAL_MS", 1000, minimum=0
+            ),
+            terminal_risk_group=reader.text("TXGUARD_TERMINAL_RISK_GROUP", "txguard-terminal-risk"),
+            terminal_table_max_wait_ms=reader.optional_integer(
+                "TXGUARD_TERMINAL_TABLE_MAX_WAIT_MS", minimum=0, unbounded="unbounded", default=0
+            ),
+            model_dir=reader.path("TXGUARD_MODEL_DIR"),
+            shadow_model_dir=reader.path("TXGUARD_SHADOW_MODEL_DIR"),
+            model_poll_seconds=reader.integer("TXGUARD_MODEL_POLL_SECONDS", 5, minimum=1),
+            decision_features=reader.flag("TXGUARD_DECISION_FEATURES", default=False),
             log_format=reader.choice("TXGUARD_LOG_FORMAT", "text", ("text", "json")),
             metrics_port=reader.optional_integer("TXGUARD_METRICS_PORT", minimum=0),
         )
+        for variable, name in (
+            ("TXGUARD_TOPIC_NAMESPACE", settings.topics.namespace),
+            ("TXGUARD_TERMINAL_RISK_GROUP", settings.terminal_risk_group),
+        ):
+            if not _TOPIC_SAFE.match(name):
+                raise ConfigError(
+                    f"{variable} may only contain letters, digits, '.', '_' and '-', got {name!r}"
+                )
         if not _TOPIC_SAFE.match(settings.detector_group):
             raise ConfigError(
                 "TXGUARD_DETECTOR_GROUP may only contain letters, digits, '.', '_' and '-' "
@@ -162,17 +233,42 @@ class _EnvReader:
         value = self.optional_integer(name, minimum=minimum)
         return default if value is None else value
 
-    def optional_integer(self, name: str, *, minimum: int) -> int | None:
+    def optional_integer(
+        self,
+        name: str,
+        *,
+        minimum: int,
+        unbounded: str | None = None,
+        default: int | None = None,
+    ) -> int | None:
+        """The integer, `default` when unset, None when set to the word `unbounded`."""
         raw = self.optional(name)
         if raw is None:
+            return default
+        if unbounded is not None and raw.lower() == unbounded:
             return None
         try:
             value = int(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+            expected = f"an integer or {unbounded!r}" if unbounded else "an integer"
+            raise ConfigError(f"{name} must be {expected}, got {raw!r}") from exc
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
         return value
+
+    def path(self, name: str) -> Path | None:
+        raw = self.optional(name)
+        return Path(raw) if raw is not None else None
+
+    def flag(self, name: str, *, default: bool) -> bool:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default).lower()

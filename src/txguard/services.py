@@ -40,6 +40,7 @@ def _run(name: str, settings: Settings, *, relay: bool) -> int:
         "relay": _relay,
         "detector": _detector,
         "applier": _applier,
+        "terminal-risk": _terminal_risk,
     }
     stop = threading.Event()
     _stop_on_signals(lambda: stop.set())
@@ -59,6 +60,12 @@ def _detector(settings: Settings, stop: threading.Event) -> None:
     from txguard.fraud.detector import FraudDetector
 
     FraudDetector(settings).run(stop)
+
+
+def _terminal_risk(settings: Settings, stop: threading.Event) -> None:
+    from txguard.fraud.terminal_risk import TerminalRiskAggregator
+
+    TerminalRiskAggregator(settings).run(stop)
 
 
 def _applier(settings: Settings, stop: threading.Event) -> None:

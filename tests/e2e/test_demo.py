@@ -12,9 +12,9 @@ import pytest
 from tests.e2e.harness import read_topic
 from txguard.config import (
     DECISIONS_TOPIC,
-    DETECTOR_STATE_TOPIC,
     DLQ_TOPIC,
     TRANSACTIONS_TOPIC,
+    TopicNames,
 )
 from txguard.schema.luhn import luhn_valid
 
@@ -57,7 +57,7 @@ def test_demo_decides_every_transaction_and_leaks_no_card_number(
         scanned[str(path)] = path.read_bytes()
     for log in home.rglob("*.log"):
         scanned[str(log)] = log.read_bytes()
-    state_topic = f"{DETECTOR_STATE_TOPIC}.{txguard_env['TXGUARD_DETECTOR_GROUP']}"
+    state_topic = TopicNames().detector_state(txguard_env["TXGUARD_DETECTOR_GROUP"])
     for topic in (TRANSACTIONS_TOPIC, DECISIONS_TOPIC, DLQ_TOPIC, state_topic):
         for record in read_topic(kafka_broker.bootstrap, topic):
             blob = (record.key or b"") + b"\x00" + (record.value or b"")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from txguard.config import DETECTOR_STATE_TOPIC, TRANSACTIONS_TOPIC
+from txguard.config import TRANSACTIONS_TOPIC, TopicNames
 from txguard.kafka.broker import (
     STATE_FILE,
     KafkaFetchError,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 CLI_TIMEOUT = 240
 
 # The state changelog of the default detector group.
-DEFAULT_STATE_TOPIC = f"{DETECTOR_STATE_TOPIC}.txguard-detector"
+DEFAULT_STATE_TOPIC = TopicNames().detector_state("txguard-detector")
 
 
 def _produce_one(producer: Producer, topic: str, key: bytes, value: bytes) -> tuple[int, int]:

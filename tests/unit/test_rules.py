@@ -12,7 +12,7 @@ from txguard.fraud.rules import (
     VelocityRule,
 )
 from txguard.fraud.scoring import RuleScorer, combine_scores
-from txguard.fraud.state import AccountHistory, StateLimits
+from txguard.fraud.state import AccountHistory, StateLimits, event_id_hash
 from txguard.schema.v1.events_pb2 import TransactionCreated
 
 WINDOW_MS = 60_000
@@ -61,10 +61,10 @@ def test_velocity_rule_fires_only_above_the_limit() -> None:
 def window_counts(times_ms: list[int]) -> list[int]:
     """Per event, in arrival order: how many account events fall in its window, itself included."""
     history = AccountHistory("acct-1")
-    limits = StateLimits(velocity_window_ms=WINDOW_MS)
+    limits = StateLimits()
     counts = []
     for index, time_ms in enumerate(times_ms):
-        history.record(f"e-{index}", time_ms, limits)
+        history.record(event_id_hash(f"e-{index}"), time_ms, 100, limits)
         counts.append(history.count_in_window(time_ms, WINDOW_MS))
     return counts
 

@@ -9,12 +9,12 @@ import pytest
 
 from txguard.config import (
     DECISIONS_TOPIC,
-    DETECTOR_STATE_TOPIC,
     DLQ_TOPIC,
     LABELS_TOPIC,
     TERMINAL_RISK_TOPIC,
     TRANSACTIONS_TOPIC,
     Settings,
+    TopicNames,
 )
 from txguard.kafka.broker import STATE_FILE, LocalBroker
 from txguard.kafka.clients import (
@@ -27,7 +27,7 @@ from txguard.kafka.clients import (
 from txguard.kafka.topics import DAY_MS, topic_specs
 
 # The state changelog of the default detector group.
-DEFAULT_STATE_TOPIC = f"{DETECTOR_STATE_TOPIC}.txguard-detector"
+DEFAULT_STATE_TOPIC = TopicNames().detector_state("txguard-detector")
 
 
 def _settings(tmp_path: Path, **env: str) -> Settings:
@@ -40,6 +40,7 @@ def test_every_topic_has_a_spec(tmp_path: Path) -> None:
         TRANSACTIONS_TOPIC,
         DECISIONS_TOPIC,
         LABELS_TOPIC,
+        "txguard.terminal-events.v1",
         TERMINAL_RISK_TOPIC,
         DLQ_TOPIC,
         DEFAULT_STATE_TOPIC,
@@ -52,6 +53,7 @@ def test_policies_and_retention(tmp_path: Path) -> None:
         TRANSACTIONS_TOPIC: ("delete", 7 * DAY_MS),
         DECISIONS_TOPIC: ("delete", 7 * DAY_MS),
         LABELS_TOPIC: ("delete", 30 * DAY_MS),
+        "txguard.terminal-events.v1": ("delete", 7 * DAY_MS),
         TERMINAL_RISK_TOPIC: ("compact", None),
         DLQ_TOPIC: ("delete", 30 * DAY_MS),
         DEFAULT_STATE_TOPIC: ("compact", None),
@@ -148,3 +150,19 @@ def test_local_broker_picks_two_distinct_free_ports(tmp_path: Path) -> None:
     broker = LocalBroker(tmp_path / "kafka")
     assert broker.port != broker.controller_port
     assert broker.bootstrap == f"127.0.0.1:{broker.port}"
+
+
+def test_a_namespace_renames_every_topic(tmp_path: Path) -> None:
+    names = [
+        spec.name
+        for spec in topic_specs(_settings(tmp_path, TXGUARD_TOPIC_NAMESPACE="replay-42"))
+    ]
+    assert names == [
+        "replay-42.transactions.v1",
+        "replay-42.fraud-decisions.v1",
+        "replay-42.fraud-labels.v1",
+        "replay-42.terminal-events.v1",
+        "replay-42.terminal-risk.v1",
+        "replay-42.transactions.dlq.v1",
+        "replay-42.detector-state.v2.txguard-detector",
+    ]

@@ -10,15 +10,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txguard.schema.luhn import with_check_digit
-from txguard.schema.v1.service_pb2 import CreateTransactionRequest
-from txguard.schema.v1.transaction_pb2 import Channel
-from txguard.transactions.currencies import (
+from txguard.schema.currencies import (
     ISO_4217_CODES,
     MINOR_UNITS,
     TRANSACTION_CURRENCIES,
     WITHOUT_MINOR_UNIT,
 )
+from txguard.schema.luhn import with_check_digit
+from txguard.schema.v1.service_pb2 import CreateTransactionRequest
+from txguard.schema.v1.transaction_pb2 import Channel
 from txguard.transactions.idempotency import request_fingerprint
 from txguard.transactions.validation import (
     EARLIEST_OCCURRED_AT_SECONDS,

@@ -24,7 +24,7 @@ class DeadLetter:
     topic: str = DLQ_TOPIC
 
 
-def dead_letter_for(message: Message, error: InvalidEvent) -> DeadLetter:
+def dead_letter_for(message: Message, error: InvalidEvent, *, topic: str = DLQ_TOPIC) -> DeadLetter:
     """The DLQ record for a consumed record that failed decoding or validation."""
     original = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
     partition, offset = message.partition(), message.offset()
@@ -39,4 +39,5 @@ def dead_letter_for(message: Message, error: InvalidEvent) -> DeadLetter:
             error=error,
         ),
         error=error,
+        topic=topic,
     )

@@ -13,34 +13,42 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import cast
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from txguard.clock import now_us
-from txguard.config import DECISIONS_TOPIC, TRANSACTIONS_TOPIC, Settings
+from txguard.config import Settings
 from txguard.fraud.changelog import changelog_record, check_copartitioned, restore_partitions
 from txguard.fraud.dead_letter import DeadLetter, dead_letter_for
 from txguard.fraud.decisions import DecisionThresholds, build_decision
-from txguard.fraud.features import ScoringInput, event_time_ms, transaction_features
+from txguard.fraud.features import (
+    ALL_FEATURES,
+    DAY_MS,
+    TERMINAL_DELAY_DAYS,
+    ScoringInput,
+    event_time_ms,
+    transaction_features,
+)
 from txguard.fraud.scoring import RuleScorer, Scorer
-from txguard.fraud.state import DetectorState, StateChange, StateLimits
-from txguard.kafka.clients import make_consumer, make_producer
+from txguard.fraud.state import DetectorState, event_id_hash
+from txguard.fraud.terminal_table import TerminalTable, TerminalTableFollower
+from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
-    Backoff,
     CommitReporter,
-    DeliveryTimeout,
-    FailedDeliveries,
     OutgoingRecord,
-    close_producer,
     commit_offsets,
     next_offsets,
     poll_batch,
-    produce_with_backpressure,
-    wait_for_deliveries,
     wait_for_kafka,
 )
-from txguard.kafka.serde import InvalidEvent, decode_transaction_created, encode_decision
+from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
+from txguard.kafka.serde import (
+    InvalidEvent,
+    decode_transaction_created,
+    encode_decision,
+    is_stream_watermark,
+)
 from txguard.kafka.topics import ensure_topics
 from txguard.schema.v1.decision_pb2 import FraudDecision
 from txguard.schema.v1.events_pb2 import TransactionCreated
@@ -50,31 +58,29 @@ log = logging.getLogger(__name__)
 # consume() waits this long for a full batch: under light load it bounds the added latency,
 # under load the batch fills first.
 CONSUME_TIMEOUT_SECONDS = 0.02
-# On stop, how long to wait for the last batch's records to be acknowledged.
+# On stop, how long to wait for the last records to be acknowledged.
 STOP_GRACE_SECONDS = 10.0
 STATS_LOG_INTERVAL_SECONDS = 30.0
 RESTORE_TIMEOUT_SECONDS = 120.0
-
-
-class DecisionPublishTimeout(RuntimeError):
-    """Stopping, and the batch's records were not acknowledged in time: offsets stay uncommitted."""
-
-
-class DecisionPublishError(RuntimeError):
-    """A record of the batch was rejected while stopping; the batch will be reprocessed."""
+# While waiting for the terminal table, how long each poll of it may block.
+TABLE_POLL_SECONDS = 0.05
+_TERMINAL_DELAY_MS = TERMINAL_DELAY_DAYS * DAY_MS
 
 
 @dataclass
 class DetectorStats:
-    """Running counters since start; logged periodically (metrics come later)."""
+    """Running counters since start; logged periodically."""
 
     processed: int = 0  # records consumed, whatever became of them
     decided: int = 0  # decisions published
     duplicates_dropped: int = 0  # events whose id the account's state had already seen
     dead_lettered: int = 0  # records sent to the DLQ topic
     retries: int = 0  # transient failures retried (full queue, failed delivery, commit)
-    batches: int = 0  # batches committed
+    batches: int = 0  # batches processed
+    checkpoints: int = 0  # state + offsets made durable
     restored_accounts: int = 0  # account states read back from the changelog on assignment
+    table_waits: int = 0  # batches that waited for the terminal table to catch up
+    stale_table_batches: int = 0  # batches scored before the table caught up (bounded wait)
 
 
 @dataclass
@@ -83,7 +89,6 @@ class BatchOutput:
 
     decisions: list[FraudDecision] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    state_changes: list[StateChange] = field(default_factory=list)
     offsets: list[TopicPartition] = field(default_factory=list)
 
 
@@ -92,26 +97,33 @@ class FraudDetector:
 
     def __init__(self, settings: Settings, *, scorer: Scorer | None = None) -> None:
         self.settings = settings
+        self.topics = settings.topics
         self.scorer: Scorer = scorer or RuleScorer.from_settings(settings)
         self.thresholds = DecisionThresholds.from_settings(settings)
-        self.window_ms = settings.velocity_window_seconds * 1000
-        self.state = DetectorState(StateLimits(velocity_window_ms=self.window_ms))
+        self.velocity_window_ms = settings.velocity_window_seconds * 1000
+        self.state = DetectorState()
+        self.table: TerminalTable = TerminalTable()
         self.stats = DetectorStats()
         self._bootstrap = ""
-        self._producer: Producer | None = None
+        self._publisher: ConfirmedPublisher | None = None
+        self._follower: TerminalTableFollower | None = None
+        # Offsets processed but not yet committed: committed at the next checkpoint.
+        self._uncommitted: dict[tuple[str, int], TopicPartition] = {}
+        self._checkpointed_at = time.monotonic()
         self._stats_logged_at = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until `stop` is set; then finish the batch, flush, commit, close, return."""
+        """Consume until `stop` is set; then checkpoint, close, return."""
         bootstrap = wait_for_kafka(self.settings, stop, what="fraud detector")
         if bootstrap is None:
             return
         self._bootstrap = bootstrap
+        group = self.settings.detector_group
         consumer = make_consumer(
             bootstrap,
-            group_id=self.settings.detector_group,
+            group_id=group,
             client_id="txguard-detector",
             on_commit=CommitReporter(self._count_retry),
         )
@@ -124,10 +136,21 @@ class FraudDetector:
                     name: len(topic.partitions)
                     for name, topic in consumer.list_topics(timeout=30).topics.items()
                 },
+                transactions_topic=self.topics.transactions,
             )
-            self._producer = self._new_producer()
+            self._follower = TerminalTableFollower(
+                bootstrap, self.topics.terminal_risk, group_id=group
+            )
+            self._follower.load()
+            self.table = self._follower.table
+            self._publisher = ConfirmedPublisher(
+                bootstrap,
+                client_id="txguard-detector",
+                on_retry=self._count_retry,
+                stop_grace_seconds=STOP_GRACE_SECONDS,
+            )
             consumer.subscribe(
-                [TRANSACTIONS_TOPIC],
+                [self.topics.transactions],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
@@ -136,41 +159,56 @@ class FraudDetector:
                 records = poll_batch(
                     consumer, self.settings.consume_batch_size, CONSUME_TIMEOUT_SECONDS
                 )
+                self._follower.poll()
                 if records:
-                    self.emit_and_commit(consumer, self.process_batch(records), stop)
+                    self.emit(self.process_batch(records, stop))
+                if self._checkpoint_due():
+                    self.checkpoint(consumer, stop)
                 self._log_stats_periodically()
-        except (DecisionPublishTimeout, DecisionPublishError) as exc:
+            self.checkpoint(consumer, stop)
+        except (PublishTimeout, PublishError) as exc:
             if not stop.is_set():
                 raise
-            # Safe: the batch's offsets were not committed, so its next owner reprocesses it.
-            log.error("stopping without committing the last batch (%s)", exc)
+            # Safe: offsets since the last checkpoint were not committed; the next owner redoes
+            # them.
+            log.error("stopping without a final checkpoint (%s)", exc)
         finally:
             # Closing leaves the group; the revoke callback drops the partitions' state, which is
-            # already in the changelog because every batch was flushed before its commit.
+            # in the changelog up to the last checkpoint, as far as the committed offsets go.
             consumer.close()
-            if self._producer is not None:
-                close_producer(self._producer, timeout=STOP_GRACE_SECONDS)
-                self._producer = None
+            if self._publisher is not None:
+                self._publisher.close()
+            if self._follower is not None:
+                self._follower.close()
             log.info("fraud detector stopped: %s", asdict(self.stats))
 
     # -- the pipeline, one step per method ---------------------------------------------------
 
-    def process_batch(self, records: Sequence[Message]) -> BatchOutput:
-        """decode -> dedup -> state/features -> score -> decide, in offset order per partition."""
+    def process_batch(
+        self, records: Sequence[Message], stop: threading.Event | None = None
+    ) -> BatchOutput:
+        """decode -> wait for the terminal table -> dedup -> state/features -> score -> decide."""
         output = BatchOutput(offsets=next_offsets(records))
-        inputs: list[ScoringInput] = []
+        self.stats.batches += 1
+        decoded: list[tuple[int, TransactionCreated]] = []
         for message in records:
             self.stats.processed += 1
             event = self._decode(message, output)
-            if event is None:
-                continue
-            item = self._observe(cast(int, message.partition()), event)
+            if event is not None:
+                decoded.append((cast(int, message.partition()), event))
+        if not decoded:
+            return output
+        self._await_terminal_table(max(event_time_ms(event) for _, event in decoded), stop)
+        inputs: list[ScoringInput] = []
+        for partition, event in decoded:
+            item = self._observe(partition, event)
             if item is not None:
                 inputs.append(item)
         decided_at_us = now_us()
         results = self.scorer.score_batch(inputs)
-        output.decisions = [
-            build_decision(
+        carry_features = self.settings.decision_features
+        for item, result in zip(inputs, results, strict=True):
+            decision = build_decision(
                 item.event,
                 result,
                 thresholds=self.thresholds,
@@ -178,19 +216,22 @@ class FraudDetector:
                 rules_version=self.scorer.rules_version,
                 decided_at_us=decided_at_us,
             )
-            for item, result in zip(inputs, results, strict=True)
-        ]
-        # One record per changed account: its state after the whole batch (last state wins).
-        output.state_changes = self.state.take_changes()
+            if carry_features:
+                decision.features.update(zip(ALL_FEATURES, item.features.values, strict=True))
+            output.decisions.append(decision)
         return output
 
     def _decode(self, message: Message, output: BatchOutput) -> TransactionCreated | None:
         """The event, or None when the record is poison and was set aside for the DLQ."""
         headers = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
+        if is_stream_watermark(headers):
+            return None  # Event-time progress for the terminal-risk aggregator, not a transaction.
         try:
             return decode_transaction_created(message.value(), headers)
         except InvalidEvent as exc:
-            output.dead_letters.append(dead_letter_for(message, exc))
+            output.dead_letters.append(
+                dead_letter_for(message, exc, topic=self.topics.dead_letters)
+            )
             self.stats.dead_lettered += 1
             log.warning(
                 "dead-lettering %s[%s]@%s: %s",
@@ -201,95 +242,92 @@ class FraudDetector:
             )
             return None
 
+    def _await_terminal_table(self, latest_event_ms: int, stop: threading.Event | None) -> None:
+        """Wait until the terminal table is complete for the batch's latest event time: its
+        transactions up to t - 7 days and its labels known by t (bounded by the setting)."""
+        follower = self._follower
+        if follower is None:
+            return
+        need = (latest_event_ms - _TERMINAL_DELAY_MS, latest_event_ms)
+        if self.table.complete_until().covers(*need):
+            return
+        max_wait_ms = self.settings.terminal_table_max_wait_ms
+        if max_wait_ms == 0:
+            self.stats.stale_table_batches += 1
+            return
+        self.stats.table_waits += 1
+        deadline = None if max_wait_ms is None else time.monotonic() + max_wait_ms / 1000
+        while not self.table.complete_until().covers(*need):
+            if stop is not None and stop.is_set():
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                self.stats.stale_table_batches += 1
+                return
+            follower.poll(timeout=TABLE_POLL_SECONDS)
+
     def _observe(self, partition: int, event: TransactionCreated) -> ScoringInput | None:
         """Dedup, then record the event in its account's state and compute its features.
 
         None for a duplicate: the event id is already in the account's state.
         """
         account_id = event.transaction.account_id
-        if self.state.is_duplicate(partition, account_id, event.event_id):
+        history = self.state.history(partition, account_id)
+        id_hash = event_id_hash(event.event_id)
+        if history.has_seen(id_hash):
             self.stats.duplicates_dropped += 1
             return None
         occurred_ms = event_time_ms(event)
-        history = self.state.record(partition, account_id, event.event_id, occurred_ms)
-        in_window = history.count_in_window(occurred_ms, self.window_ms)
-        return ScoringInput(event, occurred_ms, transaction_features(event, in_window))
+        position = history.record(
+            id_hash, occurred_ms, event.transaction.amount_minor, self.state.limits
+        )
+        self.state.mark_changed(partition, account_id)
+        features = transaction_features(
+            event,
+            history,
+            position,
+            self.table,
+            velocity_window_ms=self.velocity_window_ms,
+        )
+        return ScoringInput(event, occurred_ms, features)
 
-    def emit_and_commit(
-        self, consumer: Consumer, output: BatchOutput, stop: threading.Event
-    ) -> None:
-        """Publish what the batch produced, then commit its offsets. The order is the guarantee:
+    def emit(self, output: BatchOutput) -> None:
+        """Send the batch's decisions and dead letters now; they are confirmed at the checkpoint."""
+        publisher = cast(ConfirmedPublisher, self._publisher)
+        records = [_decision_record(self.topics.decisions, d) for d in output.decisions]
+        records += [_dead_letter_record(d) for d in output.dead_letters]
+        publisher.send(records)
+        self.stats.decided += len(output.decisions)
+        for offset in output.offsets:
+            self._uncommitted[(offset.topic, offset.partition)] = offset
 
-        1. decisions and dead letters -> flush -> every delivery report checked;
-        2. the changed accounts' state -> changelog -> flush -> every delivery report checked;
-        3. only then commit the batch's offsets (asynchronously: a synchronous commit can hang
-           while the coordinator is unreachable).
+    def checkpoint(self, consumer: Consumer, stop: threading.Event) -> None:
+        """Make everything since the last checkpoint durable. The order is the guarantee:
+
+        1. decisions and dead letters sent since the last checkpoint -> every delivery confirmed;
+        2. the changed accounts' state -> changelog -> every delivery confirmed;
+        3. only then commit the offsets (asynchronously: a synchronous commit can hang while the
+           coordinator is unreachable).
 
         Decisions go before state so that the changelog never says "seen" for an event whose
-        decision was lost. A crash before 3 reprocesses the batch: events whose state reached the
-        changelog come back as duplicates (no second decision); the others are decided again,
-        which the applier absorbs (first decision per transaction wins).
+        decision was lost. A crash before 3 reprocesses since the last commit: events whose state
+        reached the changelog come back as duplicates (no second decision); the others are
+        decided again, which the applier absorbs (first decision per transaction wins).
         """
-        records = [_decision_record(d) for d in output.decisions]
-        records += [_dead_letter_record(d) for d in output.dead_letters]
-        self._publish(records, "decisions", stop)
-        self.stats.decided += len(output.decisions)
-        state_topic = self.settings.detector_state_topic
-        self._publish(
-            [changelog_record(state_topic, c) for c in output.state_changes], "state", stop
-        )
-        commit_offsets(consumer, output.offsets, on_retry=self._count_retry)
-        self.stats.batches += 1
-
-    # -- producing ---------------------------------------------------------------------------
-
-    def _publish(self, records: Sequence[OutgoingRecord], what: str, stop: threading.Event) -> None:
-        """Produce all records and wait until each is acknowledged; on a failed delivery, start
-        over with a fresh producer (duplicates are absorbed downstream, nothing is skipped)."""
-        if not records:
+        self._checkpointed_at = time.monotonic()
+        publisher = self._publisher
+        if publisher is None or (not self._uncommitted and publisher.pending == 0):
             return
-        backoff = Backoff()
-        while True:
-            producer = self._producer or self._new_producer()
-            self._producer = producer
-            failures = FailedDeliveries()
-            for record in records:
-                produce_with_backpressure(
-                    producer, record, on_delivery=failures, on_retry=self._count_retry
-                )
-            try:
-                wait_for_deliveries(
-                    producer, stop=stop, stop_grace_seconds=STOP_GRACE_SECONDS, what=what
-                )
-            except DeliveryTimeout as exc:
-                raise DecisionPublishTimeout(f"{what}: {exc}; offsets not committed") from exc
-            if not failures.errors:
-                return
-            self.stats.retries += 1
-            log.warning(
-                "%s: %d of %d deliveries failed (first: %s); resending with a new producer",
-                what,
-                len(failures.errors),
-                len(records),
-                failures.errors[0],
-            )
-            if stop.is_set():
-                raise DecisionPublishError(
-                    f"{what}: delivery failed while stopping: {failures.errors[0]}"
-                )
-            close_producer(producer, timeout=0)
-            self._producer = None
-            backoff.sleep(stop)
+        publisher.confirm(stop, what="decisions")
+        state_topic = self.settings.detector_state_topic
+        changes = self.state.take_changes()
+        publisher.publish([changelog_record(state_topic, c) for c in changes], stop, what="state")
+        commit_offsets(consumer, list(self._uncommitted.values()), on_retry=self._count_retry)
+        self._uncommitted.clear()
+        self.stats.checkpoints += 1
 
-    def _new_producer(self) -> Producer:
-        # No message timeout: during a broker outage librdkafka keeps retrying in order, and the
-        # batch simply waits; a timeout would only turn the outage into resends.
-        overrides: dict[str, Any] = {
-            "enable.idempotence": True,
-            "acks": "all",
-            "message.timeout.ms": 0,
-        }
-        return make_producer(self._bootstrap, client_id="txguard-detector", **overrides)
+    def _checkpoint_due(self) -> bool:
+        elapsed_ms = (time.monotonic() - self._checkpointed_at) * 1000
+        return elapsed_ms >= self.settings.checkpoint_interval_ms
 
     def _count_retry(self) -> None:
         self.stats.retries += 1
@@ -321,15 +359,22 @@ class FraudDetector:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Every processed batch is already flushed and committed: nothing to do but forget.
+        # Checkpoint first, so the next owner starts from this instance's latest state.
+        if partitions and self._publisher is not None:
+            try:
+                self.checkpoint(consumer, threading.Event())
+            except (PublishTimeout, PublishError) as exc:
+                log.error("revoke: checkpoint failed (%s); the next owner reprocesses", exc)
         for partition in partitions:
             self.state.drop(partition.partition)
+            self._uncommitted.pop((partition.topic, partition.partition), None)
         if partitions:
             log.info("revoked partitions %s", [p.partition for p in partitions])
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for partition in partitions:
             self.state.drop(partition.partition)
+            self._uncommitted.pop((partition.topic, partition.partition), None)
         log.warning("lost partitions %s", [p.partition for p in partitions])
 
     def _log_stats_periodically(self) -> None:
@@ -339,9 +384,9 @@ class FraudDetector:
             log.info("fraud detector: %s", asdict(self.stats))
 
 
-def _decision_record(decision: FraudDecision) -> OutgoingRecord:
+def _decision_record(topic: str, decision: FraudDecision) -> OutgoingRecord:
     encoded = encode_decision(decision)
-    return OutgoingRecord(DECISIONS_TOPIC, encoded.key, encoded.value, encoded.headers)
+    return OutgoingRecord(topic, encoded.key, encoded.value, encoded.headers)
 
 
 def _dead_letter_record(dead: DeadLetter) -> OutgoingRecord:

@@ -1,10 +1,23 @@
-"""What the scorer sees of one transaction: the event and the features computed from its history."""
+"""Features: what the scorer sees of one transaction, computed from event time alone.
+
+The handbook's 15 inputs (Le Borgne et al., Reproducible Machine Learning for Credit Card Fraud
+Detection) under their column names, and txguard's own; `reference_features.py` computes the same
+in batch, and the two must agree for every transaction.
+"""
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from txguard.schema.currencies import MINOR_UNITS
 from txguard.schema.v1.events_pb2 import TransactionCreated
+
+if TYPE_CHECKING:
+    from txguard.fraud.state import AccountHistory
+    from txguard.fraud.terminal_table import TerminalTable
 
 DAY_SECONDS = 86_400
 # Window lengths of the handbook's customer and terminal features, in days.
@@ -47,6 +60,15 @@ TXGUARD_FEATURES: tuple[str, ...] = (
 ALL_FEATURES: tuple[str, ...] = HANDBOOK_FEATURES + TXGUARD_FEATURES
 
 
+HOUR_MS = 3_600_000
+DAY_MS = DAY_SECONDS * 1000
+_WINDOWS_MS = tuple(n * DAY_MS for n in WINDOW_DAYS)
+_LONGEST_WINDOW_MS = _WINDOWS_MS[-1]
+_TERMINAL_DELAY_MS = TERMINAL_DELAY_DAYS * DAY_MS
+# 1970-01-01 was a Thursday: weekday 3 with Monday = 0, as pandas counts.
+_EPOCH_WEEKDAY = 3
+
+
 @dataclass(frozen=True, slots=True)
 class TransactionFeatures:
     """Features of one transaction, all derived from event time, never from the wall clock."""
@@ -55,6 +77,11 @@ class TransactionFeatures:
     currency: str
     # The account's transactions in the velocity window ending at this one, this one included.
     transactions_in_velocity_window: int
+    # One value per name in ALL_FEATURES, in that order.
+    values: tuple[float, ...] = ()
+
+    def named(self) -> dict[str, float]:
+        return dict(zip(ALL_FEATURES, self.values, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +102,101 @@ def event_time_ms(event: TransactionCreated) -> int:
     return int(event.transaction.occurred_at.ToMilliseconds())
 
 
+def major_units(amount_minor: int, currency: str) -> float:
+    """The amount as the handbook's TX_AMOUNT: a float in the currency's major unit."""
+    return amount_minor / 10 ** MINOR_UNITS.get(currency, 2)
+
+
+def calendar_features(time_ms: int) -> tuple[float, float]:
+    """TX_DURING_WEEKEND and TX_DURING_NIGHT of an event time (UTC)."""
+    seconds = time_ms // 1000
+    weekday = (seconds // DAY_SECONDS + _EPOCH_WEEKDAY) % 7
+    hour = (seconds % DAY_SECONDS) // 3600
+    return float(weekday >= 5), float(hour <= 6)
+
+
+def customer_features(
+    history: AccountHistory, position: int, currency: str
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The handbook's six customer features and txguard's four, for the event at `position`.
+
+    The event is already recorded; windows end at it and include it, and events recorded after
+    it with the same time are not part of its windows (as in a time-ordered batch computation).
+    """
+    times = history.times_ms
+    amounts = history.amounts_minor
+    scale = 10 ** MINOR_UNITS.get(currency, 2)
+    time_ms = times[position]
+    end = position + 1
+    handbook: list[float] = []
+    start_30d = end
+    for window_ms in _WINDOWS_MS:
+        start = bisect.bisect_right(times, time_ms - window_ms, 0, end)
+        count = end - start
+        handbook.append(float(count))
+        handbook.append(sum(amounts[start:end]) / count / scale)
+        start_30d = start
+    in_hour = end - bisect.bisect_right(times, time_ms - HOUR_MS, 0, end)
+    since_previous = (
+        min(time_ms - times[position - 1], _LONGEST_WINDOW_MS)
+        if position > start_30d
+        else _LONGEST_WINDOW_MS
+    )
+    previous = amounts[start_30d:position]
+    amount = amounts[position]
+    ratio, zscore = 1.0, 0.0
+    if previous:
+        mean = sum(previous) / len(previous)
+        ratio = amount / mean
+        if len(previous) >= 2:
+            variance = sum((a - mean) ** 2 for a in previous) / len(previous)
+            if variance > 0:
+                zscore = (amount - mean) / math.sqrt(variance)
+    own = (float(in_hour), since_previous / 1000, ratio, zscore)
+    return tuple(handbook), own
+
+
+def terminal_features(table: TerminalTable, terminal_id: str, time_ms: int) -> tuple[float, ...]:
+    """The handbook's six terminal features: for n in 1, 7, 30 days, the terminal's transactions
+    in (t - d - n days, t - d] and the share of them known as fraud by t."""
+    values: list[float] = []
+    for window_ms in _WINDOWS_MS:
+        count, frauds = table.window(
+            terminal_id,
+            after_ms=time_ms - _TERMINAL_DELAY_MS - window_ms,
+            until_ms=time_ms - _TERMINAL_DELAY_MS,
+            known_by_ms=time_ms,
+        )
+        values.append(float(count))
+        values.append(frauds / count if count else 0.0)
+    return tuple(values)
+
+
 def transaction_features(
-    event: TransactionCreated, transactions_in_window: int
+    event: TransactionCreated,
+    history: AccountHistory,
+    position: int,
+    table: TerminalTable,
+    *,
+    velocity_window_ms: int,
 ) -> TransactionFeatures:
+    """Every feature of one recorded event, in ALL_FEATURES order."""
     tx = event.transaction
+    time_ms = history.times_ms[position]
+    weekend, night = calendar_features(time_ms)
+    customer, own = customer_features(history, position, tx.currency)
+    terminal = terminal_features(table, tx.terminal_id, time_ms) if tx.terminal_id else _NO_TERMINAL
+    values = (major_units(tx.amount_minor, tx.currency), weekend, night, *customer, *terminal, *own)
+    end = position + 1
+    in_velocity_window = end - bisect.bisect_right(
+        history.times_ms, time_ms - velocity_window_ms, 0, end
+    )
     return TransactionFeatures(
         amount_minor=tx.amount_minor,
         currency=tx.currency,
-        transactions_in_velocity_window=transactions_in_window,
+        transactions_in_velocity_window=in_velocity_window,
+        values=values,
     )
+
+
+_NO_TERMINAL = (0.0,) * (2 * len(WINDOW_DAYS))

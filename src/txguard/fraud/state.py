@@ -1,24 +1,27 @@
-"""The detector's per-account state: seen event ids (dedup) and recent event times (velocity).
+"""The detector's per-account state: the account's recent events (dedup and features).
 
-State lives in memory per assigned partition and is made durable in the compacted changelog topic
-txguard.detector-state.v1 (key = account id, same partition number as the account's transactions).
-It is keyed and bounded so that one account's state stays small whatever its traffic.
+State lives in memory per assigned partition and is made durable in the compacted changelog
+txguard.detector-state.v2.<group> (key = account id, same partition number as the account's
+transactions). Each account keeps its events of the last `history_ms` of its own event time, at
+most `max_events`, as three packed arrays: small in memory and small on the changelog.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import deque
+import hashlib
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from txguard.schema.v1.detector_state_pb2 import AccountState
+from txguard.schema.v1.detector_state_pb2 import AccountHistoryState
 
-# Per account, at most this many events are remembered (ids for dedup, times for velocity).
+DAY_MS = 86_400_000
+# The longest feature window (30 days) decides how much history an account keeps.
+DEFAULT_HISTORY_MS = 30 * DAY_MS
+# Per account, at most this many events are remembered; features of an account busier than
+# this over 30 days see only its latest events.
 DEFAULT_MAX_EVENTS = 1_000
-# Event ids are remembered for at least this long of the account's own event time, so that a
-# relay resend is recognised even when the velocity window is configured short.
-MIN_DEDUP_HORIZON_MS = 3_600_000
 
 
 class StateNotRestored(RuntimeError):
@@ -33,106 +36,98 @@ class StateNotRestored(RuntimeError):
 class StateLimits:
     """How much the detector remembers per account."""
 
-    velocity_window_ms: int
+    history_ms: int = DEFAULT_HISTORY_MS
     max_events: int = DEFAULT_MAX_EVENTS
-    min_dedup_horizon_ms: int = MIN_DEDUP_HORIZON_MS
 
     def __post_init__(self) -> None:
-        if self.velocity_window_ms <= 0:
-            raise ValueError("velocity_window_ms must be positive")
+        if self.history_ms <= 0:
+            raise ValueError("history_ms must be positive")
         if self.max_events < 1:
             raise ValueError("max_events must be at least 1")
 
-    @property
-    def horizon_ms(self) -> int:
-        """Events at or before (newest event time - horizon) are forgotten."""
-        return max(self.velocity_window_ms, self.min_dedup_horizon_ms)
+
+def event_id_hash(event_id: str) -> int:
+    """64 bits of the event id's digest: what the state remembers to recognise a redelivery."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
 class AccountHistory:
-    """What the detector remembers about one account: its recent events, oldest first.
+    """One account's remembered events, ordered by (event time, arrival).
 
-    An event is forgotten once it is more than the horizon older than the account's newest event,
-    or when more than `max_events` are remembered. Serialized as two parallel lists in arrival
-    order: `seen_event_ids[i]` happened at `recent_event_times_ms[i]`.
+    An event is forgotten once it is `history_ms` or more older than the account's newest event,
+    or, oldest first, when more than `max_events` are remembered.
     """
 
-    __slots__ = ("_events", "_ids", "_sorted_times", "account_id", "last_event_time_ms")
+    __slots__ = ("account_id", "amounts_minor", "hashes", "last_event_time_ms", "times_ms")
 
-    def __init__(
-        self,
-        account_id: str,
-        events: Iterable[tuple[str, int]] = (),
-        *,
-        last_event_time_ms: int = 0,
-    ) -> None:
+    def __init__(self, account_id: str) -> None:
         self.account_id = account_id
-        self._events: deque[tuple[str, int]] = deque()
-        self._ids: set[str] = set()
-        # Sorted ascending, so that late (out-of-order) events land in the right place.
-        self._sorted_times: list[int] = []
-        self.last_event_time_ms = last_event_time_ms
-        for event_id, time_ms in events:
-            self._remember(event_id, time_ms)
+        self.hashes = array("Q")
+        self.times_ms = array("q")
+        self.amounts_minor = array("q")
+        self.last_event_time_ms = 0
 
     @classmethod
-    def from_proto(cls, state: AccountState) -> AccountHistory:
-        times = state.recent_event_times_ms
-        last = state.last_event_time_ms
-        # Parallel lists; a missing time (never written so) is taken as the newest one.
-        events = [
-            (event_id, times[i] if i < len(times) else last)
-            for i, event_id in enumerate(state.seen_event_ids)
-        ]
-        return cls(state.account_id, events, last_event_time_ms=last)
+    def from_proto(cls, state: AccountHistoryState) -> AccountHistory:
+        history = cls(state.account_id)
+        count = min(len(state.event_id_hashes), len(state.event_times_ms), len(state.amounts_minor))
+        history.hashes.extend(state.event_id_hashes[:count])
+        history.times_ms.extend(state.event_times_ms[:count])
+        history.amounts_minor.extend(state.amounts_minor[:count])
+        history.last_event_time_ms = state.last_event_time_ms
+        return history
 
-    def to_proto(self) -> AccountState:
-        state = AccountState(account_id=self.account_id, last_event_time_ms=self.last_event_time_ms)
-        if self._events:
-            event_ids, times_ms = zip(*self._events, strict=True)
-            state.seen_event_ids.extend(event_ids)
-            state.recent_event_times_ms.extend(times_ms)
+    def to_proto(self) -> AccountHistoryState:
+        state = AccountHistoryState(
+            account_id=self.account_id, last_event_time_ms=self.last_event_time_ms
+        )
+        state.event_id_hashes.extend(self.hashes)
+        state.event_times_ms.extend(self.times_ms)
+        state.amounts_minor.extend(self.amounts_minor)
         return state
 
-    @property
-    def seen_event_ids(self) -> list[str]:
-        return [event_id for event_id, _ in self._events]
+    def __len__(self) -> int:
+        return len(self.times_ms)
 
-    @property
-    def recent_event_times_ms(self) -> list[int]:
-        """Remembered event times, ascending."""
-        return list(self._sorted_times)
+    def has_seen(self, id_hash: int) -> bool:
+        return id_hash in self.hashes
 
-    def has_seen(self, event_id: str) -> bool:
-        return event_id in self._ids
-
-    def record(self, event_id: str, event_time_ms: int, limits: StateLimits) -> None:
-        """Remember one event, then forget what fell out of the bounds."""
-        if event_id in self._ids:
-            return
-        self._remember(event_id, event_time_ms)
+    def record(
+        self, id_hash: int, event_time_ms: int, amount_minor: int, limits: StateLimits
+    ) -> int:
+        """Remember one event, forget what fell out of the limits; the event's position."""
+        times = self.times_ms
+        # After any event with the same time: equal times keep their arrival order.
+        position = bisect.bisect_right(times, event_time_ms)
+        times.insert(position, event_time_ms)
+        self.hashes.insert(position, id_hash)
+        self.amounts_minor.insert(position, amount_minor)
         self.last_event_time_ms = max(self.last_event_time_ms, event_time_ms)
-        cutoff = self.last_event_time_ms - limits.horizon_ms
-        events = self._events
-        # Oldest arrival first; a late event stays until it reaches the front (bounded anyway).
-        while events and (len(events) > limits.max_events or events[0][1] <= cutoff):
-            old_id, old_time = events.popleft()
-            self._ids.discard(old_id)
-            del self._sorted_times[bisect.bisect_left(self._sorted_times, old_time)]
+        expired = bisect.bisect_right(times, self.last_event_time_ms - limits.history_ms)
+        expired = max(expired, len(times) - limits.max_events)
+        if expired > 0:
+            del times[:expired]
+            del self.hashes[:expired]
+            del self.amounts_minor[:expired]
+            position -= expired
+        return position
 
     def count_in_window(self, event_time_ms: int, window_ms: int) -> int:
         """Events timed in (event_time - window, event_time]: the window ending at the event."""
-        times = self._sorted_times
+        times = self.times_ms
         return bisect.bisect_right(times, event_time_ms) - bisect.bisect_right(
             times, event_time_ms - window_ms
         )
 
-    def _remember(self, event_id: str, time_ms: int) -> None:
-        if event_id in self._ids:
-            return
-        self._events.append((event_id, time_ms))
-        self._ids.add(event_id)
-        bisect.insort(self._sorted_times, time_ms)
+    def memory_bytes(self) -> int:
+        """What this account's history occupies in memory (arrays and the object itself)."""
+        return (
+            object.__sizeof__(self)
+            + self.hashes.__sizeof__()
+            + self.times_ms.__sizeof__()
+            + self.amounts_minor.__sizeof__()
+            + self.account_id.__sizeof__()
+        )
 
 
 class PartitionState:
@@ -151,17 +146,17 @@ class StateChange:
     """One account's latest state, to be written to its changelog partition."""
 
     partition: int
-    state: AccountState
+    state: AccountHistoryState
 
 
 class DetectorState:
     """In-memory state of every partition this detector instance owns."""
 
-    def __init__(self, limits: StateLimits) -> None:
-        self.limits = limits
+    def __init__(self, limits: StateLimits | None = None) -> None:
+        self.limits = limits or StateLimits()
         self._partitions: dict[int, PartitionState] = {}
 
-    def assign(self, partition: int, restored: Iterable[AccountState]) -> None:
+    def assign(self, partition: int, restored: Iterable[AccountHistoryState]) -> None:
         """Take ownership of a partition with the state read back from its changelog."""
         self._partitions[partition] = PartitionState(
             partition, (AccountHistory.from_proto(state) for state in restored)
@@ -181,21 +176,16 @@ class DetectorState:
     def account(self, partition: int, account_id: str) -> AccountHistory | None:
         return self._partition(partition).accounts.get(account_id)
 
-    def is_duplicate(self, partition: int, account_id: str, event_id: str) -> bool:
-        history = self._partition(partition).accounts.get(account_id)
-        return history is not None and history.has_seen(event_id)
-
-    def record(
-        self, partition: int, account_id: str, event_id: str, event_time_ms: int
-    ) -> AccountHistory:
-        """Remember the event in its account's history and mark the account changed."""
-        part = self._partition(partition)
-        history = part.accounts.get(account_id)
+    def history(self, partition: int, account_id: str) -> AccountHistory:
+        """The account's history, created empty on first sight."""
+        accounts = self._partition(partition).accounts
+        history = accounts.get(account_id)
         if history is None:
-            history = part.accounts[account_id] = AccountHistory(account_id)
-        history.record(event_id, event_time_ms, self.limits)
-        part.changed.add(account_id)
+            history = accounts[account_id] = AccountHistory(account_id)
         return history
+
+    def mark_changed(self, partition: int, account_id: str) -> None:
+        self._partition(partition).changed.add(account_id)
 
     def take_changes(self) -> list[StateChange]:
         """The latest state of every account changed since the last call (one per account)."""
@@ -205,6 +195,12 @@ class DetectorState:
                 changes.append(StateChange(part.partition, part.accounts[account_id].to_proto()))
             part.changed.clear()
         return changes
+
+    def memory_bytes(self) -> int:
+        """Memory held by every account history (not counting the dict slots)."""
+        return sum(
+            h.memory_bytes() for part in self._partitions.values() for h in part.accounts.values()
+        )
 
     def __iter__(self) -> Iterator[PartitionState]:
         return iter(self._partitions.values())

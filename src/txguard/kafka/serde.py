@@ -9,6 +9,8 @@ from google.protobuf.message import DecodeError
 
 from txguard.schema.v1.decision_pb2 import FraudDecision
 from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.v1.labels_pb2 import FraudLabel
+from txguard.schema.v1.watermark_pb2 import StreamWatermark
 
 HEADER_EVENT_ID = "txguard-event-id"
 HEADER_SCHEMA = "txguard-schema"
@@ -40,8 +42,16 @@ class EncodedRecord:
     headers: Headers
 
 
-def schema_name(message_type: type[TransactionCreated] | type[FraudDecision]) -> str:
+SchemaType = (
+    type[TransactionCreated] | type[FraudDecision] | type[FraudLabel] | type[StreamWatermark]
+)
+
+
+def schema_name(message_type: SchemaType) -> str:
     return message_type.DESCRIPTOR.full_name
+
+
+_WATERMARK_SCHEMA = schema_name(StreamWatermark).encode()
 
 
 def encode_transaction_created(event: TransactionCreated) -> EncodedRecord:
@@ -83,6 +93,57 @@ def decode_transaction_created(
     if not tx.HasField("occurred_at") or not tx.HasField("accepted_at"):
         raise InvalidEvent("invalid", "transaction lacks occurred_at or accepted_at")
     return event
+
+
+def encode_fraud_label(label: FraudLabel) -> EncodedRecord:
+    return EncodedRecord(
+        key=label.account_id.encode(),
+        value=label.SerializeToString(),
+        headers=_headers(label.label_id, schema_name(FraudLabel)),
+    )
+
+
+def encode_stream_watermark(watermark: StreamWatermark) -> EncodedRecord:
+    """A watermark record; its producer sends one copy to every partition explicitly."""
+    return EncodedRecord(
+        key=b"",
+        value=watermark.SerializeToString(),
+        headers=_headers("", schema_name(StreamWatermark)),
+    )
+
+
+def is_stream_watermark(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+    return header_value(headers, HEADER_SCHEMA) == _WATERMARK_SCHEMA
+
+
+def decode_stream_watermark(
+    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
+) -> StreamWatermark:
+    _require_schema(headers, schema_name(StreamWatermark))
+    watermark = StreamWatermark()
+    try:
+        watermark.ParseFromString(value or b"")
+    except DecodeError as exc:
+        raise InvalidEvent("undecodable", f"not a StreamWatermark message: {exc}") from exc
+    if not watermark.HasField("complete_until"):
+        raise InvalidEvent("invalid", "watermark lacks complete_until")
+    return watermark
+
+
+def decode_fraud_label(
+    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
+) -> FraudLabel:
+    _require_schema(headers, schema_name(FraudLabel))
+    label = FraudLabel()
+    try:
+        label.ParseFromString(value or b"")
+    except DecodeError as exc:
+        raise InvalidEvent("undecodable", f"not a FraudLabel message: {exc}") from exc
+    if not label.transaction_id or not label.terminal_id:
+        raise InvalidEvent("invalid", "label lacks transaction_id or terminal_id")
+    if not label.HasField("occurred_at") or not label.HasField("known_at"):
+        raise InvalidEvent("invalid", "label lacks occurred_at or known_at")
+    return label
 
 
 def decode_decision(

@@ -10,14 +10,7 @@ from dataclasses import dataclass, field, replace
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from txguard.config import (
-    DECISIONS_TOPIC,
-    DLQ_TOPIC,
-    LABELS_TOPIC,
-    TERMINAL_RISK_TOPIC,
-    TRANSACTIONS_TOPIC,
-    Settings,
-)
+from txguard.config import Settings
 from txguard.kafka.clients import make_admin
 
 log = logging.getLogger(__name__)
@@ -90,12 +83,15 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             extra_configs=dict(extra or {}),
         )
 
+    topics = settings.topics
     return [
-        spec(TRANSACTIONS_TOPIC, "delete", 7 * DAY_MS, partitions=transactions_partitions),
-        spec(DECISIONS_TOPIC, "delete", 7 * DAY_MS),
-        spec(LABELS_TOPIC, "delete", 30 * DAY_MS),
-        spec(TERMINAL_RISK_TOPIC, "compact", None, _COMPACTED),
-        spec(DLQ_TOPIC, "delete", 30 * DAY_MS),
+        spec(topics.transactions, "delete", 7 * DAY_MS, partitions=transactions_partitions),
+        spec(topics.decisions, "delete", 7 * DAY_MS),
+        spec(topics.labels, "delete", 30 * DAY_MS),
+        # Partition N of the table holds the entries of terminal-events partition N.
+        spec(topics.terminal_events, "delete", 7 * DAY_MS),
+        spec(topics.terminal_risk, "compact", None, _COMPACTED),
+        spec(topics.dead_letters, "delete", 30 * DAY_MS),
         # The detector's state changelog: partition N holds the state of transactions partition N.
         spec(
             settings.detector_state_topic,
@@ -137,14 +133,15 @@ def ensure_topics(bootstrap: str, settings: Settings, *, timeout: float = 30.0) 
                 )
         state_topic = settings.detector_state_topic
         state_count = existing.get(state_topic)
-        transactions_count = existing.get(TRANSACTIONS_TOPIC)
+        transactions_topic = settings.topics.transactions
+        transactions_count = existing.get(transactions_topic)
         if None not in (state_count, transactions_count) and state_count != transactions_count:
             log.warning(
                 "%s has %s partitions but %s has %s: detector state cannot be restored "
                 "partition by partition until they match",
                 state_topic,
                 state_count,
-                TRANSACTIONS_TOPIC,
+                transactions_topic,
                 transactions_count,
             )
         if transactions_count is not None:

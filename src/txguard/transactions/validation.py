@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from txguard.schema.currencies import TRANSACTION_CURRENCIES
 from txguard.schema.luhn import luhn_valid
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest
 from txguard.schema.v1.transaction_pb2 import Channel
 from txguard.transactions.card import is_card_number_shape
-from txguard.transactions.currencies import TRANSACTION_CURRENCIES
 
 MAX_IDEMPOTENCY_KEY_CHARS: Final = 255
 MAX_ID_CHARS: Final = 128

@@ -25,17 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19txguard/v1/decision.proto\x12\ntxguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\xfc\x02\n\rFraudDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12$\n\x07outcome\x18\x06 \x01(\x0e\x32\x13.txguard.v1.Outcome\x12#\n\x07reasons\x18\x07 \x03(\x0b\x32\x12.txguard.v1.Reason\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x15\n\rrules_version\x18\t \x01(\t\x12.\n\ndecided_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0boccurred_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp*`\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_APPROVE\x10\x01\x12\x12\n\x0eOUTCOME_REVIEW\x10\x02\x12\x13\n\x0fOUTCOME_DECLINE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19txguard/v1/decision.proto\x12\ntxguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n\x06Reason\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\"\x9c\x04\n\rFraudDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12$\n\x07outcome\x18\x06 \x01(\x0e\x32\x13.txguard.v1.Outcome\x12#\n\x07reasons\x18\x07 \x03(\x0b\x32\x12.txguard.v1.Reason\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x15\n\rrules_version\x18\t \x01(\t\x12.\n\ndecided_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0boccurred_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x08\x66\x65\x61tures\x18\r \x03(\x0b\x32\'.txguard.v1.FraudDecision.FeaturesEntry\x12\x14\n\x0cshadow_score\x18\x0e \x01(\x01\x12\x1c\n\x14shadow_model_version\x18\x0f \x01(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*`\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_APPROVE\x10\x01\x12\x12\n\x0eOUTCOME_REVIEW\x10\x02\x12\x13\n\x0fOUTCOME_DECLINE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'txguard.v1.decision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=524
-  _globals['_OUTCOME']._serialized_end=620
+  _globals['_FRAUDDECISION_FEATURESENTRY']._loaded_options = None
+  _globals['_FRAUDDECISION_FEATURESENTRY']._serialized_options = b'8\001'
+  _globals['_OUTCOME']._serialized_start=684
+  _globals['_OUTCOME']._serialized_end=780
   _globals['_REASON']._serialized_start=74
   _globals['_REASON']._serialized_end=139
   _globals['_FRAUDDECISION']._serialized_start=142
-  _globals['_FRAUDDECISION']._serialized_end=522
+  _globals['_FRAUDDECISION']._serialized_end=682
+  _globals['_FRAUDDECISION_FEATURESENTRY']._serialized_start=635
+  _globals['_FRAUDDECISION_FEATURESENTRY']._serialized_end=682
 # @@protoc_insertion_point(module_scope)

@@ -76,6 +76,26 @@ class FraudDecision(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FeaturesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DECISION_ID_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
@@ -88,6 +108,9 @@ class FraudDecision(_message.Message):
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    SHADOW_SCORE_FIELD_NUMBER: _builtins.int
+    SHADOW_MODEL_VERSION_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     event_id: _builtins.str
     """The transaction event this decision answers."""
@@ -98,6 +121,9 @@ class FraudDecision(_message.Message):
     outcome: Global___Outcome.ValueType
     model_version: _builtins.str
     rules_version: _builtins.str
+    shadow_score: _builtins.float
+    """A candidate model scored beside the live one (shadow mode); it does not affect the outcome."""
+    shadow_model_version: _builtins.str
     @_builtins.property
     def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]: ...
     @_builtins.property
@@ -108,6 +134,12 @@ class FraudDecision(_message.Message):
 
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def features(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Every feature the score was computed from, by name (only when the detector is configured
+        to carry them: replays, audits).
+        """
+
     def __init__(
         self,
         *,
@@ -123,10 +155,13 @@ class FraudDecision(_message.Message):
         decided_at: _timestamp_pb2.Timestamp | None = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        features: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        shadow_score: _builtins.float = ...,
+        shadow_model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "decided_at", b"decided_at", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "account_id", b"account_id", "decided_at", b"decided_at", "decision_id", b"decision_id", "event_id", b"event_id", "model_version", b"model_version", "occurred_at", b"occurred_at", "outcome", b"outcome", "reasons", b"reasons", "rules_version", b"rules_version", "score", b"score", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "account_id", b"account_id", "decided_at", b"decided_at", "decision_id", b"decision_id", "event_id", b"event_id", "features", b"features", "model_version", b"model_version", "occurred_at", b"occurred_at", "outcome", b"outcome", "reasons", b"reasons", "rules_version", b"rules_version", "score", b"score", "shadow_model_version", b"shadow_model_version", "shadow_score", b"shadow_score", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,13 +24,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftxguard/v1/detector_state.proto\x12\ntxguard.v1\"u\n\x0c\x41\x63\x63ountState\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0eseen_event_ids\x18\x02 \x03(\t\x12\x1d\n\x15recent_event_times_ms\x18\x03 \x03(\x03\x12\x1a\n\x12last_event_time_ms\x18\x04 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftxguard/v1/detector_state.proto\x12\ntxguard.v1\"\x8d\x01\n\x13\x41\x63\x63ountHistoryState\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65vent_id_hashes\x18\x02 \x03(\x06\x12\x16\n\x0e\x65vent_times_ms\x18\x03 \x03(\x12\x12\x15\n\ramounts_minor\x18\x04 \x03(\x12\x12\x1a\n\x12last_event_time_ms\x18\x05 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'txguard.v1.detector_state_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTSTATE']._serialized_start=47
-  _globals['_ACCOUNTSTATE']._serialized_end=164
+  _globals['_ACCOUNTHISTORYSTATE']._serialized_start=48
+  _globals['_ACCOUNTHISTORYSTATE']._serialized_end=189
 # @@protoc_insertion_point(module_scope)

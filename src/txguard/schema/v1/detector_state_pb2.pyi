@@ -19,43 +19,51 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class AccountState(_message.Message):
+class AccountHistoryState(_message.Message):
     """One account's detector state, stored in the detector group's compacted changelog
-    txguard.detector-state.v1.<group> (key = account id, same partition as the account's
+    txguard.detector-state.v2.<group> (key = account id, same partition as the account's
     transactions).
+
+    The account's recent events as three parallel packed lists, ordered by (event time, arrival):
+    kept for the longest feature window (30 days of the account's own event time) and at most
+    1,000 events, so the state stays small.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
-    SEEN_EVENT_IDS_FIELD_NUMBER: _builtins.int
-    RECENT_EVENT_TIMES_MS_FIELD_NUMBER: _builtins.int
+    EVENT_ID_HASHES_FIELD_NUMBER: _builtins.int
+    EVENT_TIMES_MS_FIELD_NUMBER: _builtins.int
+    AMOUNTS_MINOR_FIELD_NUMBER: _builtins.int
     LAST_EVENT_TIME_MS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     last_event_time_ms: _builtins.int
     """Highest event time (ms) seen for the account."""
     @_builtins.property
-    def seen_event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Event ids already decided, in arrival order; kept for max(velocity window, 1 hour) of event
-        time and at most 1,000, so the state stays small.
-        """
+    def event_id_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """First 8 bytes of SHA-256 of each event id: enough to recognise a redelivered event."""
 
     @_builtins.property
-    def recent_event_times_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Event times (ms since epoch) of those events, parallel to seen_event_ids."""
+    def event_times_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Event times, ms since the epoch."""
+
+    @_builtins.property
+    def amounts_minor(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Amounts in minor units of the transaction's currency."""
 
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
-        seen_event_ids: _abc.Iterable[_builtins.str] | None = ...,
-        recent_event_times_ms: _abc.Iterable[_builtins.int] | None = ...,
+        event_id_hashes: _abc.Iterable[_builtins.int] | None = ...,
+        event_times_ms: _abc.Iterable[_builtins.int] | None = ...,
+        amounts_minor: _abc.Iterable[_builtins.int] | None = ...,
         last_event_time_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "last_event_time_ms", b"last_event_time_ms", "recent_event_times_ms", b"recent_event_times_ms", "seen_event_ids", b"seen_event_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amounts_minor", b"amounts_minor", "event_id_hashes", b"event_id_hashes", "event_times_ms", b"event_times_ms", "last_event_time_ms", b"last_event_time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AccountState: _TypeAlias = AccountState  # noqa: Y015
+Global___AccountHistoryState: _TypeAlias = AccountHistoryState  # noqa: Y015

@@ -1,0 +1,445 @@
+"""The terminal-risk aggregator (`txguard serve terminal-risk`): per-terminal state, re-keyed.
+
+Transactions and labels are keyed by account; terminal features need them by terminal. Two
+stages, each a consumer group of its own, so both scale by adding instances:
+
+1. `TerminalEventRekeyer` reads txguard.transactions.v1 and txguard.fraud-labels.v1 and writes
+   each record to txguard.terminal-events.v1 keyed by terminal id. After each batch it sends, to
+   every partition of that topic, a watermark per source partition: "everything of source
+   partition p up to event time T is before this marker".
+2. `TerminalTableBuilder` reads txguard.terminal-events.v1, merges transactions with their labels
+   and publishes the compacted table txguard.terminal-risk.v1: partition N holds the entries of
+   terminal-events partition N, then that partition's watermark (the least advanced source). The
+   table is also this stage's changelog: a new owner of partition N restores from it.
+
+Detectors read the whole table and score a transaction at event time t only once it is complete
+for transactions up to t - 7 days and for labels known by t (see terminal_table.py), so features
+do not depend on how fast anything ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import cast
+
+from confluent_kafka import Consumer, Message, TopicPartition
+from google.protobuf.message import DecodeError
+
+from txguard.config import Settings
+from txguard.fraud.terminal_table import NOT_STARTED_MS, entry_key, watermark_key
+from txguard.kafka.clients import make_consumer
+from txguard.kafka.compacted import read_to_end
+from txguard.kafka.consumer_loop import (
+    CommitReporter,
+    OutgoingRecord,
+    commit_offsets,
+    next_offsets,
+    poll_batch,
+    wait_for_kafka,
+)
+from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
+from txguard.kafka.serde import (
+    InvalidEvent,
+    decode_fraud_label,
+    decode_stream_watermark,
+    decode_transaction_created,
+    is_stream_watermark,
+)
+from txguard.schema.v1.terminal_risk_pb2 import (
+    SourceWatermark,
+    TerminalEvent,
+    TerminalRiskEntry,
+    TerminalTableRecord,
+    TerminalTableWatermark,
+    TerminalTransaction,
+)
+
+log = logging.getLogger(__name__)
+
+CONSUME_TIMEOUT_SECONDS = 0.05
+DAY_MS = 86_400_000
+# Entries older than this behind the table's watermark are deleted (tombstoned): features reach
+# back 37 days (7-day delay + 30-day window); the rest is slack for detectors running behind.
+TABLE_RETENTION_MS = 60 * DAY_MS
+
+
+@dataclass
+class AggregatorStats:
+    consumed: int = 0
+    skipped: int = 0  # undecodable or invalid records, and transactions without a terminal
+    forwarded: int = 0
+    entries_published: int = 0
+    entries_deleted: int = 0
+    batches: int = 0
+    retries: int = 0
+
+
+def _partition_count(consumer: Consumer, topic: str) -> int:
+    metadata = consumer.list_topics(topic, timeout=30)
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None or not found.partitions:
+        raise RuntimeError(f"topic {topic} does not exist; run `txguard kafka topics`")
+    return len(found.partitions)
+
+
+class TerminalEventRekeyer:
+    """Stage 1: transactions and labels, re-keyed by terminal, with source watermarks."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.stats = AggregatorStats()
+        # Highest event time forwarded per (source topic, partition) and the last one announced.
+        self._seen: dict[tuple[str, int], int] = {}
+        self._announced: dict[tuple[str, int], int] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        bootstrap = wait_for_kafka(self.settings, stop, what="terminal-risk re-key")
+        if bootstrap is None:
+            return
+        group = f"{self.settings.terminal_risk_group}.rekey"
+        consumer = make_consumer(
+            bootstrap, group_id=group, client_id=group, on_commit=CommitReporter(self._retry)
+        )
+        publisher = ConfirmedPublisher(bootstrap, client_id=group, on_retry=self._retry)
+        try:
+            targets = _partition_count(consumer, self.topics.terminal_events)
+            consumer.subscribe([self.topics.transactions, self.topics.labels])
+            while not stop.is_set():
+                records = poll_batch(
+                    consumer, self.settings.consume_batch_size, CONSUME_TIMEOUT_SECONDS
+                )
+                if not records:
+                    continue
+                output = self.rekey(records, targets)
+                publisher.publish(output, stop, what="terminal events")
+                commit_offsets(consumer, next_offsets(records), on_retry=self._retry)
+                self.stats.batches += 1
+        except (PublishTimeout, PublishError) as exc:
+            if not stop.is_set():
+                raise
+            log.error("stopping without committing the last batch (%s)", exc)
+        finally:
+            consumer.close()
+            publisher.close()
+            log.info("terminal-risk re-key stopped: %s", asdict(self.stats))
+
+    def rekey(self, records: Sequence[Message], targets: int) -> list[OutgoingRecord]:
+        """The batch's records keyed by terminal, then the advanced watermarks to every target."""
+        topic_out = self.topics.terminal_events
+        output: list[OutgoingRecord] = []
+        for message in records:
+            self.stats.consumed += 1
+            source = (cast(str, message.topic()), cast(int, message.partition()))
+            forwarded = self._forward(message, source)
+            if forwarded is not None:
+                terminal_id, event = forwarded
+                output.append(
+                    OutgoingRecord(topic_out, terminal_id.encode(), event.SerializeToString())
+                )
+                self.stats.forwarded += 1
+        for source, time_ms in self._seen.items():
+            if time_ms > self._announced.get(source, NOT_STARTED_MS):
+                self._announced[source] = time_ms
+                marker = TerminalEvent(
+                    watermark=SourceWatermark(
+                        source_topic=source[0], source_partition=source[1], event_time_ms=time_ms
+                    )
+                ).SerializeToString()
+                output.extend(
+                    OutgoingRecord(topic_out, b"", marker, partition=target)
+                    for target in range(targets)
+                )
+        return output
+
+    def _forward(
+        self, message: Message, source: tuple[str, int]
+    ) -> tuple[str, TerminalEvent] | None:
+        headers = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
+        try:
+            if is_stream_watermark(headers):
+                mark = decode_stream_watermark(message.value(), headers)
+                self._advance(source, int(mark.complete_until.ToMilliseconds()))
+                return None
+            if source[0] == self.topics.labels:
+                label = decode_fraud_label(message.value(), headers)
+                # Label sources publish in known_at order per partition (docs/terminal-risk.md).
+                self._advance(source, int(label.known_at.ToMilliseconds()))
+                return label.terminal_id, TerminalEvent(label=label)
+            tx = decode_transaction_created(message.value(), headers).transaction
+        except InvalidEvent as exc:
+            # The detector dead-letters poison transactions; here they only have to be passed.
+            self.stats.skipped += 1
+            log.warning("terminal-risk: skipping %s[%s]: %s", *source, exc)
+            return None
+        time_ms = int(tx.occurred_at.ToMilliseconds())
+        self._advance(source, time_ms)
+        if not tx.terminal_id:
+            self.stats.skipped += 1
+            return None
+        return tx.terminal_id, TerminalEvent(
+            transaction=TerminalTransaction(
+                transaction_id=tx.transaction_id,
+                terminal_id=tx.terminal_id,
+                occurred_at_ms=time_ms,
+            )
+        )
+
+    def _advance(self, source: tuple[str, int], time_ms: int) -> None:
+        if time_ms > self._seen.get(source, NOT_STARTED_MS):
+            self._seen[source] = time_ms
+
+    def _retry(self) -> None:
+        self.stats.retries += 1
+
+
+class _PartitionTable:
+    """Stage 2's state for one terminal-events partition: its entries and source watermarks."""
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, TerminalRiskEntry] = {}
+        self.sources: dict[tuple[str, int], int] = {}
+        self.published = TerminalTableWatermark(
+            transactions_complete_until_ms=NOT_STARTED_MS, labels_complete_until_ms=NOT_STARTED_MS
+        )
+        self.changed: set[bytes] = set()
+
+
+class TerminalTableBuilder:
+    """Stage 2: the compacted terminal-risk table, partition by partition."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.stats = AggregatorStats()
+        self._tables: dict[int, _PartitionTable] = {}
+        self._bootstrap = ""
+        self._source_partitions: dict[str, int] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        bootstrap = wait_for_kafka(self.settings, stop, what="terminal-risk table")
+        if bootstrap is None:
+            return
+        self._bootstrap = bootstrap
+        group = f"{self.settings.terminal_risk_group}.table"
+        consumer = make_consumer(
+            bootstrap, group_id=group, client_id=group, on_commit=CommitReporter(self._retry)
+        )
+        publisher = ConfirmedPublisher(bootstrap, client_id=group, on_retry=self._retry)
+        try:
+            for topic in (self.topics.transactions, self.topics.labels):
+                self._source_partitions[topic] = _partition_count(consumer, topic)
+            events = _partition_count(consumer, self.topics.terminal_events)
+            table = _partition_count(consumer, self.topics.terminal_risk)
+            if events != table:
+                raise RuntimeError(
+                    f"{self.topics.terminal_risk} has {table} partitions but "
+                    f"{self.topics.terminal_events} has {events}: they must match"
+                )
+            consumer.subscribe(
+                [self.topics.terminal_events],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+            while not stop.is_set():
+                records = poll_batch(
+                    consumer, self.settings.consume_batch_size, CONSUME_TIMEOUT_SECONDS
+                )
+                if not records:
+                    continue
+                output = self.apply(records)
+                publisher.publish(output, stop, what="terminal table")
+                commit_offsets(consumer, next_offsets(records), on_retry=self._retry)
+                self.stats.batches += 1
+        except (PublishTimeout, PublishError) as exc:
+            if not stop.is_set():
+                raise
+            log.error("stopping without committing the last batch (%s)", exc)
+        finally:
+            consumer.close()
+            publisher.close()
+            log.info("terminal-risk table stopped: %s", asdict(self.stats))
+
+    def apply(self, records: Sequence[Message]) -> list[OutgoingRecord]:
+        """Merge the batch into the partitions' state; the table records it changes."""
+        for message in records:
+            self.stats.consumed += 1
+            partition = cast(int, message.partition())
+            table = self._tables.get(partition)
+            if table is None:  # Not restored: the revoke raced this batch; its owner redoes it.
+                continue
+            try:
+                event = TerminalEvent.FromString(message.value() or b"")
+            except DecodeError:
+                self.stats.skipped += 1
+                log.warning("terminal-risk: undecodable terminal event on partition %d", partition)
+                continue
+            self._merge(table, event)
+        output: list[OutgoingRecord] = []
+        for partition, table in self._tables.items():
+            output.extend(self._emit(partition, table))
+        return output
+
+    def _merge(self, table: _PartitionTable, event: TerminalEvent) -> None:
+        kind = event.WhichOneof("event")
+        if kind == "transaction":
+            tx = event.transaction
+            key = entry_key(tx.terminal_id, tx.transaction_id)
+            entry = table.entries.get(key)
+            if entry is None or entry.occurred_at_ms != tx.occurred_at_ms:
+                table.entries[key] = TerminalRiskEntry(
+                    terminal_id=tx.terminal_id,
+                    transaction_id=tx.transaction_id,
+                    occurred_at_ms=tx.occurred_at_ms,
+                    fraud_known_at_ms=entry.fraud_known_at_ms if entry else 0,
+                )
+                table.changed.add(key)
+        elif kind == "label":
+            label = event.label
+            key = entry_key(label.terminal_id, label.transaction_id)
+            known = int(label.known_at.ToMilliseconds()) if label.fraud else 0
+            entry = table.entries.get(key)
+            if entry is None or entry.fraud_known_at_ms != known:
+                table.entries[key] = TerminalRiskEntry(
+                    terminal_id=label.terminal_id,
+                    transaction_id=label.transaction_id,
+                    occurred_at_ms=(
+                        entry.occurred_at_ms if entry else int(label.occurred_at.ToMilliseconds())
+                    ),
+                    fraud_known_at_ms=known,
+                )
+                table.changed.add(key)
+        elif kind == "watermark":
+            mark = event.watermark
+            source = (mark.source_topic, mark.source_partition)
+            table.sources[source] = max(
+                table.sources.get(source, NOT_STARTED_MS), mark.event_time_ms
+            )
+
+    def _emit(self, partition: int, table: _PartitionTable) -> list[OutgoingRecord]:
+        """Changed entries, then (if it advanced) the watermark with expired entries deleted."""
+        topic = self.topics.terminal_risk
+        output = [
+            OutgoingRecord(
+                topic,
+                key,
+                TerminalTableRecord(entry=table.entries[key]).SerializeToString(),
+                partition=partition,
+            )
+            for key in sorted(table.changed)
+        ]
+        self.stats.entries_published += len(output)
+        table.changed.clear()
+        transactions_ms = self._complete_until(table, self.topics.transactions)
+        labels_ms = self._complete_until(table, self.topics.labels)
+        published = table.published
+        if (
+            transactions_ms <= published.transactions_complete_until_ms
+            and labels_ms <= published.labels_complete_until_ms
+        ):
+            return output
+        transactions_ms = max(transactions_ms, published.transactions_complete_until_ms)
+        labels_ms = max(labels_ms, published.labels_complete_until_ms)
+        horizon = transactions_ms - TABLE_RETENTION_MS
+        expired = [k for k, e in table.entries.items() if e.occurred_at_ms < horizon]
+        for key in expired:
+            del table.entries[key]
+            output.append(OutgoingRecord(topic, key, None, partition=partition))
+        self.stats.entries_deleted += len(expired)
+        table.published = TerminalTableWatermark(
+            partition=partition,
+            transactions_complete_until_ms=transactions_ms,
+            labels_complete_until_ms=labels_ms,
+        )
+        output.append(
+            OutgoingRecord(
+                topic,
+                watermark_key(partition),
+                TerminalTableRecord(watermark=table.published).SerializeToString(),
+                partition=partition,
+            )
+        )
+        return output
+
+    def _complete_until(self, table: _PartitionTable, topic: str) -> int:
+        """The least advanced partition of a source; nothing while one has not reported."""
+        marks = [table.sources.get((topic, p)) for p in range(self._source_partitions[topic])]
+        if any(mark is None for mark in marks):
+            return NOT_STARTED_MS
+        return min(cast(list[int], marks))
+
+    # -- rebalancing ----------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [p.partition for p in partitions]
+        restored = {n: _PartitionTable() for n in numbers}
+
+        def load(partition: int, key: bytes | None, value: bytes | None) -> None:
+            table = restored[partition]
+            if key is None:
+                return
+            if value is None:
+                table.entries.pop(key, None)
+                return
+            try:
+                record = TerminalTableRecord.FromString(value)
+            except DecodeError:
+                return
+            if record.WhichOneof("record") == "entry":
+                table.entries[key] = record.entry
+            elif record.WhichOneof("record") == "watermark":
+                table.published = record.watermark
+
+        read_to_end(
+            self._bootstrap,
+            self.topics.terminal_risk,
+            numbers,
+            load,
+            group_id=f"{self.settings.terminal_risk_group}.table",
+        )
+        self._tables.update(restored)
+        log.info(
+            "terminal-risk table: assigned %s, restored %d entries",
+            numbers,
+            sum(len(t.entries) for t in restored.values()),
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for partition in partitions:
+            self._tables.pop(partition.partition, None)
+
+    def _retry(self) -> None:
+        self.stats.retries += 1
+
+
+class TerminalRiskAggregator:
+    """Both stages in one process, one thread each; stop one and both stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.rekeyer = TerminalEventRekeyer(settings)
+        self.builder = TerminalTableBuilder(settings)
+
+    def run(self, stop: threading.Event) -> None:
+        failure: list[BaseException] = []
+
+        def stage(target: TerminalEventRekeyer | TerminalTableBuilder) -> None:
+            try:
+                target.run(stop)
+            except BaseException as exc:
+                failure.append(exc)
+                stop.set()
+
+        threads = [
+            threading.Thread(target=stage, args=(s,), name=type(s).__name__, daemon=True)
+            for s in (self.rekeyer, self.builder)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failure:
+            raise failure[0]

@@ -1,0 +1,219 @@
+"""The terminal-risk table as every detector instance sees it: a local copy of the compacted topic
+txguard.terminal-risk.v1, followed live.
+
+The table holds, per terminal, its recent transactions with the time each became known as fraud,
+and per table partition how far in event time it is complete. A detector scores a transaction at
+event time t from the terminal's transactions in (t - d - n days, t - d] and the labels known by
+t, which is why it asks `complete_until()` before scoring (see FraudDetector).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from google.protobuf.message import DecodeError
+
+from txguard.kafka.clients import make_consumer
+from txguard.kafka.compacted import TopicReadError, end_offsets
+from txguard.schema.v1.terminal_risk_pb2 import TerminalTableRecord
+
+log = logging.getLogger(__name__)
+
+# Event time before any watermark: nothing is known to be complete.
+NOT_STARTED_MS = -(2**63)
+WATERMARK_KEY_PREFIX = b"watermark/"
+
+
+def entry_key(terminal_id: str, transaction_id: str) -> bytes:
+    return f"{terminal_id}/{transaction_id}".encode()
+
+
+def watermark_key(partition: int) -> bytes:
+    return WATERMARK_KEY_PREFIX + str(partition).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Completeness:
+    """Event times up to which the table is complete: transactions, and labels known."""
+
+    transactions_ms: int
+    labels_ms: int
+
+    def covers(self, transactions_ms: int, labels_ms: int) -> bool:
+        return self.transactions_ms >= transactions_ms and self.labels_ms >= labels_ms
+
+
+class _TerminalEntries:
+    """One terminal's transactions: id -> (event time, fraud known at or 0), and a sorted view."""
+
+    __slots__ = ("entries", "known", "times")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[int, int]] = {}
+        self.times: list[int] | None = None
+        self.known: list[int] | None = None
+
+    def put(self, transaction_id: str, occurred_ms: int, fraud_known_ms: int) -> None:
+        if self.entries.get(transaction_id) != (occurred_ms, fraud_known_ms):
+            self.entries[transaction_id] = (occurred_ms, fraud_known_ms)
+            self.times = self.known = None
+
+    def remove(self, transaction_id: str) -> None:
+        if self.entries.pop(transaction_id, None) is not None:
+            self.times = self.known = None
+
+    def sorted_view(self) -> tuple[list[int], list[int]]:
+        if self.times is None or self.known is None:
+            ordered = sorted(self.entries.values())
+            self.times = [occurred for occurred, _ in ordered]
+            self.known = [known for _, known in ordered]
+        return self.times, self.known
+
+
+class TerminalTable:
+    """Per-terminal entries and per-partition completeness, built from table records."""
+
+    def __init__(self) -> None:
+        self._terminals: dict[str, _TerminalEntries] = {}
+        self._watermarks: dict[int, Completeness] = {}
+        self.partitions: int = 0
+
+    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """One record of the table topic; a tombstone (value None) deletes its entry."""
+        if key is None or key.startswith(WATERMARK_KEY_PREFIX):
+            if value is not None:
+                self._apply_record(partition, value)
+            return
+        if value is None:
+            terminal_id, _, transaction_id = key.decode(errors="replace").partition("/")
+            entries = self._terminals.get(terminal_id)
+            if entries is not None:
+                entries.remove(transaction_id)
+                if not entries.entries:
+                    del self._terminals[terminal_id]
+            return
+        self._apply_record(partition, value)
+
+    def _apply_record(self, partition: int, value: bytes) -> None:
+        try:
+            record = TerminalTableRecord.FromString(value)
+        except DecodeError:
+            log.warning("terminal table: undecodable record on partition %d, skipped", partition)
+            return
+        kind = record.WhichOneof("record")
+        if kind == "entry":
+            entry = record.entry
+            entries = self._terminals.get(entry.terminal_id)
+            if entries is None:
+                entries = self._terminals[entry.terminal_id] = _TerminalEntries()
+            entries.put(entry.transaction_id, entry.occurred_at_ms, entry.fraud_known_at_ms)
+        elif kind == "watermark":
+            mark = record.watermark
+            previous = self._watermarks.get(mark.partition)
+            self._watermarks[mark.partition] = Completeness(
+                max(
+                    mark.transactions_complete_until_ms,
+                    previous.transactions_ms if previous else NOT_STARTED_MS,
+                ),
+                max(
+                    mark.labels_complete_until_ms,
+                    previous.labels_ms if previous else NOT_STARTED_MS,
+                ),
+            )
+
+    def window(
+        self, terminal_id: str, *, after_ms: int, until_ms: int, known_by_ms: int
+    ) -> tuple[int, int]:
+        """(transactions timed in (after, until], those of them known as fraud by known_by)."""
+        entries = self._terminals.get(terminal_id)
+        if entries is None:
+            return 0, 0
+        times, known = entries.sorted_view()
+        start = bisect.bisect_right(times, after_ms)
+        end = bisect.bisect_right(times, until_ms)
+        frauds = sum(1 for at in known[start:end] if 0 < at <= known_by_ms)
+        return end - start, frauds
+
+    def complete_until(self) -> Completeness:
+        """The least complete partition decides; a partition never heard from holds all back."""
+        if self.partitions == 0 or len(self._watermarks) < self.partitions:
+            return Completeness(NOT_STARTED_MS, NOT_STARTED_MS)
+        marks = [self._watermarks.get(p) for p in range(self.partitions)]
+        if any(mark is None for mark in marks):
+            return Completeness(NOT_STARTED_MS, NOT_STARTED_MS)
+        present = [mark for mark in marks if mark is not None]
+        return Completeness(
+            min(mark.transactions_ms for mark in present), min(mark.labels_ms for mark in present)
+        )
+
+    @property
+    def terminal_count(self) -> int:
+        return len(self._terminals)
+
+    @property
+    def entry_count(self) -> int:
+        return sum(len(entries.entries) for entries in self._terminals.values())
+
+
+class TerminalTableFollower:
+    """Keeps a TerminalTable up to date from the table topic: all partitions, from the start."""
+
+    def __init__(self, bootstrap: str, topic: str, *, group_id: str) -> None:
+        self.topic = topic
+        self.table = TerminalTable()
+        # assign() only, no commits: the group id merely names the client.
+        self._consumer: Consumer = make_consumer(
+            bootstrap, group_id=group_id, client_id=f"{group_id}.terminal-table"
+        )
+
+    def load(self, *, timeout_seconds: float = 120.0) -> None:
+        """Read the whole table as it is now, then keep following from there."""
+        metadata = self._consumer.list_topics(self.topic, timeout=30)
+        topic = metadata.topics.get(self.topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise TopicReadError(f"topic {self.topic} does not exist; run `txguard kafka topics`")
+        partitions = sorted(topic.partitions)
+        self.table.partitions = len(partitions)
+        deadline = time.monotonic() + timeout_seconds
+        ends = {
+            p: end_offsets(self._consumer, TopicPartition(self.topic, p), deadline)[1]
+            for p in partitions
+        }
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        positions = dict.fromkeys(partitions, 0)
+        while any(positions[p] < ends[p] for p in partitions):
+            if time.monotonic() > deadline:
+                raise TopicReadError(
+                    f"{self.topic} not read to its end within {timeout_seconds:.0f} s"
+                )
+            for partition, offset in self._poll(10_000, 0.5):
+                positions[partition] = offset + 1
+
+    def poll(self, *, max_records: int = 10_000, timeout: float = 0.0) -> int:
+        """Apply what arrived since the last call; the number of records applied."""
+        return len(self._poll(max_records, timeout))
+
+    def _poll(self, max_records: int, timeout: float) -> list[tuple[int, int]]:
+        applied: list[tuple[int, int]] = []
+        for message in self._consumer.consume(num_messages=max_records, timeout=timeout):
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("terminal table: consumer error %s", error)
+                continue
+            partition = message.partition()
+            offset = message.offset()
+            if partition is None or offset is None:
+                continue
+            self.table.apply(partition, message.key(), message.value())
+            applied.append((partition, offset))
+        return applied
+
+    def close(self) -> None:
+        self._consumer.close()
