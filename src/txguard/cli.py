@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
 
 from txguard.config import ConfigError, Settings
 
@@ -34,6 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=200.0, help="transactions per second")
     demo.add_argument("--accounts", type=int, default=500, help="number of simulated accounts")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the load generator")
+    simulate = commands.add_parser(
+        "simulate", help="generate the handbook's simulated transactions into a file"
+    )
+    simulate.add_argument("--output", type=Path, required=True, help="FILE.csv or FILE.parquet")
+    simulate.add_argument("--customers", type=int, default=5000)
+    simulate.add_argument("--terminals", type=int, default=10000)
+    simulate.add_argument("--days", type=int, default=183)
+    simulate.add_argument("--start-date", type=date.fromisoformat, default=date(2018, 4, 1))
+    simulate.add_argument("--radius", type=float, default=5.0)
+    simulate.add_argument("--seed", type=int, default=0)
+
+    replay = commands.add_parser(
+        "replay", help="push a dataset through the real pipeline; write features and scores"
+    )
+    replay.add_argument("--input", type=Path, required=True, help="dataset, CSV or Parquet")
+    replay.add_argument("--output", type=Path, required=True, help="FILE.csv or FILE.parquet")
+    replay.add_argument("--model", type=Path, default=None, help="model artifact directory")
+    replay.add_argument(
+        "--label-delay-days", type=float, default=7.0, help="when a fraud label becomes known"
+    )
+    replay.add_argument("--keep-topics", action="store_true", help="keep the replay's topics")
     return parser
 
 
@@ -62,6 +85,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rate_per_second=args.rate,
                 accounts=args.accounts,
                 seed=args.seed,
+            ),
+        )
+    if args.command == "simulate":
+        from txguard.simulate.commands import run_simulate_command
+
+        return run_simulate_command(
+            args.output,
+            customers=args.customers,
+            terminals=args.terminals,
+            days=args.days,
+            start_date=args.start_date,
+            radius=args.radius,
+            seed=args.seed,
+        )
+    if args.command == "replay":
+        from txguard.replay.runner import ReplayOptions, run_replay_command
+
+        return run_replay_command(
+            settings,
+            ReplayOptions(
+                input=args.input,
+                output=args.output,
+                model_dir=args.model,
+                label_delay_days=args.label_delay_days,
+                keep_topics=args.keep_topics,
             ),
         )
     raise AssertionError(f"unhandled command {args.command}")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -21,6 +19,7 @@ from txguard.demo.processes import (
     start_service,
     wait_for_grpc_serving,
 )
+from txguard.kafka.session import KafkaUnavailable, running_kafka
 from txguard.schema.v1.service_pb2_grpc import TransactionServiceStub
 from txguard.simulate.load_generator import LoadStats, TransactionFactory, generate_load
 from txguard.store.sqlite import SqliteStore, applied_after
@@ -47,44 +46,11 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         print("txguard demo: --rate, --duration and --accounts must be positive", file=sys.stderr)
         return 2
     try:
-        with _kafka(settings) as bootstrap:
+        with running_kafka(settings) as bootstrap:
             return _run_with_kafka(settings, options, bootstrap)
-    except DemoError as exc:
+    except (DemoError, KafkaUnavailable) as exc:
         print(f"txguard demo: {exc}", file=sys.stderr)
         return 1
-
-
-@contextlib.contextmanager
-def _kafka(settings: Settings) -> Iterator[str]:
-    """The configured cluster, or a local broker started (and later stopped) here."""
-    from txguard.kafka.broker import (
-        BrokerStartError,
-        KafkaFetchError,
-        KafkaSetupError,
-        LocalBroker,
-        fetch_kafka_libs,
-    )
-    from txguard.kafka.topics import ensure_topics
-
-    if settings.kafka_bootstrap is not None:
-        ensure_topics(settings.kafka_bootstrap, settings)
-        yield settings.kafka_bootstrap
-        return
-    broker = LocalBroker.from_settings(settings)
-    started_here = not broker.is_running()
-    try:
-        if started_here:
-            print("starting the local Kafka broker (first run fetches its jars) ...", flush=True)
-            fetch_kafka_libs()
-            broker.start()
-    except (BrokerStartError, KafkaFetchError, KafkaSetupError) as exc:
-        raise DemoError(str(exc)) from exc
-    try:
-        ensure_topics(broker.bootstrap, settings)
-        yield broker.bootstrap
-    finally:
-        if started_here:
-            broker.stop()
 
 
 def _run_with_kafka(settings: Settings, options: DemoOptions, bootstrap: str) -> int:

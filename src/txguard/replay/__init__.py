@@ -1,0 +1,1 @@
+"""`txguard replay`: a dataset through the real pipeline, features and scores out."""
