@@ -52,6 +52,7 @@ def build_decision(
     rules_version: str,
     decided_at_us: int,
     decision_id: str | None = None,
+    shadow_model_version: str = "",
 ) -> FraudDecision:
     """The decision event for one transaction; accepted_at/occurred_at are copied for latency."""
     tx = event.transaction
@@ -69,6 +70,9 @@ def build_decision(
         )
     decision.model_version = model_version
     decision.rules_version = rules_version
+    if result.shadow_score is not None:
+        decision.shadow_score = result.shadow_score
+        decision.shadow_model_version = shadow_model_version
     set_timestamp_us(decision.decided_at, decided_at_us)
     decision.accepted_at.CopyFrom(tx.accepted_at)
     decision.occurred_at.CopyFrom(tx.occurred_at)

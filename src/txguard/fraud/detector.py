@@ -30,7 +30,8 @@ from txguard.fraud.features import (
     event_time_ms,
     transaction_features,
 )
-from txguard.fraud.scoring import RuleScorer, Scorer
+from txguard.fraud.live_model import LiveModel
+from txguard.fraud.scoring import Scorer
 from txguard.fraud.state import DetectorState, event_id_hash
 from txguard.fraud.terminal_table import TerminalTable, TerminalTableFollower
 from txguard.kafka.clients import make_consumer
@@ -98,7 +99,8 @@ class FraudDetector:
     def __init__(self, settings: Settings, *, scorer: Scorer | None = None) -> None:
         self.settings = settings
         self.topics = settings.topics
-        self.scorer: Scorer = scorer or RuleScorer.from_settings(settings)
+        self.live_model = LiveModel(settings) if scorer is None else None
+        self.scorer: Scorer = scorer or cast(LiveModel, self.live_model).scorer
         self.thresholds = DecisionThresholds.from_settings(settings)
         self.velocity_window_ms = settings.velocity_window_seconds * 1000
         self.state = DetectorState()
@@ -205,6 +207,9 @@ class FraudDetector:
             if item is not None:
                 inputs.append(item)
         decided_at_us = now_us()
+        if self.live_model is not None:
+            # Between batches only: each partition switches model at exactly one offset.
+            self.scorer = self.live_model.refreshed()
         results = self.scorer.score_batch(inputs)
         carry_features = self.settings.decision_features
         for item, result in zip(inputs, results, strict=True):
@@ -215,6 +220,7 @@ class FraudDetector:
                 model_version=self.scorer.model_version,
                 rules_version=self.scorer.rules_version,
                 decided_at_us=decided_at_us,
+                shadow_model_version=self.scorer.shadow_model_version,
             )
             if carry_features:
                 decision.features.update(zip(ALL_FEATURES, item.features.values, strict=True))

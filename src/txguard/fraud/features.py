@@ -142,16 +142,18 @@ def customer_features(
         if position > start_30d
         else _LONGEST_WINDOW_MS
     )
+    # In integer cents, as exact as the final division: with m previous amounts summing to s1
+    # (squares s2), ratio = c m / s1 and z = (m c - s1) / sqrt(m s2 - s1^2).
     previous = amounts[start_30d:position]
     amount = amounts[position]
-    ratio, zscore = 1.0, 0.0
-    if previous:
-        mean = sum(previous) / len(previous)
-        ratio = amount / mean
-        if len(previous) >= 2:
-            variance = sum((a - mean) ** 2 for a in previous) / len(previous)
-            if variance > 0:
-                zscore = (amount - mean) / math.sqrt(variance)
+    m = len(previous)
+    total = sum(previous)
+    ratio = amount * m / total if m and total else 1.0
+    zscore = 0.0
+    if m >= 2:
+        spread = m * sum(a * a for a in previous) - total * total
+        if spread > 0:
+            zscore = (m * amount - total) / math.sqrt(spread)
     own = (float(in_hour), since_previous / 1000, ratio, zscore)
     return tuple(handbook), own
 

@@ -11,9 +11,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from txguard.config import Settings
-from txguard.fraud.features import ScoringInput
+from txguard.fraud.features import ALL_FEATURES, ScoringInput
 from txguard.fraud.rules import RULES_VERSION, Rule, RuleHit, default_rules
+
+
+class ScoringModel(Protocol):
+    """What the detector needs of a loaded model artifact (txguard.fraud.models)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def feature_names(self) -> tuple[str, ...]: ...
+
+    def predict(self, features: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
+
+    def contributions(self, features: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
+
 
 RULES_ONLY_MODEL_VERSION = "rules-only"
 
@@ -33,11 +54,14 @@ class ScoreResult:
 
     score: float
     reasons: tuple[ReasonScore, ...] = ()
+    # The shadow model's score, recorded beside the live one; None without a shadow model.
+    shadow_score: float | None = None
 
 
 class Scorer(Protocol):
     model_version: str
     rules_version: str
+    shadow_model_version: str
 
     def score_batch(self, inputs: Sequence[ScoringInput]) -> list[ScoreResult]:
         """One result per input, in the same order."""
@@ -66,6 +90,7 @@ class RuleScorer:
 
     model_version = RULES_ONLY_MODEL_VERSION
     rules_version = RULES_VERSION
+    shadow_model_version = ""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
@@ -80,3 +105,85 @@ class RuleScorer:
             hits = [hit for rule in self.rules if (hit := rule.evaluate(item)) is not None]
             results.append(result_from_hits(hits))
         return results
+
+
+# How many features a decision names as its reasons, largest contribution first.
+TOP_FEATURE_REASONS = 3
+
+
+class ModelScorer:
+    """A model scores the whole batch at once; rules that fire raise the score (noisy-OR).
+
+    A decision's reasons are the rules that fired and the features that pushed the model's score
+    up most (the model's own per-feature contributions). A shadow model, when given, scores the
+    same rows; its score is recorded and never changes the outcome.
+    """
+
+    rules_version = RULES_VERSION
+
+    def __init__(
+        self,
+        model: ScoringModel,
+        rules: Sequence[Rule],
+        *,
+        shadow: ScoringModel | None = None,
+    ) -> None:
+        self.model = model
+        self.rules = tuple(rules)
+        self.shadow = shadow
+        self.model_version = f"{model.kind}-{model.version}"
+        self.shadow_model_version = f"{shadow.kind}-{shadow.version}" if shadow else ""
+        self._columns = _columns_for(model)
+        self._shadow_columns = _columns_for(shadow) if shadow else None
+
+    def score_batch(self, inputs: Sequence[ScoringInput]) -> list[ScoreResult]:
+        if not inputs:
+            return []
+        matrix = np.array([item.features.values for item in inputs], dtype=np.float64)
+        features = matrix[:, self._columns]
+        scores = self.model.predict(features)
+        contributions = self.model.contributions(features)
+        shadow_scores = (
+            self.shadow.predict(matrix[:, self._shadow_columns])
+            if self.shadow is not None and self._shadow_columns is not None
+            else None
+        )
+        names = self.model.feature_names
+        # Per row, the indices of the largest contributions, computed for the whole batch.
+        top = np.argsort(-contributions, axis=1)[:, :TOP_FEATURE_REASONS]
+        results: list[ScoreResult] = []
+        for row, item in enumerate(inputs):
+            hits = [hit for rule in self.rules if (hit := rule.evaluate(item)) is not None]
+            model_score = float(scores[row])
+            feature_reasons = [
+                (names[i], float(contributions[row, i]), float(features[row, i]))
+                for i in top[row]
+                if contributions[row, i] > 0
+            ]
+            total = sum(c for _, c, _ in feature_reasons) + sum(h.score for h in hits)
+            reasons = [
+                ReasonScore(hit.code, hit.description, hit.score / total if total else 0.0)
+                for hit in sorted(hits, key=lambda hit: hit.score, reverse=True)
+            ]
+            reasons += [
+                ReasonScore(f"feature.{name}", f"{name} = {value:g}", share / total)
+                for name, share, value in feature_reasons
+            ]
+            results.append(
+                ScoreResult(
+                    combine_scores([model_score, *(hit.score for hit in hits)]),
+                    tuple(reasons),
+                    None if shadow_scores is None else float(shadow_scores[row]),
+                )
+            )
+        return results
+
+
+def _columns_for(model: ScoringModel) -> list[int]:
+    """Where each of the model's inputs sits among the detector's features."""
+    missing = [name for name in model.feature_names if name not in ALL_FEATURES]
+    if missing:
+        raise ValueError(
+            f"model {model.version} needs features the detector does not compute: {missing}"
+        )
+    return [ALL_FEATURES.index(name) for name in model.feature_names]

@@ -88,8 +88,10 @@ def decode_transaction_created(
     ]
     if missing:
         raise InvalidEvent("invalid", "transaction lacks " + ", ".join(missing))
-    if tx.amount_minor <= 0:
-        raise InvalidEvent("invalid", "transaction amount_minor must be positive")
+    # Zero is a card-verification amount and occurs in historical datasets; the API itself only
+    # accepts positive amounts.
+    if tx.amount_minor < 0:
+        raise InvalidEvent("invalid", "transaction amount_minor must not be negative")
     if not tx.HasField("occurred_at") or not tx.HasField("accepted_at"):
         raise InvalidEvent("invalid", "transaction lacks occurred_at or accepted_at")
     return event

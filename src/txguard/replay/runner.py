@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from google.protobuf.message import DecodeError
 
 from txguard.config import Settings, TopicNames
 from txguard.demo.processes import ServiceProcess, child_environment, start_service
@@ -32,6 +33,7 @@ from txguard.kafka.session import KafkaUnavailable, running_kafka
 from txguard.kafka.topics import ensure_topics
 from txguard.replay.events import DAY_US, ReplayTopics, replay_records
 from txguard.schema.v1.decision_pb2 import Outcome
+from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.simulate.dataset import DatasetError, read_dataset
 
 log = logging.getLogger(__name__)
@@ -235,10 +237,15 @@ def _collect_decisions(
         group_id=f"{settings.detector_group}-collector",
         client_id="txguard-replay-collector",
     )
-    topic = settings.topics.decisions
-    metadata = consumer.list_topics(topic, timeout=30)
+    # A transaction the detector dead-lettered gets no decision: it is reported as such.
+    topics = (settings.topics.decisions, settings.topics.dead_letters)
+    metadata = consumer.list_topics(timeout=30).topics
     consumer.assign(
-        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.topics[topic].partitions]
+        [
+            TopicPartition(topic, p, OFFSET_BEGINNING)
+            for topic in topics
+            for p in metadata[topic].partitions
+        ]
     )
     progress_at = time.monotonic()
     try:
@@ -255,6 +262,12 @@ def _collect_decisions(
                 if error is not None:
                     if error.fatal():
                         raise KafkaException(error)
+                    continue
+                if message.topic() == settings.topics.dead_letters:
+                    dead = _dead_lettered_id(message.value())
+                    if dead in wanted and dead not in decisions:
+                        decisions[dead] = _DEAD_LETTERED
+                        progress_at = time.monotonic()
                     continue
                 headers = cast(Any, message.headers())
                 decision = decode_decision(message.value(), headers)
@@ -277,6 +290,16 @@ def _collect_decisions(
     finally:
         consumer.close()
     return decisions
+
+
+_DEAD_LETTERED = (*(float("nan") for _ in ALL_FEATURES), float("nan"), "DEAD_LETTERED", "", "")
+
+
+def _dead_lettered_id(value: bytes | None) -> str | None:
+    try:
+        return TransactionCreated.FromString(value or b"").transaction.transaction_id or None
+    except DecodeError:
+        return None
 
 
 def _output_frame(dataset: pd.DataFrame, decisions: dict[str, tuple[Any, ...]]) -> pd.DataFrame:
