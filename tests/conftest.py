@@ -131,6 +131,9 @@ def txguard_env(tmp_path: Path, kafka_broker: KafkaBroker) -> dict[str, str]:
             "TXGUARD_GRPC_ADDR": f"127.0.0.1:{free_tcp_port()}",
             "TXGUARD_DETECTOR_GROUP": f"txguard-detector-{suffix}",
             "TXGUARD_APPLIER_GROUP": f"txguard-applier-{suffix}",
+            "TXGUARD_TERMINAL_RISK_GROUP": f"txguard-terminal-risk-{suffix}",
+            # Tests run many services side by side: no fixed metrics ports unless a test asks.
+            "TXGUARD_METRICS_PORT": "0",
         }
     )
     return env
