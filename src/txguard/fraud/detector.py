@@ -82,6 +82,8 @@ class DetectorStats:
     restored_accounts: int = 0  # account states read back from the changelog on assignment
     table_waits: int = 0  # batches that waited for the terminal table to catch up
     stale_table_batches: int = 0  # batches scored before the table caught up (bounded wait)
+    accounts: int = 0  # accounts held in memory (at the last stats log)
+    state_bytes_per_account: int = 0  # their history's memory, on average (at the last stats log)
 
 
 @dataclass
@@ -167,6 +169,7 @@ class FraudDetector:
                 if self._checkpoint_due():
                     self.checkpoint(consumer, stop)
                 self._log_stats_periodically()
+            self.measure_state()  # Before closing: the revoke forgets the partitions' state.
             self.checkpoint(consumer, stop)
         except (PublishTimeout, PublishError) as exc:
             if not stop.is_set():
@@ -387,7 +390,16 @@ class FraudDetector:
         now = time.monotonic()
         if now - self._stats_logged_at >= STATS_LOG_INTERVAL_SECONDS:
             self._stats_logged_at = now
+            self.measure_state()
             log.info("fraud detector: %s", asdict(self.stats))
+
+    def measure_state(self) -> None:
+        """Accounts in memory and the bytes their histories take per account."""
+        accounts = self.state.account_total()
+        self.stats.accounts = accounts
+        self.stats.state_bytes_per_account = (
+            self.state.memory_bytes() // accounts if accounts else 0
+        )
 
 
 def _decision_record(topic: str, decision: FraudDecision) -> OutgoingRecord:

@@ -173,6 +173,9 @@ class DetectorState:
     def account_count(self, partition: int) -> int:
         return len(self._partition(partition).accounts)
 
+    def account_total(self) -> int:
+        return sum(len(part.accounts) for part in self._partitions.values())
+
     def account(self, partition: int, account_id: str) -> AccountHistory | None:
         return self._partition(partition).accounts.get(account_id)
 
