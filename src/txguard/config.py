@@ -186,6 +186,11 @@ class Settings:
                 "TXGUARD_DETECTOR_GROUP may only contain letters, digits, '.', '_' and '-' "
                 f"(it names the group's state topic), got {settings.detector_group!r}"
             )
+        if settings.velocity_window_seconds > 30 * 86_400:
+            raise ConfigError(
+                "TXGUARD_VELOCITY_WINDOW_SECONDS may be at most 2592000 (30 days, the history an "
+                f"account keeps), got {settings.velocity_window_seconds}"
+            )
         if settings.review_threshold > settings.decline_threshold:
             raise ConfigError(
                 "TXGUARD_REVIEW_THRESHOLD must not exceed TXGUARD_DECLINE_THRESHOLD "
