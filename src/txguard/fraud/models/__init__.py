@@ -1,0 +1,1 @@
+"""Fraud models: training, artifacts that load without unpickling, and offline evaluation."""
