@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DURATION ?= 60
 PYTEST_ARGS ?=
+PROMTOOL ?= promtool
 
-.PHONY: install kafka-jars proto proto-check lint unit integration test demo clean
+.PHONY: install kafka-jars proto proto-check lint unit integration test demo clean \
+	prometheus-tools promtool
 
 install: $(STAMP)
 
@@ -35,7 +37,28 @@ lint: install proto-check
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test: lint kafka-jars
+# promtool ships in Debian's prometheus package; installed only when missing (as root, or via sudo).
+prometheus-tools:
+	@command -v $(PROMTOOL) >/dev/null 2>&1 && exit 0; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "promtool not found: install Prometheus 2.x (it includes promtool) and put promtool on PATH" >&2; exit 1; \
+	fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; \
+	elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	else echo "promtool not found: as root run 'apt-get install prometheus' (Debian's package provides promtool)" >&2; exit 1; fi; \
+	echo "installing Debian's prometheus package for promtool ..."; \
+	{ $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || \
+		{ echo "installing Debian's prometheus package failed (see apt-get's message above)" >&2; exit 1; }; \
+	command -v $(PROMTOOL) >/dev/null 2>&1 || { echo "promtool is still not on PATH after installing prometheus" >&2; exit 1; }
+
+# Scrape config and alert rules are valid, and every alert's unit tests pass.
+promtool: prometheus-tools
+	$(PROMTOOL) check config deploy/prometheus/prometheus.yml
+	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
+	$(PROMTOOL) test rules deploy/prometheus/alerts_test.yml
+
+test: lint promtool kafka-jars
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 demo: install kafka-jars

@@ -22,18 +22,23 @@ log = logging.getLogger(__name__)
 def run_service(name: str, settings: Settings, *, relay: bool = True) -> int:
     """Run until stopped; exit code 0 after a clean stop, 2 for a configuration mistake."""
     from txguard.fraud.changelog import ChangelogNotCopartitioned
+    from txguard.fraud.live_model import ModelNotLoadable
     from txguard.kafka.topics import TopicError
 
-    configure_logging(settings.log_level, name)
+    configure_logging(settings.log_level, name, settings.log_format)
     try:
         return _run(name, settings, relay=relay)
-    except (ConfigError, ChangelogNotCopartitioned, TopicError) as exc:
+    except (ConfigError, ChangelogNotCopartitioned, TopicError, ModelNotLoadable) as exc:
         # A mistake the operator can fix: one clear line, no traceback.
         print(f"txguard serve {name}: {exc}", file=sys.stderr)
         return 2
 
 
 def _run(name: str, settings: Settings, *, relay: bool) -> int:
+    from txguard.observability.exporter import start_metrics_endpoint
+
+    # First, so the target is up (and shows what the service waits for) before Kafka answers.
+    start_metrics_endpoint(name, settings.metrics_port)
     if name == "transactions":
         return _run_transactions(settings, relay=relay)
     runners: dict[str, Callable[[Settings, threading.Event], None]] = {

@@ -6,6 +6,12 @@ routed to Python logging (logger `txguard.kafka.librdkafka`), never printed to s
 
 Dotted librdkafka keys are passed as overrides with `**{"linger.ms": 20}`; callbacks such as
 `stats_cb`, `error_cb` or `on_commit` can be passed the same way.
+
+Statistics (`statistics.interval.ms` + `stats_cb`) feed the Kafka-health metrics
+(`txguard.observability.exporter.kafka_statistics`). A client reports them only when asked
+(`statistics=True`): librdkafka queues each report until the application polls or consumes, so a
+client that can sit idle without being polled (a helper reader, an idle producer) would pile them
+up. Long-running loops ask for them on the clients they poll all the time.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 
 from txguard.config import Settings
 from txguard.kafka.broker import running_broker_bootstrap
+from txguard.observability.exporter import STATISTICS_INTERVAL_MS, kafka_statistics
 
 LIBRDKAFKA_LOGGER = logging.getLogger("txguard.kafka.librdkafka")
 
@@ -91,13 +98,22 @@ def admin_config(bootstrap: str, *, client_id: str = "txguard-admin") -> AdminCo
     return {"bootstrap.servers": bootstrap, "client.id": client_id}
 
 
+def statistics_config() -> dict[str, Any]:
+    """The settings that make a client report librdkafka statistics to the metrics."""
+    return {"statistics.interval.ms": STATISTICS_INTERVAL_MS, "stats_cb": kafka_statistics}
+
+
 def make_producer(
     bootstrap: str,
     *,
     client_id: str,
     logger: logging.Logger = LIBRDKAFKA_LOGGER,
+    statistics: bool = False,
     **overrides: Any,
 ) -> Producer:
+    """A producer; with `statistics=True` the caller must poll it regularly, idle or not."""
+    if statistics:
+        overrides = {**statistics_config(), **overrides}
     return Producer(producer_config(bootstrap, client_id=client_id, **overrides), logger=logger)
 
 
@@ -107,8 +123,12 @@ def make_consumer(
     group_id: str,
     client_id: str,
     logger: logging.Logger = LIBRDKAFKA_LOGGER,
+    statistics: bool = False,
     **overrides: Any,
 ) -> Consumer:
+    """A consumer; with `statistics=True` the caller must consume from it continuously."""
+    if statistics:
+        overrides = {**statistics_config(), **overrides}
     config = consumer_config(bootstrap, group_id=group_id, client_id=client_id, **overrides)
     return Consumer(config, logger=logger)
 

@@ -6,7 +6,9 @@
 - `produce_with_backpressure`: `produce()` that polls and retries while the local queue is full;
 - `wait_for_deliveries` / `close_producer`: flush with a bounded wait once the loop is stopping;
 - `wait_for_kafka`: the bootstrap address and topics, waiting while the cluster is unreachable;
-- `Backoff`: exponential back-off that a stop event interrupts.
+- `Backoff`: exponential back-off that a stop event interrupts;
+- `subscribe` / `batch_processed`: with `poll_batch(..., metrics=...)`, a loop's consumer metrics
+  (records, batch duration, lag per partition, rebalances) at a cost per batch, not per record.
 """
 
 from __future__ import annotations
@@ -16,15 +18,29 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from txguard.config import Settings
 from txguard.kafka.clients import KafkaNotRunning, resolve_bootstrap
 from txguard.kafka.serde import Headers
 from txguard.kafka.topics import TopicError, ensure_topics
+from txguard.observability.metrics import ConsumerMetrics, PartitionSpan
 
 log = logging.getLogger(__name__)
+
+# The consumer's positions and watermarks are read at most this often for the lag metrics.
+LAG_REFRESH_SECONDS = 0.5
+RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 
 # Commit rejected because the group moved on: the partition's next owner resumes from the last
 # committed offset and its restored dedup state drops what was already handled.
@@ -102,8 +118,17 @@ class Backoff:
             stop.wait(delay)
 
 
-def poll_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
-    """Up to `max_messages` records; error events are logged (transient) or raised (fatal)."""
+def poll_batch(
+    consumer: Consumer,
+    max_messages: int,
+    timeout: float,
+    *,
+    metrics: ConsumerMetrics | None = None,
+) -> list[Message]:
+    """Up to `max_messages` records; error events are logged (transient) or raised (fatal).
+
+    With `metrics`, the records become the loop's pending batch until `batch_processed()`.
+    """
     records: list[Message] = []
     for message in consumer.consume(num_messages=max_messages, timeout=timeout):
         error = message.error()
@@ -113,7 +138,112 @@ def poll_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Me
             raise KafkaException(error)
         elif error.code() != KafkaError._PARTITION_EOF:
             log.warning("consumer error (librdkafka retries it): %s", error)
+    if metrics is not None:
+        metrics.polled()
+        if records:
+            metrics.batch_received(partition_spans(records))
+        else:
+            refresh_lag(consumer, metrics)
     return records
+
+
+def batch_processed(consumer: Consumer, metrics: ConsumerMetrics) -> None:
+    """The pending batch is processed and its commit requested: count it, update the lag."""
+    metrics.batch_processed()
+    refresh_lag(consumer, metrics)
+
+
+def partition_spans(records: Sequence[Message]) -> list[PartitionSpan]:
+    """First and last record of each partition in a batch (one pass, two calls per record)."""
+    first: dict[tuple[str, int], Message] = {}
+    last: dict[tuple[str, int], Message] = {}
+    counts: dict[tuple[str, int], int] = {}
+    for message in records:
+        key = (cast(str, message.topic()), cast(int, message.partition()))
+        if key not in first:
+            first[key] = message
+            counts[key] = 0
+        last[key] = message
+        counts[key] += 1
+    spans: list[PartitionSpan] = []
+    for key, head in first.items():
+        tail = last[key]
+        spans.append(
+            PartitionSpan(
+                topic=key[0],
+                partition=key[1],
+                first_offset=cast(int, head.offset()),
+                first_timestamp=_timestamp_seconds(head),
+                last_offset=cast(int, tail.offset()),
+                last_timestamp=_timestamp_seconds(tail),
+                records=counts[key],
+            )
+        )
+    return spans
+
+
+def _timestamp_seconds(message: Message) -> float | None:
+    kind, millis = message.timestamp()
+    return None if kind == TIMESTAMP_NOT_AVAILABLE else millis / 1000.0
+
+
+def refresh_lag(consumer: Consumer, metrics: ConsumerMetrics, *, force: bool = False) -> None:
+    """Read the assignment's positions and cached high watermarks (no broker round trip)."""
+    now = time.monotonic()
+    if not force and now < metrics.next_lag_refresh:
+        return
+    metrics.next_lag_refresh = now + LAG_REFRESH_SECONDS
+    try:
+        assignment = consumer.assignment()
+        metrics.assignment_size(len(assignment))
+        watermarks: dict[tuple[str, int], tuple[int | None, int | None]] = {}
+        for position in consumer.position(assignment) if assignment else []:
+            try:
+                _low, high = consumer.get_watermark_offsets(position, cached=True)
+            except KafkaException:
+                high = None
+            watermarks[(position.topic, position.partition)] = (position.offset, high)
+    except (KafkaException, RuntimeError) as exc:
+        # A closed or failing consumer: the lag is simply not refreshed this time.
+        log.debug("lag refresh skipped: %s", exc)
+        return
+    metrics.lag.positions(watermarks)
+
+
+def subscribe(
+    consumer: Consumer,
+    topics: Sequence[str],
+    *,
+    metrics: ConsumerMetrics | None = None,
+    on_assign: RebalanceCallback | None = None,
+    on_revoke: RebalanceCallback | None = None,
+    on_lost: RebalanceCallback | None = None,
+) -> None:
+    """`consumer.subscribe()` with rebalances counted and revoked partitions' lag removed.
+
+    Without `on_lost`, lost partitions go to `on_revoke`, as librdkafka itself does.
+    """
+
+    def assigned(c: Consumer, partitions: list[TopicPartition]) -> None:
+        if metrics is not None:
+            metrics.rebalanced("assigned", [(p.topic, p.partition) for p in partitions])
+        if on_assign is not None:
+            on_assign(c, partitions)
+
+    def revoked(c: Consumer, partitions: list[TopicPartition]) -> None:
+        if metrics is not None:
+            metrics.rebalanced("revoked", [(p.topic, p.partition) for p in partitions])
+        if on_revoke is not None:
+            on_revoke(c, partitions)
+
+    def lost(c: Consumer, partitions: list[TopicPartition]) -> None:
+        if metrics is not None:
+            metrics.rebalanced("lost", [(p.topic, p.partition) for p in partitions])
+        handler = on_lost or on_revoke
+        if handler is not None:
+            handler(c, partitions)
+
+    consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=lost)
 
 
 def next_offsets(messages: Iterable[Message]) -> list[TopicPartition]:

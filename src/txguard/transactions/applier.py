@@ -21,17 +21,20 @@ from typing import cast
 from confluent_kafka import Message
 
 from txguard.clock import now_us
-from txguard.config import DECISIONS_TOPIC, Settings
+from txguard.config import Settings
 from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     Backoff,
     CommitReporter,
+    batch_processed,
     commit_offsets,
     next_offsets,
     poll_batch,
+    subscribe,
     wait_for_kafka,
 )
 from txguard.kafka.serde import InvalidEvent, decode_decision
+from txguard.observability import metrics
 from txguard.schema.v1.decision_pb2 import FraudDecision
 from txguard.store.interface import DecisionApplied, TransactionStore
 from txguard.store.sqlite import SqliteStore
@@ -68,6 +71,10 @@ class DecisionApplier:
         self.stats = ApplierStats()
         self._store = store
         self._owns_store = store is None
+        self.metrics = metrics.ConsumerMetrics("applier")
+        self._results = metrics.Children(metrics.APPLIER_DECISIONS, "result")
+        self._results.precreate(("applied", "duplicate", "unknown"))
+        self._applied_latency = metrics.END_TO_END_LATENCY.labels("applied")
 
     def run(self, stop: threading.Event) -> None:
         """Apply until `stop` is set; the batch in hand is applied and committed first."""
@@ -79,26 +86,34 @@ class DecisionApplier:
             bootstrap,
             group_id=self.settings.applier_group,
             client_id="txguard-applier",
-            on_commit=CommitReporter(self._count_retry),
+            statistics=True,
+            on_commit=CommitReporter(self._count_commit_retry),
         )
         stats_logged_at = time.monotonic()
         try:
-            consumer.subscribe([DECISIONS_TOPIC])
+            subscribe(consumer, [self.settings.topics.decisions], metrics=self.metrics)
             while not stop.is_set():
                 records = poll_batch(
-                    consumer, self.settings.consume_batch_size, CONSUME_TIMEOUT_SECONDS
+                    consumer,
+                    self.settings.consume_batch_size,
+                    CONSUME_TIMEOUT_SECONDS,
+                    metrics=self.metrics,
                 )
                 if records:
                     # Store first, offsets second: a crash in between re-applies the batch,
                     # which the store turns into duplicates.
                     self.apply_batch(records, store)
-                    commit_offsets(consumer, next_offsets(records), on_retry=self._count_retry)
+                    commit_offsets(
+                        consumer, next_offsets(records), on_retry=self._count_commit_retry
+                    )
                     self.stats.batches += 1
+                    batch_processed(consumer, self.metrics)
                 if time.monotonic() - stats_logged_at >= STATS_LOG_INTERVAL_SECONDS:
                     stats_logged_at = time.monotonic()
                     log.info("decision applier: %s", asdict(self.stats))
         finally:
             consumer.close()
+            self.metrics.lag.forget_all()
             if self._owns_store:
                 store.close()
                 self._store = None
@@ -113,13 +128,25 @@ class DecisionApplier:
         if not decisions:
             return []
         results = self._apply_with_retry(store, decisions)
-        for result in results:
+        applied_at_us = now_us()
+        applied = duplicates = unknown = 0
+        for decision, result in zip(decisions, results, strict=True):
             if result.result == "applied":
-                self.stats.applied += 1
+                applied += 1
+                accepted_at_us = decision.accepted_at.ToMicroseconds()
+                if accepted_at_us > 0:
+                    self._applied_latency.observe((applied_at_us - accepted_at_us) / 1e6)
             elif result.result == "duplicate":
-                self.stats.duplicates += 1
+                duplicates += 1
             else:
-                self.stats.unknown += 1
+                unknown += 1
+        self.stats.applied += applied
+        self.stats.duplicates += duplicates
+        self.stats.unknown += unknown
+        self._results["applied"].inc(applied)
+        self._results["duplicate"].inc(duplicates)
+        self._results["unknown"].inc(unknown)
+        self.metrics.duplicates_dropped(duplicates)
         return results
 
     def decode_batch(self, records: Sequence[Message]) -> list[FraudDecision]:
@@ -131,6 +158,7 @@ class DecisionApplier:
                 decisions.append(decode_decision(message.value(), headers))
             except InvalidEvent as exc:
                 self.stats.invalid += 1
+                self.metrics.skipped[exc.kind].inc()
                 log.error(
                     "skipping undecodable decision %s[%s]@%s (%s): %s",
                     message.topic(),
@@ -138,6 +166,12 @@ class DecisionApplier:
                     message.offset(),
                     exc.kind,
                     exc,
+                    extra={
+                        "topic": message.topic(),
+                        "partition": message.partition(),
+                        "offset": message.offset(),
+                        "error_kind": exc.kind,
+                    },
                 )
         return decisions
 
@@ -154,6 +188,7 @@ class DecisionApplier:
                 if time.monotonic() >= deadline:
                     raise DecisionApplyError(f"store kept failing: {exc}") from exc
                 self.stats.retries += 1
+                self.metrics.retries["store_locked"].inc()
                 log.warning("applying decisions failed (%s); retrying", exc)
                 backoff.sleep()
 
@@ -162,5 +197,6 @@ class DecisionApplier:
             self._store = SqliteStore(self.settings.store_path)
         return self._store
 
-    def _count_retry(self) -> None:
+    def _count_commit_retry(self) -> None:
         self.stats.retries += 1
+        self.metrics.retries["commit"].inc()

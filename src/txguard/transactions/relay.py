@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -31,7 +32,8 @@ from txguard.kafka.consumer_loop import (
     wait_for_deliveries,
     wait_for_kafka,
 )
-from txguard.store.interface import PendingOutboxEvent, RelayLock, TransactionStore
+from txguard.observability import metrics
+from txguard.store.interface import OutboxBacklog, PendingOutboxEvent, RelayLock, TransactionStore
 from txguard.store.sqlite import SqliteRelayLock, SqliteStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ PRUNE_INTERVAL_SECONDS = 60.0
 # On stop, how long the in-flight round may still wait for its delivery reports.
 STOP_GRACE_SECONDS = 10.0
 STATS_LOG_INTERVAL_SECONDS = 30.0
+# How often the backlog gauges re-read the outbox (one indexed COUNT on its own connection).
+BACKLOG_SAMPLE_SECONDS = 2.0
 
 
 class RelayLockHeld(RuntimeError):
@@ -67,17 +71,88 @@ class RelayStats:
 
 
 class _RoundDeliveries:
-    """Delivery outcome of each outbox event of one round, by outbox sequence number."""
+    """Delivery outcome of each outbox event of one round."""
 
     def __init__(self) -> None:
-        self.delivered: list[int] = []
+        self.delivered: list[PendingOutboxEvent] = []
         self.errors: list[KafkaError] = []
 
-    def report(self, seq: int, error: KafkaError | None, _message: Message) -> None:
+    def report(self, item: PendingOutboxEvent, error: KafkaError | None, _message: Message) -> None:
         if error is None:
-            self.delivered.append(seq)
+            self.delivered.append(item)
         else:
             self.errors.append(error)
+
+
+class _RelayMetrics:
+    """The relay's metric children, resolved once."""
+
+    def __init__(self) -> None:
+        self.published = metrics.Children(metrics.OUTBOX_PUBLISHED, "topic")
+        self.retries = metrics.Children(metrics.RETRIES, "reason", {"service": "relay"})
+        self.published_latency = metrics.END_TO_END_LATENCY.labels("published")
+
+    def count_published(self, delivered: list[PendingOutboxEvent], marked_at_us: int) -> None:
+        by_topic: dict[str, int] = {}
+        observe = self.published_latency.observe
+        for item in delivered:
+            topic = item.event.topic
+            by_topic[topic] = by_topic.get(topic, 0) + 1
+            observe((marked_at_us - item.created_at_us) / 1e6)
+        for topic, count in by_topic.items():
+            self.published[topic].inc(count)
+
+
+class OutboxBacklogSampler:
+    """Keeps the backlog gauges current from a thread of its own, on its own store connection.
+
+    Separate from the publishing rounds so that the gauges move while a round waits on an
+    unreachable broker, or while the relay waits for Kafka or for another relay's lock. The age
+    is computed at scrape time from the oldest event's creation time.
+    """
+
+    def __init__(self, store_path: Path, *, interval: float = BACKLOG_SAMPLE_SECONDS) -> None:
+        self._store_path = store_path
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox-backlog", daemon=True)
+        self._oldest_created_us: int | None = None
+
+    def start(self) -> None:
+        metrics.OUTBOX_OLDEST_AGE.set_function(self.oldest_age_seconds)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def oldest_age_seconds(self) -> float:
+        oldest = self._oldest_created_us
+        return 0.0 if oldest is None else max(0.0, (now_us() - oldest) / 1e6)
+
+    def record(self, backlog: OutboxBacklog) -> None:
+        self._oldest_created_us = backlog.oldest_created_at_us if backlog.count else None
+        metrics.OUTBOX_BACKLOG.set(backlog.count)
+
+    def _run(self) -> None:
+        store: SqliteStore | None = None
+        failing = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    store = store or SqliteStore(self._store_path)
+                    self.record(store.outbox_backlog())
+                    failing = False
+                except Exception as exc:
+                    # A gauge must never take the relay down: report once, keep trying.
+                    if not failing:
+                        log.warning("outbox backlog not measurable: %s", exc)
+                        failing = True
+                self._stop.wait(self._interval)
+        finally:
+            if store is not None:
+                store.close()
 
 
 class OutboxRelay:
@@ -104,9 +179,12 @@ class OutboxRelay:
         self._bootstrap = bootstrap
         self._producer: Producer | None = None
         self._pruned_at = 0.0
+        self._metrics = _RelayMetrics()
 
     def run(self, stop: threading.Event) -> None:
         """Publish until `stop` is set; then finish the round in flight (bounded) and release."""
+        sampler = OutboxBacklogSampler(self.settings.store_path)
+        sampler.start()
         try:
             if not self._wait_for_lock(stop):
                 return
@@ -122,6 +200,7 @@ class OutboxRelay:
                 except RelayDeliveryFailed as exc:
                     log.warning("outbox relay: %s; resending with a new producer", exc)
                     self.stats.retries += 1
+                    self._metrics.retries["delivery_failed"].inc()
                     self._drop_producer()
                     backoff.sleep(stop)
                     continue
@@ -133,6 +212,7 @@ class OutboxRelay:
                     # error): nothing is marked unless acknowledged, so trying again is safe.
                     log.exception("outbox relay round failed; retrying")
                     self.stats.retries += 1
+                    self._metrics.retries["round_failed"].inc()
                     self._drop_producer()
                     backoff.sleep(stop)
                     continue
@@ -142,8 +222,12 @@ class OutboxRelay:
                     stats_logged_at = time.monotonic()
                     log.info("outbox relay: %s", asdict(self.stats))
                 if published < self.settings.relay_batch_size:
+                    if self._producer is not None:
+                        # Serves the statistics callback, which an idle producer would queue up.
+                        self._producer.poll(0)
                     stop.wait(IDLE_POLL_SECONDS)
         finally:
+            sampler.stop()
             self.close()
 
     def publish_pending(self, stop: threading.Event | None = None) -> int:
@@ -168,7 +252,7 @@ class OutboxRelay:
                 produce_with_backpressure(
                     producer,
                     _outgoing(item),
-                    on_delivery=partial(deliveries.report, item.seq),
+                    on_delivery=partial(deliveries.report, item),
                     on_retry=self._count_retry,
                 )
             # Wait for every report before reading the next round: rounds never overlap, so
@@ -182,10 +266,13 @@ class OutboxRelay:
         finally:
             # Whatever was acknowledged is marked, even when the round ends early.
             if deliveries.delivered:
-                store.mark_published(deliveries.delivered, now_us())
+                marked_at_us = now_us()
+                store.mark_published([item.seq for item in deliveries.delivered], marked_at_us)
                 self.stats.published += len(deliveries.delivered)
+                self._metrics.count_published(deliveries.delivered, marked_at_us)
         if deliveries.errors:
             self.stats.failed_deliveries += len(deliveries.errors)
+            metrics.OUTBOX_DELIVERY_FAILURES.inc(len(deliveries.errors))
             raise RelayDeliveryFailed(len(deliveries.errors), deliveries.errors[0])
         return len(deliveries.delivered)
 
@@ -195,6 +282,7 @@ class OutboxRelay:
         retention_us = self.settings.outbox_retention_seconds * 1_000_000
         pruned = store.prune_published((now_us() if now is None else now) - retention_us)
         self.stats.pruned += pruned
+        metrics.OUTBOX_PRUNED.inc(pruned)
         if pruned:
             log.info("outbox relay: pruned %d published events", pruned)
         return pruned
@@ -251,7 +339,7 @@ class OutboxRelay:
                 "message.timeout.ms": 0,
             }
             self._producer = make_producer(
-                self._bootstrap, client_id="txguard-outbox-relay", **overrides
+                self._bootstrap, client_id="txguard-outbox-relay", statistics=True, **overrides
             )
         return self._producer
 
@@ -264,6 +352,7 @@ class OutboxRelay:
 
     def _count_retry(self) -> None:
         self.stats.retries += 1
+        self._metrics.retries["queue_full"].inc()
 
 
 def _outgoing(item: PendingOutboxEvent) -> OutgoingRecord:

@@ -74,7 +74,11 @@ async def serve(
         server = grpc.aio.server(options=_SERVER_OPTIONS)
         service_pb2_grpc.add_TransactionServiceServicer_to_server(
             TransactionService(
-                tokenizer=tokenizer, writer=writer, reader=reader, stream_window=stream_window
+                tokenizer=tokenizer,
+                writer=writer,
+                reader=reader,
+                stream_window=stream_window,
+                transactions_topic=settings.topics.transactions,
             ),
             server,
         )

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Final, NoReturn, TypeAlias
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from prometheus_client import Histogram
 
 from txguard import clock
+from txguard.config import TRANSACTIONS_TOPIC
+from txguard.observability import metrics
 from txguard.schema.v1 import service_pb2_grpc
 from txguard.schema.v1.service_pb2 import (
     CreateTransactionRequest,
@@ -30,7 +34,7 @@ from txguard.schema.v1.service_pb2 import (
     SubmitTransactionsRequest,
     SubmitTransactionsResponse,
 )
-from txguard.store.interface import IdempotencyKeyReused, RecordOutcome
+from txguard.store.interface import IdempotencyKeyReused, NewTransaction, RecordOutcome
 from txguard.transactions.card import CardTokenizer
 from txguard.transactions.idempotency import InFlightRequests, request_fingerprint
 from txguard.transactions.validation import FieldViolation, validate_create_request
@@ -48,6 +52,10 @@ MAX_CLIENT_ID_CHARS: Final = 128
 # Items of one SubmitTransactions stream in flight or answered but not yet sent back.
 DEFAULT_STREAM_WINDOW: Final = 512
 ERROR_DOMAIN: Final = "txguard.v1"
+# Values of the `method` label of the API latency histogram.
+CREATE_METHOD: Final = "CreateTransaction"
+SUBMIT_METHOD: Final = "SubmitTransactions"
+GET_METHOD: Final = "GetTransaction"
 
 CreateResult: TypeAlias = CreateTransactionResponse | status_pb2.Status
 
@@ -108,6 +116,30 @@ EMPTY_TRANSACTION_ID: Final = invalid_argument(
 TRANSACTION_NOT_FOUND: Final = _status(code_pb2.NOT_FOUND, "no such transaction")
 
 
+class ApiMetrics:
+    """The API's metric children, resolved once: answering a request costs no label lookup."""
+
+    def __init__(self) -> None:
+        self.rejected = metrics.Children(metrics.TRANSACTIONS_REJECTED, "reason")
+        self.rejected.precreate(metrics.REJECTION_REASONS)
+        self.field_violations = metrics.Children(metrics.TRANSACTION_FIELD_VIOLATIONS, "field")
+        self._latency: dict[tuple[str, int], Histogram] = {}
+
+    def answered(self, method: str, result: object, started: float) -> None:
+        """Observe the time since `started` (perf_counter) under the answer's status code."""
+        code = result.code if isinstance(result, status_pb2.Status) else code_pb2.OK
+        child = self._latency.get((method, code))
+        if child is None:
+            child = metrics.API_REQUEST_DURATION.labels(method, code_pb2.Code.Name(code))
+            self._latency[(method, code)] = child
+        child.observe(time.perf_counter() - started)
+
+    def invalid(self, violations: Sequence[FieldViolation]) -> None:
+        self.rejected["invalid_argument"].inc()
+        for field in {v.field for v in violations}:
+            self.field_violations[field].inc()
+
+
 async def _abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -> NoReturn:
     await context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
@@ -138,19 +170,23 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
         reader: TransactionReader,
         stream_window: int = DEFAULT_STREAM_WINDOW,
         now_us: Callable[[], int] = clock.now_us,
+        transactions_topic: str = TRANSACTIONS_TOPIC,
     ) -> None:
+        self._transactions_topic = transactions_topic
         self._tokenizer = tokenizer
         self._writer = writer
         self._reader = reader
         self._stream_window = stream_window
         self._now_us = now_us
         self._in_flight = InFlightRequests()
+        self.metrics = ApiMetrics()
 
     async def CreateTransaction(
         self, request: CreateTransactionRequest, context: grpc.aio.ServicerContext
     ) -> CreateTransactionResponse:
         client_id = _client_id(context)
         if client_id is None:
+            self._reject_unidentified(CREATE_METHOD, time.perf_counter())
             await _abort(context, MISSING_CLIENT_ID)
         future: asyncio.Future[CreateResult] = asyncio.get_running_loop().create_future()
 
@@ -167,15 +203,24 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
     async def GetTransaction(
         self, request: GetTransactionRequest, context: grpc.aio.ServicerContext
     ) -> GetTransactionResponse:
-        client_id = _client_id(context)
+        started = time.perf_counter()
+        result = await self._get_transaction(_client_id(context), request)
+        self.metrics.answered(GET_METHOD, result, started)
+        if isinstance(result, status_pb2.Status):
+            await _abort(context, result)
+        return result
+
+    async def _get_transaction(
+        self, client_id: str | None, request: GetTransactionRequest
+    ) -> GetTransactionResponse | status_pb2.Status:
         if client_id is None:
-            await _abort(context, MISSING_CLIENT_ID)
+            return MISSING_CLIENT_ID
         if not request.transaction_id:
-            await _abort(context, EMPTY_TRANSACTION_ID)
+            return EMPTY_TRANSACTION_ID
         tx = await self._reader.get_transaction(request.transaction_id)
         # Another client's transaction is as invisible as a missing one.
         if tx is None or tx.client_id != client_id:
-            await _abort(context, TRANSACTION_NOT_FOUND)
+            return TRANSACTION_NOT_FOUND
         response = GetTransactionResponse()
         response.transaction.CopyFrom(tx)
         return response
@@ -188,6 +233,7 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
         """Items are processed concurrently; responses come in completion order."""
         client_id = _client_id(context)
         if client_id is None:
+            self._reject_unidentified(SUBMIT_METHOD, time.perf_counter())
             await _abort(context, MISSING_CLIENT_ID)
         stream = _SubmitStream(self, client_id, self._stream_window)
         async for response in stream.run(request_iterator):
@@ -198,8 +244,11 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
         client_id: str,
         request: CreateTransactionRequest,
         on_done: Callable[[CreateResult], None],
+        *,
+        method: str = CREATE_METHOD,
     ) -> status_pb2.Status | None:
         """Steps 1-4; returns the rejection, or None when `on_done` will receive the result."""
+        started = time.perf_counter()
         now_us = self._now_us()
         violations = validate_create_request(request, now_us)
         pan = request.card_number
@@ -210,13 +259,23 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
                     "rejected a transaction of client %s: invalid %s",
                     client_id,
                     ", ".join(v.field for v in violations),
+                    extra=_request_ids(client_id, request),
                 )
-            return invalid_argument(violations)
+            rejection = invalid_argument(violations)
+            self.metrics.invalid(violations)
+            self.metrics.answered(method, rejection, started)
+            return rejection
         card = self._tokenizer.tokenize(pan)
         del pan
         key = request.idempotency_key
         if not self._in_flight.try_claim(client_id, key):
-            log.debug("client %s retried an idempotency key still in flight", client_id)
+            log.debug(
+                "client %s retried an idempotency key still in flight",
+                client_id,
+                extra=_request_ids(client_id, request),
+            )
+            self.metrics.rejected["request_in_flight"].inc()
+            self.metrics.answered(method, ALREADY_IN_FLIGHT, started)
             return ALREADY_IN_FLIGHT
         try:
             fingerprint = request_fingerprint(client_id, request, card.token)
@@ -226,14 +285,16 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
                 card=card,
                 fingerprint=fingerprint,
                 now_us=now_us,
+                topic=self._transactions_topic,
             )
-            transaction_id = record.transaction.transaction_id
 
             def recorded(result: WriteResult) -> None:
                 # The claim ends with the write, not with the call: a caller that gave up and
                 # retries at once gets ABORTED until the first attempt's outcome is stored.
                 self._in_flight.release(client_id, key)
-                on_done(_answer(client_id, transaction_id, response, result))
+                answer = _answer(client_id, record, response, result, self.metrics)
+                self.metrics.answered(method, answer, started)
+                on_done(answer)
 
             self._writer.submit(record, recorded)
         except BaseException:
@@ -241,27 +302,62 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
             raise
         return None
 
+    def _reject_unidentified(self, method: str, started: float) -> None:
+        self.metrics.rejected["client_id_missing"].inc()
+        self.metrics.answered(method, MISSING_CLIENT_ID, started)
+
+
+def _request_ids(client_id: str, request: CreateTransactionRequest) -> dict[str, str]:
+    """The `extra` fields of a log line about one create request."""
+    return {"client_id": client_id, "account_id": request.account_id}
+
 
 def _answer(
     client_id: str,
-    transaction_id: str,
+    record: NewTransaction,
     response: CreateTransactionResponse,
     result: WriteResult,
+    api_metrics: ApiMetrics,
 ) -> CreateResult:
+    transaction = record.transaction
     if isinstance(result, RecordOutcome):
         if result.created:
-            log.debug("accepted transaction %s for client %s", transaction_id, client_id)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "accepted transaction %s for client %s",
+                    transaction.transaction_id,
+                    client_id,
+                    extra={
+                        "client_id": client_id,
+                        "transaction_id": transaction.transaction_id,
+                        "event_id": record.outbox_event.event_id,
+                        "account_id": transaction.account_id,
+                    },
+                )
+            metrics.TRANSACTIONS_ACCEPTED.inc()
             return response
+        metrics.TRANSACTIONS_REPLAYED.inc()
         replay = CreateTransactionResponse.FromString(result.response)
         log.debug(
             "replayed transaction %s for client %s",
             replay.transaction.transaction_id,
             client_id,
+            extra={
+                "client_id": client_id,
+                "transaction_id": replay.transaction.transaction_id,
+                "account_id": replay.transaction.account_id,
+            },
         )
         return replay
     if isinstance(result, IdempotencyKeyReused):
-        log.debug("rejected a transaction of client %s: idempotency key reused", client_id)
+        log.debug(
+            "rejected a transaction of client %s: idempotency key reused",
+            client_id,
+            extra={"client_id": client_id, "account_id": transaction.account_id},
+        )
+        api_metrics.rejected["idempotency_key_reused"].inc()
         return KEY_REUSED
+    api_metrics.rejected["store_unavailable"].inc()
     return STORE_UNAVAILABLE
 
 
@@ -327,7 +423,9 @@ class _SubmitStream:
 
         self._outstanding += 1
         try:
-            rejection = self._service.start_create(self._client_id, item.transaction, answered)
+            rejection = self._service.start_create(
+                self._client_id, item.transaction, answered, method=SUBMIT_METHOD
+            )
         except BaseException:
             self._outstanding -= 1
             raise

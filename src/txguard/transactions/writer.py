@@ -13,13 +13,15 @@ import asyncio
 import logging
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeAlias
 
 from txguard.clock import set_timestamp_us
-from txguard.config import TRANSACTIONS_TOPIC
 from txguard.kafka.serde import encode_transaction_created
+from txguard.observability import metrics
 from txguard.schema.ids import new_transaction_and_event_ids
 from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest, CreateTransactionResponse
@@ -59,6 +61,7 @@ def accepted_transaction(
     card: CardToken,
     fingerprint: bytes,
     now_us: int,
+    topic: str,
 ) -> tuple[NewTransaction, CreateTransactionResponse]:
     """The record to store for a valid request, and the response it will be answered with.
 
@@ -95,7 +98,7 @@ def accepted_transaction(
         response=response.SerializeToString(),
         outbox_event=OutboxEvent(
             event_id=event_id,
-            topic=TRANSACTIONS_TOPIC,
+            topic=topic,
             key=encoded.key,
             payload=encoded.value,
             headers=encoded.headers,
@@ -137,6 +140,11 @@ class TransactionWriter:
         # Written by the writer thread only; read for statistics.
         self.batches_written = 0
         self.records_written = 0
+        # Read at scrape time: costs nothing per request. Weak, so a closed writer can go.
+        writer = weakref.ref(self)
+        metrics.STORE_WRITE_QUEUE.set_function(
+            lambda: float(w._queue.qsize()) if (w := writer()) is not None else 0.0
+        )
 
     def start(self) -> None:
         """Open the store on the writer thread; raises what opening it raised."""
@@ -201,15 +209,19 @@ class TransactionWriter:
 
     def _write(self, store: TransactionStore, batch: Sequence[_Pending]) -> None:
         results: Sequence[WriteResult]
+        started = time.perf_counter()
         try:
             results = store.record_transactions([record for record, _ in batch])
         except Exception:
             log.exception("storing a batch of %d transactions failed", len(batch))
             failure = StoreWriteFailed("the transaction could not be stored")
             results = [failure] * len(batch)
+            metrics.STORE_COMMIT_FAILURES.inc()
         else:
             self.batches_written += 1
             self.records_written += len(batch)
+            metrics.STORE_COMMIT_DURATION.observe(time.perf_counter() - started)
+            metrics.STORE_COMMIT_BATCH_RECORDS.observe(len(batch))
         callbacks = [callback for _, callback in batch]
         try:
             self._loop.call_soon_threadsafe(_deliver, callbacks, results)
