@@ -37,9 +37,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--accounts", type=int, default=500, help="number of simulated accounts")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the load generator")
     simulate = commands.add_parser(
-        "simulate", help="generate the handbook's simulated transactions into a file"
+        "simulate",
+        help="the handbook's simulated transactions, into a file or streamed into the API",
     )
-    simulate.add_argument("--output", type=Path, required=True, help="FILE.csv or FILE.parquet")
+    target = simulate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--output", type=Path, help="FILE.csv or FILE.parquet")
+    target.add_argument(
+        "--stream", action="store_true", help="send them to the gRPC API, labels to Kafka"
+    )
+    simulate.add_argument(
+        "--rate", type=float, default=200.0, help="--stream: transactions per second"
+    )
+    simulate.add_argument(
+        "--duration", type=float, default=None, help="--stream: stop after this many seconds"
+    )
+    simulate.add_argument(
+        "--label-delay-days",
+        type=float,
+        default=7.0,
+        help="--stream: event time after which a fraud's label is published",
+    )
     simulate.add_argument("--customers", type=int, default=5000)
     simulate.add_argument("--terminals", type=int, default=10000)
     simulate.add_argument("--days", type=int, default=183)
@@ -57,7 +74,57 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-delay-days", type=float, default=7.0, help="when a fraud label becomes known"
     )
     replay.add_argument("--keep-topics", action="store_true", help="keep the replay's topics")
+
+    model = commands.add_parser("model", help="train fraud models")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    train = model_commands.add_parser("train", help="train models on a dataset's training window")
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="dataset with TX_FRAUD, CSV or Parquet")
+    source.add_argument("--simulated", action="store_true", help="the simulator's default dataset")
+    train.add_argument("--output", type=Path, required=True, help="directory for the artifacts")
+    _protocol_arguments(train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="the handbook's evaluation protocol through the real pipeline"
+    )
+    evaluate.add_argument(
+        "--input", type=Path, default=None, help="dataset with TX_FRAUD (default: simulated)"
+    )
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the results here")
+    evaluate.add_argument(
+        "--batch-features",
+        action="store_true",
+        help="compute features in batch instead of replaying through the pipeline (faster)",
+    )
+    _protocol_arguments(evaluate)
     return parser
+
+
+def _protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    from txguard.fraud.models.evaluation import DEFAULT_TRAIN_END, DEFAULT_TRAIN_START
+    from txguard.fraud.models.offline import HANDBOOK_KINDS
+
+    parser.add_argument(
+        "--features",
+        choices=["handbook", "all"],
+        default="handbook",
+        help="the handbook's 15 features, or all of txguard's (default: handbook)",
+    )
+    parser.add_argument(
+        "--kinds",
+        type=lambda text: [kind.strip() for kind in text.split(",") if kind.strip()],
+        default=list(HANDBOOK_KINDS),
+        help="comma-separated: logistic_regression, random_forest, xgboost, isolation_forest, "
+        "blend (default: the handbook's three)",
+    )
+    parser.add_argument("--train-start", type=date.fromisoformat, default=DEFAULT_TRAIN_START)
+    parser.add_argument("--train-end", type=date.fromisoformat, default=DEFAULT_TRAIN_END)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tuned",
+        action="store_true",
+        help="txguard's tuned hyper-parameters instead of the handbook's defaults",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from txguard.simulate.commands import run_simulate_command
 
         return run_simulate_command(
+            settings,
             args.output,
+            stream=args.stream,
+            rate=args.rate,
+            duration=args.duration,
+            label_delay_days=args.label_delay_days,
             customers=args.customers,
             terminals=args.terminals,
             days=args.days,
@@ -111,6 +183,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 label_delay_days=args.label_delay_days,
                 keep_topics=args.keep_topics,
             ),
+        )
+    if args.command in ("model", "evaluate"):
+        from txguard.fraud.model_commands import (
+            ProtocolOptions,
+            run_evaluate_command,
+            run_train_command,
+        )
+
+        options = ProtocolOptions(
+            input=args.input,
+            feature_set=args.features,
+            kinds=args.kinds,
+            train_start=args.train_start,
+            train_end=args.train_end,
+            seed=args.seed,
+            tuned=args.tuned,
+        )
+        if args.command == "model":
+            return run_train_command(settings, options, args.output)
+        return run_evaluate_command(
+            settings,
+            options,
+            json_output=args.json,
+            through_pipeline=not args.batch_features,
         )
     raise AssertionError(f"unhandled command {args.command}")
 

@@ -9,7 +9,7 @@ aggregator and the detectors agree on what is known when, at any replay speed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,13 +86,14 @@ def replay_records(
         for index in range(label_cursor, label_stop):
             row = int(fraud_rows[index])
             batch.append(
-                _label_record(
+                label_record(
                     topics.labels,
                     ids[row],
                     customers[row],
                     terminals[row],
                     int(times_us[row]),
                     int(label_times[index]),
+                    source=REPLAY_SOURCE,
                 )
             )
         label_cursor = label_stop
@@ -110,21 +111,29 @@ def replay_records(
                 )
             )
         tx_cursor = tx_stop
-        batch.extend(watermark_records(topics, slice_end - 1))
+        batch.extend(
+            watermark_records(
+                (
+                    (topics.transactions, topics.transactions_partitions),
+                    (topics.labels, topics.labels_partitions),
+                ),
+                slice_end - 1,
+                source=REPLAY_SOURCE,
+            )
+        )
         yield batch
 
 
-def watermark_records(topics: ReplayTopics, complete_until_us: int) -> list[OutgoingRecord]:
-    """One StreamWatermark per partition of the transactions and labels topics."""
-    mark = StreamWatermark(source=REPLAY_SOURCE)
+def watermark_records(
+    targets: Sequence[tuple[str, int]], complete_until_us: int, *, source: str
+) -> list[OutgoingRecord]:
+    """One StreamWatermark for every partition of each (topic, partition count) target."""
+    mark = StreamWatermark(source=source)
     set_timestamp_us(mark.complete_until, complete_until_us)
     encoded = encode_stream_watermark(mark)
     return [
         OutgoingRecord(topic, encoded.key, encoded.value, encoded.headers, partition=partition)
-        for topic, count in (
-            (topics.transactions, topics.transactions_partitions),
-            (topics.labels, topics.labels_partitions),
-        )
+        for topic, count in targets
         for partition in range(count)
     ]
 
@@ -160,21 +169,24 @@ def _transaction_record(
     return OutgoingRecord(topic, encoded.key, encoded.value, encoded.headers)
 
 
-def _label_record(
+def label_record(
     topic: str,
     transaction_id: str,
     customer: object,
     terminal: object,
     occurred_us: int,
     known_us: int,
+    *,
+    source: str,
 ) -> OutgoingRecord:
+    """The fraud label of one transaction, known at `known_us`."""
     label = FraudLabel(
         label_id=f"label-{transaction_id}",
         transaction_id=transaction_id,
         account_id=account_id(customer),
         terminal_id=terminal_id(terminal),
         fraud=True,
-        source=REPLAY_SOURCE,
+        source=source,
     )
     set_timestamp_us(label.occurred_at, occurred_us)
     set_timestamp_us(label.known_at, known_us)

@@ -1,4 +1,4 @@
-"""`txguard simulate`: the handbook's simulated transactions into a CSV or Parquet file."""
+"""`txguard simulate`: the handbook's simulated transactions into a file, or streamed live."""
 
 from __future__ import annotations
 
@@ -7,13 +7,20 @@ import time
 from datetime import date
 from pathlib import Path
 
+from txguard.config import Settings
 from txguard.simulate.dataset import DatasetError, write_dataset
 from txguard.simulate.handbook import SimulationConfig, simulate, summarize
+from txguard.simulate.stream import StreamOptions, run_stream
 
 
 def run_simulate_command(
-    output: Path,
+    settings: Settings,
+    output: Path | None,
     *,
+    stream: bool,
+    rate: float,
+    duration: float | None,
+    label_delay_days: float,
     customers: int,
     terminals: int,
     days: int,
@@ -30,9 +37,22 @@ def run_simulate_command(
             radius=radius,
             seed=seed,
         )
+        options = (
+            StreamOptions(
+                rate_per_second=rate,
+                duration_seconds=duration,
+                label_delay_days=label_delay_days,
+                config=config,
+            )
+            if stream
+            else None
+        )
     except ValueError as exc:
         print(f"txguard simulate: {exc}", file=sys.stderr)
         return 2
+    if options is not None:
+        return run_stream(settings, options)
+    assert output is not None  # argparse requires --output or --stream
     started = time.monotonic()
     frame = simulate(config)
     try:
