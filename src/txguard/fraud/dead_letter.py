@@ -9,7 +9,6 @@ from typing import cast
 
 from confluent_kafka import Message
 
-from txguard.config import DLQ_TOPIC
 from txguard.kafka.serde import InvalidEvent, dead_letter_headers
 
 
@@ -21,10 +20,10 @@ class DeadLetter:
     value: bytes | None
     headers: list[tuple[str, bytes]]
     error: InvalidEvent
-    topic: str = DLQ_TOPIC
+    topic: str
 
 
-def dead_letter_for(message: Message, error: InvalidEvent, *, topic: str = DLQ_TOPIC) -> DeadLetter:
+def dead_letter_for(message: Message, error: InvalidEvent, *, topic: str) -> DeadLetter:
     """The DLQ record for a consumed record that failed decoding or validation."""
     original = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
     partition, offset = message.partition(), message.offset()

@@ -38,9 +38,11 @@ from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     CommitReporter,
     OutgoingRecord,
+    batch_processed,
     commit_offsets,
     next_offsets,
     poll_batch,
+    subscribe,
     wait_for_kafka,
 )
 from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
@@ -51,7 +53,8 @@ from txguard.kafka.serde import (
     is_stream_watermark,
 )
 from txguard.kafka.topics import ensure_topics
-from txguard.schema.v1.decision_pb2 import FraudDecision
+from txguard.observability import metrics
+from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
 from txguard.schema.v1.events_pb2 import TransactionCreated
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,11 @@ RESTORE_TIMEOUT_SECONDS = 120.0
 # While waiting for the terminal table, how long each poll of it may block.
 TABLE_POLL_SECONDS = 0.05
 _TERMINAL_DELAY_MS = TERMINAL_DELAY_DAYS * DAY_MS
+_OUTCOME_LABELS = {
+    Outcome.OUTCOME_APPROVE: "approve",
+    Outcome.OUTCOME_REVIEW: "review",
+    Outcome.OUTCOME_DECLINE: "decline",
+}
 
 
 @dataclass
@@ -108,6 +116,10 @@ class FraudDetector:
         self.state = DetectorState()
         self.table: TerminalTable = TerminalTable()
         self.stats = DetectorStats()
+        self.metrics = metrics.ConsumerMetrics("detector")
+        self.decision_metrics = metrics.DecisionMetrics()
+        self._table_lag = metrics.TERMINAL_TABLE_LAG.labels("detector")
+        self._model_shown = ""
         self._bootstrap = ""
         self._publisher: ConfirmedPublisher | None = None
         self._follower: TerminalTableFollower | None = None
@@ -129,7 +141,8 @@ class FraudDetector:
             bootstrap,
             group_id=group,
             client_id="txguard-detector",
-            on_commit=CommitReporter(self._count_retry),
+            statistics=True,
+            on_commit=CommitReporter(self._count_commit_retry),
         )
         try:
             # The group's own changelog is created on first start of a new group.
@@ -153,19 +166,25 @@ class FraudDetector:
                 on_retry=self._count_retry,
                 stop_grace_seconds=STOP_GRACE_SECONDS,
             )
-            consumer.subscribe(
+            subscribe(
+                consumer,
                 [self.topics.transactions],
+                metrics=self.metrics,
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
             while not stop.is_set():
                 records = poll_batch(
-                    consumer, self.settings.consume_batch_size, CONSUME_TIMEOUT_SECONDS
+                    consumer,
+                    self.settings.consume_batch_size,
+                    CONSUME_TIMEOUT_SECONDS,
+                    metrics=self.metrics,
                 )
                 self._follower.poll()
                 if records:
                     self.emit(self.process_batch(records, stop))
+                    batch_processed(consumer, self.metrics)
                 if self._checkpoint_due():
                     self.checkpoint(consumer, stop)
                 self._log_stats_periodically()
@@ -228,7 +247,26 @@ class FraudDetector:
             if carry_features:
                 decision.features.update(zip(ALL_FEATURES, item.features.values, strict=True))
             output.decisions.append(decision)
+        self._observe_decisions(output.decisions, decided_at_us)
         return output
+
+    def _observe_decisions(self, decisions: Sequence[FraudDecision], decided_at_us: int) -> None:
+        """Outcomes, scores, rule hits and accepted-to-decided latency of a batch's decisions."""
+        if self.scorer.model_version != self._model_shown:
+            self._model_shown = self.scorer.model_version
+            self.decision_metrics.set_model(self.scorer.model_version, self.scorer.model_kind)
+        outcomes = self.decision_metrics.outcomes
+        rule_hits = self.decision_metrics.rule_hits
+        latency = self.decision_metrics.decided_latency
+        decided_at = decided_at_us / 1e6
+        for decision in decisions:
+            outcomes[_OUTCOME_LABELS.get(decision.outcome, "approve")].inc()
+            self.decision_metrics.observe_score(decision.score)
+            for reason in decision.reasons:
+                if reason.code.startswith("rule."):
+                    rule_hits[reason.code].inc()
+            accepted = decision.accepted_at
+            latency.observe(max(0.0, decided_at - accepted.seconds - accepted.nanos / 1e9))
 
     def _decode(self, message: Message, output: BatchOutput) -> TransactionCreated | None:
         """The event, or None when the record is poison and was set aside for the DLQ."""
@@ -242,6 +280,7 @@ class FraudDetector:
                 dead_letter_for(message, exc, topic=self.topics.dead_letters)
             )
             self.stats.dead_lettered += 1
+            self.metrics.dead_lettered[exc.kind].inc()
             log.warning(
                 "dead-lettering %s[%s]@%s: %s",
                 message.topic(),
@@ -258,7 +297,10 @@ class FraudDetector:
         if follower is None:
             return
         need = (latest_event_ms - _TERMINAL_DELAY_MS, latest_event_ms)
-        if self.table.complete_until().covers(*need):
+        complete = self.table.complete_until()
+        # How far the table's labels trail the transactions being scored, in event time.
+        self._table_lag.set(max(0.0, (latest_event_ms - complete.labels_ms) / 1000))
+        if complete.covers(*need):
             return
         max_wait_ms = self.settings.terminal_table_max_wait_ms
         if max_wait_ms == 0:
@@ -284,6 +326,7 @@ class FraudDetector:
         id_hash = event_id_hash(event.event_id)
         if history.has_seen(id_hash):
             self.stats.duplicates_dropped += 1
+            self.metrics.duplicates_dropped()
             return None
         occurred_ms = event_time_ms(event)
         position = history.record(
@@ -306,6 +349,11 @@ class FraudDetector:
         records += [_dead_letter_record(d) for d in output.dead_letters]
         publisher.send(records)
         self.stats.decided += len(output.decisions)
+        produced = self.metrics.produced
+        if output.decisions:
+            produced[self.topics.decisions].inc(len(output.decisions))
+        if output.dead_letters:
+            produced[self.topics.dead_letters].inc(len(output.dead_letters))
         for offset in output.offsets:
             self._uncommitted[(offset.topic, offset.partition)] = offset
 
@@ -330,7 +378,9 @@ class FraudDetector:
         state_topic = self.settings.detector_state_topic
         changes = self.state.take_changes()
         publisher.publish([changelog_record(state_topic, c) for c in changes], stop, what="state")
-        commit_offsets(consumer, list(self._uncommitted.values()), on_retry=self._count_retry)
+        commit_offsets(
+            consumer, list(self._uncommitted.values()), on_retry=self._count_commit_retry
+        )
         self._uncommitted.clear()
         self.stats.checkpoints += 1
 
@@ -340,6 +390,11 @@ class FraudDetector:
 
     def _count_retry(self) -> None:
         self.stats.retries += 1
+        self.metrics.retries["produce"].inc()
+
+    def _count_commit_retry(self) -> None:
+        self.stats.retries += 1
+        self.metrics.retries["commit"].inc()
 
     # -- rebalancing (called from inside consume(), between batches) ------------------------
 
@@ -349,13 +404,14 @@ class FraudDetector:
         if not numbers:
             return
         started = time.monotonic()
-        restored = restore_partitions(
-            self._bootstrap,
-            self.settings.detector_state_topic,
-            numbers,
-            group_id=self.settings.detector_group,
-            timeout_seconds=RESTORE_TIMEOUT_SECONDS,
-        )
+        with metrics.STATE_RESTORE_DURATION.labels("detector").time():
+            restored = restore_partitions(
+                self._bootstrap,
+                self.settings.detector_state_topic,
+                numbers,
+                group_id=self.settings.detector_group,
+                timeout_seconds=RESTORE_TIMEOUT_SECONDS,
+            )
         for number in numbers:
             states = restored.get(number, [])
             self.state.assign(number, states)

@@ -59,6 +59,7 @@ class ScoreResult:
 
 
 class Scorer(Protocol):
+    model_kind: str
     model_version: str
     rules_version: str
     shadow_model_version: str
@@ -88,6 +89,7 @@ def result_from_hits(hits: Sequence[RuleHit]) -> ScoreResult:
 class RuleScorer:
     """Scores with the rules alone."""
 
+    model_kind = "rules"
     model_version = RULES_ONLY_MODEL_VERSION
     rules_version = RULES_VERSION
     shadow_model_version = ""
@@ -131,6 +133,7 @@ class ModelScorer:
         self.model = model
         self.rules = tuple(rules)
         self.shadow = shadow
+        self.model_kind = model.kind
         self.model_version = f"{model.kind}-{model.version}"
         self.shadow_model_version = f"{shadow.kind}-{shadow.version}" if shadow else ""
         self._columns = _columns_for(model)

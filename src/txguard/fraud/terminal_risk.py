@@ -35,9 +35,11 @@ from txguard.kafka.compacted import read_to_end
 from txguard.kafka.consumer_loop import (
     CommitReporter,
     OutgoingRecord,
+    batch_processed,
     commit_offsets,
     next_offsets,
     poll_batch,
+    subscribe,
     wait_for_kafka,
 )
 from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
@@ -48,6 +50,7 @@ from txguard.kafka.serde import (
     decode_transaction_created,
     is_stream_watermark,
 )
+from txguard.observability import metrics
 from txguard.schema.v1.terminal_risk_pb2 import (
     SourceWatermark,
     TerminalEvent,
@@ -92,6 +95,7 @@ class TerminalEventRekeyer:
         self.settings = settings
         self.topics = settings.topics
         self.stats = AggregatorStats()
+        self.metrics = metrics.ConsumerMetrics("terminal-risk")
         # Highest event time forwarded per (source topic, partition) and the last one announced.
         self._seen: dict[tuple[str, int], int] = {}
         self._announced: dict[tuple[str, int], int] = {}
@@ -107,17 +111,24 @@ class TerminalEventRekeyer:
         publisher = ConfirmedPublisher(bootstrap, client_id=group, on_retry=self._retry)
         try:
             targets = _partition_count(consumer, self.topics.terminal_events)
-            consumer.subscribe([self.topics.transactions, self.topics.labels])
+            subscribe(
+                consumer, [self.topics.transactions, self.topics.labels], metrics=self.metrics
+            )
             while not stop.is_set():
                 records = poll_batch(
-                    consumer, self.settings.consume_batch_size, CONSUME_TIMEOUT_SECONDS
+                    consumer,
+                    self.settings.consume_batch_size,
+                    CONSUME_TIMEOUT_SECONDS,
+                    metrics=self.metrics,
                 )
                 if not records:
                     continue
                 output = self.rekey(records, targets)
                 publisher.publish(output, stop, what="terminal events")
+                self.metrics.produced[self.topics.terminal_events].inc(len(output))
                 commit_offsets(consumer, next_offsets(records), on_retry=self._retry)
                 self.stats.batches += 1
+                batch_processed(consumer, self.metrics)
         except (PublishTimeout, PublishError) as exc:
             if not stop.is_set():
                 raise
@@ -173,6 +184,7 @@ class TerminalEventRekeyer:
         except InvalidEvent as exc:
             # The detector dead-letters poison transactions; here they only have to be passed.
             self.stats.skipped += 1
+            self.metrics.skipped[exc.kind].inc()
             log.warning("terminal-risk: skipping %s[%s]: %s", *source, exc)
             return None
         time_ms = int(tx.occurred_at.ToMilliseconds())
@@ -194,6 +206,7 @@ class TerminalEventRekeyer:
 
     def _retry(self) -> None:
         self.stats.retries += 1
+        self.metrics.retries["produce_or_commit"].inc()
 
 
 class _PartitionTable:
@@ -215,6 +228,7 @@ class TerminalTableBuilder:
         self.settings = settings
         self.topics = settings.topics
         self.stats = AggregatorStats()
+        self.metrics = metrics.ConsumerMetrics("terminal-risk")
         self._tables: dict[int, _PartitionTable] = {}
         self._bootstrap = ""
         self._source_partitions: dict[str, int] = {}
@@ -239,22 +253,29 @@ class TerminalTableBuilder:
                     f"{self.topics.terminal_risk} has {table} partitions but "
                     f"{self.topics.terminal_events} has {events}: they must match"
                 )
-            consumer.subscribe(
+            subscribe(
+                consumer,
                 [self.topics.terminal_events],
+                metrics=self.metrics,
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
                 on_lost=self._on_revoke,
             )
             while not stop.is_set():
                 records = poll_batch(
-                    consumer, self.settings.consume_batch_size, CONSUME_TIMEOUT_SECONDS
+                    consumer,
+                    self.settings.consume_batch_size,
+                    CONSUME_TIMEOUT_SECONDS,
+                    metrics=self.metrics,
                 )
                 if not records:
                     continue
                 output = self.apply(records)
                 publisher.publish(output, stop, what="terminal table")
+                self.metrics.produced[self.topics.terminal_risk].inc(len(output))
                 commit_offsets(consumer, next_offsets(records), on_retry=self._retry)
                 self.stats.batches += 1
+                batch_processed(consumer, self.metrics)
         except (PublishTimeout, PublishError) as exc:
             if not stop.is_set():
                 raise
@@ -276,6 +297,7 @@ class TerminalTableBuilder:
                 event = TerminalEvent.FromString(message.value() or b"")
             except DecodeError:
                 self.stats.skipped += 1
+                self.metrics.skipped["undecodable"].inc()
                 log.warning("terminal-risk: undecodable terminal event on partition %d", partition)
                 continue
             self._merge(table, event)
@@ -414,6 +436,7 @@ class TerminalTableBuilder:
 
     def _retry(self) -> None:
         self.stats.retries += 1
+        self.metrics.retries["produce_or_commit"].inc()
 
 
 class TerminalRiskAggregator:
