@@ -154,8 +154,7 @@ def test_local_broker_picks_two_distinct_free_ports(tmp_path: Path) -> None:
 
 def test_a_namespace_renames_every_topic(tmp_path: Path) -> None:
     names = [
-        spec.name
-        for spec in topic_specs(_settings(tmp_path, TXGUARD_TOPIC_NAMESPACE="replay-42"))
+        spec.name for spec in topic_specs(_settings(tmp_path, TXGUARD_TOPIC_NAMESPACE="replay-42"))
     ]
     assert names == [
         "replay-42.transactions.v1",
