@@ -88,32 +88,38 @@ def _partition_count(consumer: Consumer, topic: str) -> int:
     return len(found.partitions)
 
 
-class TerminalEventRekeyer:
-    """Stage 1: transactions and labels, re-keyed by terminal, with source watermarks."""
+class _Stage:
+    """One consume -> transform -> publish -> commit loop with its own consumer group.
+
+    Per batch: the output is published and every record acknowledged before the input's offsets
+    are committed, so a crash repeats a batch (its output is idempotent) but never skips one.
+    """
+
+    name: str  # the group suffix and the service log's name for the stage
+    output_topic: str
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = settings.topics
         self.stats = AggregatorStats()
         self.metrics = metrics.ConsumerMetrics("terminal-risk")
-        # Highest event time forwarded per (source topic, partition) and the last one announced.
-        self._seen: dict[tuple[str, int], int] = {}
-        self._announced: dict[tuple[str, int], int] = {}
+        self.group = f"{settings.terminal_risk_group}.{self.name}"
+        self.bootstrap = ""
 
     def run(self, stop: threading.Event) -> None:
-        bootstrap = wait_for_kafka(self.settings, stop, what="terminal-risk re-key")
+        bootstrap = wait_for_kafka(self.settings, stop, what=f"terminal-risk {self.name}")
         if bootstrap is None:
             return
-        group = f"{self.settings.terminal_risk_group}.rekey"
+        self.bootstrap = bootstrap
         consumer = make_consumer(
-            bootstrap, group_id=group, client_id=group, on_commit=CommitReporter(self._retry)
+            bootstrap,
+            group_id=self.group,
+            client_id=self.group,
+            on_commit=CommitReporter(self._retry),
         )
-        publisher = ConfirmedPublisher(bootstrap, client_id=group, on_retry=self._retry)
+        publisher = ConfirmedPublisher(bootstrap, client_id=self.group, on_retry=self._retry)
         try:
-            targets = _partition_count(consumer, self.topics.terminal_events)
-            subscribe(
-                consumer, [self.topics.transactions, self.topics.labels], metrics=self.metrics
-            )
+            self.subscribe(consumer)
             while not stop.is_set():
                 records = poll_batch(
                     consumer,
@@ -123,9 +129,9 @@ class TerminalEventRekeyer:
                 )
                 if not records:
                     continue
-                output = self.rekey(records, targets)
-                publisher.publish(output, stop, what="terminal events")
-                self.metrics.produced[self.topics.terminal_events].inc(len(output))
+                output = self.transform(records)
+                publisher.publish(output, stop, what=f"terminal-risk {self.name}")
+                self.metrics.produced[self.output_topic].inc(len(output))
                 commit_offsets(consumer, next_offsets(records), on_retry=self._retry)
                 self.stats.batches += 1
                 batch_processed(consumer, self.metrics)
@@ -136,7 +142,38 @@ class TerminalEventRekeyer:
         finally:
             consumer.close()
             publisher.close()
-            log.info("terminal-risk re-key stopped: %s", asdict(self.stats))
+            log.info("terminal-risk %s stopped: %s", self.name, asdict(self.stats))
+
+    def subscribe(self, consumer: Consumer) -> None:
+        raise NotImplementedError
+
+    def transform(self, records: Sequence[Message]) -> list[OutgoingRecord]:
+        raise NotImplementedError
+
+    def _retry(self) -> None:
+        self.stats.retries += 1
+        self.metrics.retries["produce_or_commit"].inc()
+
+
+class TerminalEventRekeyer(_Stage):
+    """Stage 1: transactions and labels, re-keyed by terminal, with source watermarks."""
+
+    name = "rekey"
+
+    def __init__(self, settings: Settings) -> None:
+        self.output_topic = settings.topics.terminal_events
+        super().__init__(settings)
+        # Highest event time forwarded per (source topic, partition) and the last one announced.
+        self._seen: dict[tuple[str, int], int] = {}
+        self._announced: dict[tuple[str, int], int] = {}
+        self._targets = 0
+
+    def subscribe(self, consumer: Consumer) -> None:
+        self._targets = _partition_count(consumer, self.topics.terminal_events)
+        subscribe(consumer, [self.topics.transactions, self.topics.labels], metrics=self.metrics)
+
+    def transform(self, records: Sequence[Message]) -> list[OutgoingRecord]:
+        return self.rekey(records, self._targets)
 
     def rekey(self, records: Sequence[Message], targets: int) -> list[OutgoingRecord]:
         """The batch's records keyed by terminal, then the advanced watermarks to every target."""
@@ -204,10 +241,6 @@ class TerminalEventRekeyer:
         if time_ms > self._seen.get(source, NOT_STARTED_MS):
             self._seen[source] = time_ms
 
-    def _retry(self) -> None:
-        self.stats.retries += 1
-        self.metrics.retries["produce_or_commit"].inc()
-
 
 class _PartitionTable:
     """Stage 2's state for one terminal-events partition: its entries and source watermarks."""
@@ -221,69 +254,38 @@ class _PartitionTable:
         self.changed: set[bytes] = set()
 
 
-class TerminalTableBuilder:
+class TerminalTableBuilder(_Stage):
     """Stage 2: the compacted terminal-risk table, partition by partition."""
 
+    name = "table"
+
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.topics = settings.topics
-        self.stats = AggregatorStats()
-        self.metrics = metrics.ConsumerMetrics("terminal-risk")
+        self.output_topic = settings.topics.terminal_risk
+        super().__init__(settings)
         self._tables: dict[int, _PartitionTable] = {}
-        self._bootstrap = ""
         self._source_partitions: dict[str, int] = {}
 
-    def run(self, stop: threading.Event) -> None:
-        bootstrap = wait_for_kafka(self.settings, stop, what="terminal-risk table")
-        if bootstrap is None:
-            return
-        self._bootstrap = bootstrap
-        group = f"{self.settings.terminal_risk_group}.table"
-        consumer = make_consumer(
-            bootstrap, group_id=group, client_id=group, on_commit=CommitReporter(self._retry)
-        )
-        publisher = ConfirmedPublisher(bootstrap, client_id=group, on_retry=self._retry)
-        try:
-            for topic in (self.topics.transactions, self.topics.labels):
-                self._source_partitions[topic] = _partition_count(consumer, topic)
-            events = _partition_count(consumer, self.topics.terminal_events)
-            table = _partition_count(consumer, self.topics.terminal_risk)
-            if events != table:
-                raise RuntimeError(
-                    f"{self.topics.terminal_risk} has {table} partitions but "
-                    f"{self.topics.terminal_events} has {events}: they must match"
-                )
-            subscribe(
-                consumer,
-                [self.topics.terminal_events],
-                metrics=self.metrics,
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_revoke,
+    def subscribe(self, consumer: Consumer) -> None:
+        for topic in (self.topics.transactions, self.topics.labels):
+            self._source_partitions[topic] = _partition_count(consumer, topic)
+        events = _partition_count(consumer, self.topics.terminal_events)
+        table = _partition_count(consumer, self.topics.terminal_risk)
+        if events != table:
+            raise RuntimeError(
+                f"{self.topics.terminal_risk} has {table} partitions but "
+                f"{self.topics.terminal_events} has {events}: they must match"
             )
-            while not stop.is_set():
-                records = poll_batch(
-                    consumer,
-                    self.settings.consume_batch_size,
-                    CONSUME_TIMEOUT_SECONDS,
-                    metrics=self.metrics,
-                )
-                if not records:
-                    continue
-                output = self.apply(records)
-                publisher.publish(output, stop, what="terminal table")
-                self.metrics.produced[self.topics.terminal_risk].inc(len(output))
-                commit_offsets(consumer, next_offsets(records), on_retry=self._retry)
-                self.stats.batches += 1
-                batch_processed(consumer, self.metrics)
-        except (PublishTimeout, PublishError) as exc:
-            if not stop.is_set():
-                raise
-            log.error("stopping without committing the last batch (%s)", exc)
-        finally:
-            consumer.close()
-            publisher.close()
-            log.info("terminal-risk table stopped: %s", asdict(self.stats))
+        subscribe(
+            consumer,
+            [self.topics.terminal_events],
+            metrics=self.metrics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def transform(self, records: Sequence[Message]) -> list[OutgoingRecord]:
+        return self.apply(records)
 
     def apply(self, records: Sequence[Message]) -> list[OutgoingRecord]:
         """Merge the batch into the partitions' state; the table records it changes."""
@@ -417,11 +419,11 @@ class TerminalTableBuilder:
                 table.published = record.watermark
 
         read_to_end(
-            self._bootstrap,
+            self.bootstrap,
             self.topics.terminal_risk,
             numbers,
             load,
-            group_id=f"{self.settings.terminal_risk_group}.table",
+            group_id=self.group,
         )
         self._tables.update(restored)
         log.info(
@@ -433,10 +435,6 @@ class TerminalTableBuilder:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for partition in partitions:
             self._tables.pop(partition.partition, None)
-
-    def _retry(self) -> None:
-        self.stats.retries += 1
-        self.metrics.retries["produce_or_commit"].inc()
 
 
 class TerminalRiskAggregator:

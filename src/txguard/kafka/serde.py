@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -42,6 +43,8 @@ class EncodedRecord:
     headers: Headers
 
 
+M = TypeVar("M", TransactionCreated, FraudDecision, FraudLabel, StreamWatermark)
+
 SchemaType = (
     type[TransactionCreated] | type[FraudDecision] | type[FraudLabel] | type[StreamWatermark]
 )
@@ -74,12 +77,7 @@ def decode_transaction_created(
     value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
 ) -> TransactionCreated:
     """Decode and check a transactions-topic record; raises InvalidEvent for a poison record."""
-    _require_schema(headers, schema_name(TransactionCreated))
-    event = TransactionCreated()
-    try:
-        event.ParseFromString(value or b"")
-    except DecodeError as exc:
-        raise InvalidEvent("undecodable", f"not a TransactionCreated message: {exc}") from exc
+    event = _parse(TransactionCreated, value, headers)
     tx = event.transaction
     if not event.event_id:
         raise InvalidEvent("invalid", "event_id is empty")
@@ -121,12 +119,7 @@ def is_stream_watermark(headers: Sequence[tuple[str, bytes | None]] | None) -> b
 def decode_stream_watermark(
     value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
 ) -> StreamWatermark:
-    _require_schema(headers, schema_name(StreamWatermark))
-    watermark = StreamWatermark()
-    try:
-        watermark.ParseFromString(value or b"")
-    except DecodeError as exc:
-        raise InvalidEvent("undecodable", f"not a StreamWatermark message: {exc}") from exc
+    watermark = _parse(StreamWatermark, value, headers)
     if not watermark.HasField("complete_until"):
         raise InvalidEvent("invalid", "watermark lacks complete_until")
     return watermark
@@ -135,12 +128,7 @@ def decode_stream_watermark(
 def decode_fraud_label(
     value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
 ) -> FraudLabel:
-    _require_schema(headers, schema_name(FraudLabel))
-    label = FraudLabel()
-    try:
-        label.ParseFromString(value or b"")
-    except DecodeError as exc:
-        raise InvalidEvent("undecodable", f"not a FraudLabel message: {exc}") from exc
+    label = _parse(FraudLabel, value, headers)
     if not label.transaction_id or not label.terminal_id:
         raise InvalidEvent("invalid", "label lacks transaction_id or terminal_id")
     if not label.HasField("occurred_at") or not label.HasField("known_at"):
@@ -151,12 +139,7 @@ def decode_fraud_label(
 def decode_decision(
     value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
 ) -> FraudDecision:
-    _require_schema(headers, schema_name(FraudDecision))
-    decision = FraudDecision()
-    try:
-        decision.ParseFromString(value or b"")
-    except DecodeError as exc:
-        raise InvalidEvent("undecodable", f"not a FraudDecision message: {exc}") from exc
+    decision = _parse(FraudDecision, value, headers)
     if not decision.decision_id or not decision.transaction_id:
         raise InvalidEvent("invalid", "decision lacks decision_id or transaction_id")
     return decision
@@ -195,6 +178,19 @@ def _headers(event_id: str, schema: str) -> Headers:
         (HEADER_SCHEMA, schema.encode()),
         (HEADER_SCHEMA_VERSION, SCHEMA_VERSION),
     )
+
+
+def _parse(
+    message_type: type[M], value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
+) -> M:
+    """The record's message, once its schema headers name `message_type`."""
+    _require_schema(headers, schema_name(message_type))
+    message = message_type()
+    try:
+        message.ParseFromString(value or b"")
+    except DecodeError as exc:
+        raise InvalidEvent("undecodable", f"not a {message_type.__name__} message: {exc}") from exc
+    return message
 
 
 def _require_schema(headers: Sequence[tuple[str, bytes | None]] | None, expected: str) -> None:
