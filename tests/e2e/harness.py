@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from txguard.demo.processes import ServiceProcess, start_service, wait_for_grpc_serving
+from txguard.kafka.consumer_loop import OutgoingRecord
 from txguard.kafka.serde import HEADER_EVENT_ID, header_value
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest
 from txguard.schema.v1.service_pb2_grpc import TransactionServiceStub
@@ -232,6 +233,31 @@ class TopicRecord:
     def event_id(self) -> str | None:
         found = header_value(self.headers, HEADER_EVENT_ID)
         return found.decode() if found is not None else None
+
+
+def produce_slices(
+    bootstrap: str,
+    slices: Sequence[Sequence[OutgoingRecord]],
+    *,
+    pause_seconds: float,
+    before_slice: Callable[[int], None] | None = None,
+) -> None:
+    """Produce slices of records (e.g. a replay's), pausing between them to spread the load."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for index, batch in enumerate(slices):
+        if before_slice is not None:
+            before_slice(index)
+        for record in batch:
+            producer.produce(
+                record.topic,
+                value=record.value,
+                key=record.key,
+                partition=record.partition,
+                headers=list(record.headers),
+            )
+        producer.poll(0)
+        time.sleep(pause_seconds)
+    assert producer.flush(60) == 0
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[TopicRecord]:

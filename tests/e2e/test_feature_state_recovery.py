@@ -4,7 +4,6 @@ decision still carries exactly the features a batch computation gives."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from functools import partial
 from pathlib import Path
@@ -12,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from confluent_kafka import Producer
 
-from tests.e2e.harness import Pipeline, read_topic
+from tests.e2e.harness import Pipeline, produce_slices, read_topic
 from tests.support import wait_until
 from txguard.config import TopicNames
 from txguard.fraud.features import ALL_FEATURES
@@ -46,23 +44,15 @@ def test_features_survive_kills_of_the_detector_and_the_aggregator(
     produced = threading.Event()
 
     def produce() -> None:
-        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-        for batch in replay_records(
-            dataset,
-            ReplayTopics(topics.transactions, topics.labels, 6, 6),
-            label_delay_us=7 * DAY_US,
-        ):
-            for record in batch:
-                producer.produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    partition=record.partition,
-                    headers=list(record.headers),
-                )
-            producer.poll(0)
-            time.sleep(0.01)  # about 10 s of load, so the kills land mid-stream
-        assert producer.flush(60) == 0
+        slices = list(
+            replay_records(
+                dataset,
+                ReplayTopics(topics.transactions, topics.labels, 6, 6),
+                label_delay_us=7 * DAY_US,
+            )
+        )
+        # About 10 s of load, so the kills land mid-stream.
+        produce_slices(bootstrap, slices, pause_seconds=0.01)
         produced.set()
 
     producer_thread = threading.Thread(target=produce, daemon=True)

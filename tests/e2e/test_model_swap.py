@@ -4,18 +4,16 @@ no transaction lost, none decided twice, and each partition switches version at 
 from __future__ import annotations
 
 import itertools
-import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from tests.e2e.harness import read_topic
+from tests.e2e.harness import produce_slices, read_topic
 from tests.support import wait_until
 from txguard.config import TopicNames
 from txguard.demo.processes import start_service
@@ -76,25 +74,14 @@ def test_hot_swap_under_load_loses_nothing_and_switches_once_per_partition(
             lambda: "assigned partitions" in (tmp_path / "logs" / "detector.log").read_text(),
             timeout=90,
         )
-        producer = Producer(
-            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-        )
-        swapped_at = len(slices) // 2
-        for index, batch in enumerate(slices):
-            if index == swapped_at:
+
+        def swap_halfway(index: int) -> None:
+            if index == len(slices) // 2:
                 live.unlink()
                 live.symlink_to(tmp_path / "models" / "b")
-            for record in batch:
-                producer.produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    partition=record.partition,
-                    headers=list(record.headers),
-                )
-            producer.poll(0)
-            time.sleep(0.02)  # a steady load of about 10 seconds across the swap
-        assert producer.flush(60) == 0
+
+        # A steady load of about 10 seconds across the swap.
+        produce_slices(bootstrap, slices, pause_seconds=0.02, before_slice=swap_halfway)
 
         def decided() -> int:
             return len(read_topic(bootstrap, topics.decisions))

@@ -12,29 +12,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from txguard.config import Settings
 from txguard.fraud.features import ALL_FEATURES, ScoringInput
+from txguard.fraud.models.artifact import LoadedModel
 from txguard.fraud.rules import RULES_VERSION, Rule, RuleHit, default_rules
-
-
-class ScoringModel(Protocol):
-    """What the detector needs of a loaded model artifact (txguard.fraud.models)."""
-
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def feature_names(self) -> tuple[str, ...]: ...
-
-    def predict(self, features: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
-
-    def contributions(self, features: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
-
 
 RULES_ONLY_MODEL_VERSION = "rules-only"
 
@@ -125,10 +107,10 @@ class ModelScorer:
 
     def __init__(
         self,
-        model: ScoringModel,
+        model: LoadedModel,
         rules: Sequence[Rule],
         *,
-        shadow: ScoringModel | None = None,
+        shadow: LoadedModel | None = None,
     ) -> None:
         self.model = model
         self.rules = tuple(rules)
@@ -182,7 +164,7 @@ class ModelScorer:
         return results
 
 
-def _columns_for(model: ScoringModel) -> list[int]:
+def _columns_for(model: LoadedModel) -> list[int]:
     """Where each of the model's inputs sits among the detector's features."""
     missing = [name for name in model.feature_names if name not in ALL_FEATURES]
     if missing:
