@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--input", type=Path, default=None, help="dataset with TX_FRAUD (default: simulated)"
     )
-    evaluate.add_argument("--json", type=Path, default=None, help="also write the results here")
+    evaluate.add_argument(
+        "--json", type=Path, default=None, help="also write the results as JSON here (- for stdout)"
+    )
     evaluate.add_argument(
         "--batch-features",
         action="store_true",

@@ -112,6 +112,8 @@ def run_evaluate_command(
             train_end=options.train_end,
             seed=options.seed,
             parameters=options.parameters,
+            # Tuned models are compared with the handbook's tuned (prequential) results.
+            reference="prequential_tuned" if options.tuned else "one_split_defaults",
         )
     except (DatasetError, TrainingError, EvaluationError, ReplayError, KafkaUnavailable) as exc:
         print(f"txguard evaluate: {exc}", file=sys.stderr)
@@ -124,7 +126,9 @@ def run_evaluate_command(
         "feature_set": options.feature_set,
         "parameters": "tuned" if options.tuned else "handbook defaults",
     }
-    if json_output is not None:
+    if json_output is not None and str(json_output) == "-":
+        print(json.dumps(result, indent=2))
+    elif json_output is not None:
         json_output.parent.mkdir(parents=True, exist_ok=True)
         json_output.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {json_output}")
