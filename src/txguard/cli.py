@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--keep-topics", action="store_true", help="keep the replay's topics")
 
+    status = commands.add_parser(
+        "status", help="live view of every service's metrics: lag, throughput, latency, DLQ"
+    )
+    status.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="SERVICE=HOST:PORT",
+        help="where a service's /metrics is (repeatable; default: local default ports)",
+    )
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    status.add_argument("--once", action="store_true", help="print one screen and exit")
+
     model = commands.add_parser("model", help="train fraud models")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     train = model_commands.add_parser("train", help="train models on a dataset's training window")
@@ -186,6 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep_topics=args.keep_topics,
             ),
         )
+    if args.command == "status":
+        from txguard.observability.status import parse_target, run_status, status_targets
+
+        try:
+            targets = status_targets([parse_target(text) for text in args.target])
+        except ValueError as exc:
+            print(f"txguard status: {exc}", file=sys.stderr)
+            return 2
+        return run_status(targets, interval_seconds=args.interval, once=args.once)
     if args.command in ("model", "evaluate"):
         from txguard.fraud.model_commands import (
             ProtocolOptions,

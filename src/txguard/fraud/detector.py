@@ -9,6 +9,7 @@ duplicates, across restarts and rebalances alike.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from txguard.fraud.features import (
 from txguard.fraud.live_model import LiveModel
 from txguard.fraud.scoring import Scorer
 from txguard.fraud.state import DetectorState, event_id_hash
-from txguard.fraud.terminal_table import TerminalTable, TerminalTableFollower
+from txguard.fraud.terminal_table import NOT_STARTED_MS, TerminalTable, TerminalTableFollower
 from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     CommitReporter,
@@ -298,8 +299,13 @@ class FraudDetector:
             return
         need = (latest_event_ms - _TERMINAL_DELAY_MS, latest_event_ms)
         complete = self.table.complete_until()
-        # How far the table's labels trail the transactions being scored, in event time.
-        self._table_lag.set(max(0.0, (latest_event_ms - complete.labels_ms) / 1000))
+        # How far the table's labels trail the transactions being scored, in event time; not a
+        # number until the table has a watermark at all.
+        self._table_lag.set(
+            math.nan
+            if complete.labels_ms == NOT_STARTED_MS
+            else max(0.0, (latest_event_ms - complete.labels_ms) / 1000)
+        )
         if complete.covers(*need):
             return
         max_wait_ms = self.settings.terminal_table_max_wait_ms

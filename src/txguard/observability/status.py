@@ -41,6 +41,8 @@ DEFAULT_INTERVAL_SECONDS: Final = 2.0
 SCRAPE_TIMEOUT_SECONDS: Final = 1.0
 CONSUMERS: Final = ("detector", "applier", "terminal-risk")
 OUTCOMES: Final = ("approve", "review", "decline")
+# A terminal-table lag beyond this is measured from no watermark at all, not a real delay.
+TABLE_LAG_UNKNOWN_SECONDS: Final = 365 * 24 * 3600.0
 # Where the screen wraps the per-partition lag list.
 SCREEN_WIDTH: Final = 100
 
@@ -254,12 +256,14 @@ class ServiceWindow:
         return increases
 
     def rate(self, name: str, **labels: str) -> float | None:
-        """Per-second increase of the matching counters together; None when not computable."""
+        """Per-second increase of the matching counters together; None without a window.
+
+        No matching series is a rate of 0: labelled counters appear with their first event.
+        """
         seconds = self.seconds
-        increases = self.increases(name, **labels)
-        if seconds is None or not increases:
+        if seconds is None:
             return None
-        return sum(increase for _, increase in increases) / seconds
+        return sum(increase for _, increase in self.increases(name, **labels)) / seconds
 
     def rates_by(self, name: str, label: str, **labels: str) -> dict[str, float]:
         """Per-second increase of the matching counters by the value of `label`."""
@@ -435,10 +439,11 @@ def _consumer_lines(window: ServiceWindow, service: str) -> list[str]:
     lines = [first]
     lines.extend(_lag_lines(scrape, service))
     retries = window.rate("txguard_retries_total", service=service)
-    dead = scrape.total("txguard_dead_letter_records_total", service=service)
+    # Counters without a series have not counted anything yet.
+    dead = scrape.total("txguard_dead_letter_records_total", service=service) or 0.0
     dead_rate = window.rate("txguard_dead_letter_records_total", service=service)
     skipped = scrape.total("txguard_consumer_records_skipped_total", service=service)
-    duplicates = scrape.total("txguard_duplicates_dropped_total", service=service)
+    duplicates = scrape.total("txguard_duplicates_dropped_total", service=service) or 0.0
     parts = [f"retries {_rate(retries)}", f"DLQ {_count(dead)} ({_rate(dead_rate)})"]
     if skipped:
         parts.append(f"skipped {_count(skipped)}")
@@ -446,7 +451,11 @@ def _consumer_lines(window: ServiceWindow, service: str) -> list[str]:
     lines.append(_row("errors", "   ".join(parts)))
     table_lag = scrape.total("txguard_terminal_table_watermark_lag_seconds", service=service)
     if table_lag is not None:
-        lines.append(_row("terminal tbl", f"{_duration(table_lag)} behind its input"))
+        if table_lag > TABLE_LAG_UNKNOWN_SECONDS:
+            shown = "no table watermark yet"
+        else:
+            shown = f"{_duration(table_lag)} behind the transactions (event time)"
+        lines.append(_row("table lag", shown))
     return lines
 
 
