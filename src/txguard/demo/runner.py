@@ -25,7 +25,7 @@ from txguard.simulate.load_generator import LoadStats, TransactionFactory, gener
 from txguard.store.sqlite import SqliteStore, applied_after
 
 # Services in shutdown order: the API (and its relay) first, so everything accepted is published.
-SERVICES = ("transactions", "detector", "applier")
+SERVICES = ("transactions", "detector", "terminal-risk", "applier")
 
 
 @dataclass(frozen=True)
