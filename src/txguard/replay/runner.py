@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 import time
 import uuid
@@ -73,6 +74,8 @@ class ReplayResult:
 
 
 def run_replay_command(settings: Settings, options: ReplayOptions) -> int:
+    # SIGTERM unwinds like Ctrl-C, so the replay's services are stopped and its topics deleted.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     try:
         result = replay(settings, options)
     except (ReplayError, DatasetError, KafkaUnavailable) as exc:

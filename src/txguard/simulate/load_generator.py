@@ -39,7 +39,10 @@ class SyntheticAccount:
 
 
 class TransactionFactory:
-    """Deterministic stream of realistic requests: mostly ordinary spending, some fraud-like bursts.
+    """A stream of realistic requests: mostly ordinary spending, some fraud-like bursts.
+
+    The seed fixes the stream's shape (amounts, bursts, terminals); account ids and idempotency
+    keys are new in every run, so runs against the same store never collide.
 
     A small share of accounts is 'compromised': they make sudden large purchases or rapid
     sequences, so the demo shows every outcome, not only approvals.
@@ -47,7 +50,8 @@ class TransactionFactory:
 
     def __init__(self, *, accounts: int, seed: int) -> None:
         self._rng = random.Random(seed)
-        self._run = uuid.UUID(int=self._rng.getrandbits(128)).hex[:8]
+        # Fresh accounts each run: a second demo must not inherit the first one's velocity.
+        self._run = uuid.uuid4().hex[:8]
         self.accounts = [self._make_account(index) for index in range(accounts)]
         self._burst: list[SyntheticAccount] = []
 
@@ -79,7 +83,9 @@ class TransactionFactory:
             if roll > 0.995:
                 amount = rng.randint(500_000, 2_000_000)
         return CreateTransactionRequest(
-            idempotency_key=uuid.UUID(int=rng.getrandbits(128)).hex,
+            # Not from the seeded stream: a second run with the same seed must not replay the
+            # first run's requests (the API would answer them from its idempotency records).
+            idempotency_key=uuid.uuid4().hex,
             account_id=account.account_id,
             amount_minor=amount,
             currency=account.currency,
