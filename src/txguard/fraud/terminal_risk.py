@@ -67,6 +67,7 @@ DAY_MS = 86_400_000
 # Entries older than this behind the table's watermark are deleted (tombstoned): features reach
 # back 37 days (7-day delay + 30-day window); the rest is slack for detectors running behind.
 TABLE_RETENTION_MS = 60 * DAY_MS
+PRUNE_EVERY_MS = DAY_MS // 24
 
 
 @dataclass
@@ -252,6 +253,9 @@ class _PartitionTable:
             transactions_complete_until_ms=NOT_STARTED_MS, labels_complete_until_ms=NOT_STARTED_MS
         )
         self.changed: set[bytes] = set()
+        # Entries older than this were deleted; the next sweep is due once the horizon passed
+        # it by PRUNE_EVERY_MS (a sweep reads every entry, so not after every batch).
+        self.pruned_until_ms = NOT_STARTED_MS
 
 
 class TerminalTableBuilder(_Stage):
@@ -369,11 +373,13 @@ class TerminalTableBuilder(_Stage):
         transactions_ms = max(transactions_ms, published.transactions_complete_until_ms)
         labels_ms = max(labels_ms, published.labels_complete_until_ms)
         horizon = transactions_ms - TABLE_RETENTION_MS
-        expired = [k for k, e in table.entries.items() if e.occurred_at_ms < horizon]
-        for key in expired:
-            del table.entries[key]
-            output.append(OutgoingRecord(topic, key, None, partition=partition))
-        self.stats.entries_deleted += len(expired)
+        if horizon - table.pruned_until_ms >= PRUNE_EVERY_MS:
+            table.pruned_until_ms = horizon
+            expired = [k for k, e in table.entries.items() if e.occurred_at_ms < horizon]
+            for key in expired:
+                del table.entries[key]
+                output.append(OutgoingRecord(topic, key, None, partition=partition))
+            self.stats.entries_deleted += len(expired)
         table.published = TerminalTableWatermark(
             partition=partition,
             transactions_complete_until_ms=transactions_ms,
