@@ -573,8 +573,11 @@ class LocalBroker:
         existing = _read_cluster_id(self.storage_dir)
         if existing is not None:
             return existing
-        # Same shape as `StorageTool random-uuid` without paying for a JVM start.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Same shape as `StorageTool random-uuid` without paying for a JVM start; like Kafka's
+        # own ids it never starts with "-", which the tool's argument parser takes for an option.
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         command = self._java_command(
             java,
             "256m",

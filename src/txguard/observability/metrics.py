@@ -319,6 +319,12 @@ INVALID_RECORD_KINDS: Final = ("missing-schema", "wrong-schema", "undecodable", 
 OUTCOMES: Final = ("approve", "review", "decline")
 END_TO_END_STAGES: Final = ("published", "decided", "applied")
 REBALANCE_KINDS: Final = ("assigned", "revoked", "lost")
+# What each consumer retries (`txguard_retries_total{reason}`); exposed at 0 from the start.
+CONSUMER_RETRY_REASONS: Final[Mapping[ServiceName, tuple[str, ...]]] = {
+    "detector": ("produce", "commit"),
+    "applier": ("store_locked", "commit"),
+    "terminal-risk": ("produce_or_commit",),
+}
 
 TopicPartitionKey: TypeAlias = tuple[str, int]
 M = TypeVar("M", bound=MetricWrapperBase)
@@ -512,6 +518,8 @@ class ConsumerMetrics:
         self._rebalances = Children(CONSUMER_REBALANCES, "kind", fixed)
         self._rebalances.precreate(REBALANCE_KINDS)
         self.retries = Children(RETRIES, "reason", fixed)
+        # A counter born at 1 hides its first increment from rate() and increase().
+        self.retries.precreate(CONSUMER_RETRY_REASONS.get(service, ()))
         self.dead_lettered = Children(DEAD_LETTER_RECORDS, "reason", fixed)
         self.dead_lettered.precreate(INVALID_RECORD_KINDS)
         self.skipped = Children(SKIPPED_RECORDS, "reason", fixed)
