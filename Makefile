@@ -7,7 +7,7 @@ DEMO_DURATION ?= 60
 PYTEST_ARGS ?=
 PROMTOOL ?= promtool
 
-.PHONY: install kafka-jars proto proto-check lint unit integration test demo clean \
+.PHONY: install kafka-jars proto proto-check lint unit integration test demo bench clean \
 	prometheus-tools promtool
 
 install: $(STAMP)
@@ -60,6 +60,11 @@ promtool: prometheus-tools
 
 test: lint promtool kafka-jars
 	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+# Every benchmark scenario at full size; results in benchmarks/results/ (about 15 minutes).
+bench: install kafka-jars
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/txguard bench
 
 demo: install kafka-jars
 	$(BIN)/txguard demo --duration $(DEMO_DURATION)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -87,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     status.add_argument("--once", action="store_true", help="print one screen and exit")
+
+    bench = commands.add_parser(
+        "bench", help="benchmark: Kafka ceiling, detector, Quix Streams peer, scaling, end to end"
+    )
+    bench.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness")
+    bench.add_argument(
+        "--scenarios",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=None,
+        help="comma-separated: ceiling, detector, peer, scaling, e2e (default: all)",
+    )
+    bench.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="directory for the results (default: benchmarks/results)",
+    )
+    bench.add_argument("--keep-topics", action="store_true", help="keep the benchmark's topics")
 
     model = commands.add_parser("model", help="train fraud models")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -199,6 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep_topics=args.keep_topics,
             ),
         )
+    if args.command == "bench":
+        from txguard.bench.runner import SCENARIOS, BenchOptions, run_bench
+
+        bench_options = BenchOptions(
+            smoke=args.smoke,
+            scenarios=args.scenarios or list(SCENARIOS),
+            keep_topics=args.keep_topics,
+        )
+        if args.output is not None:
+            bench_options = replace(bench_options, output_dir=args.output)
+        return run_bench(settings, bench_options)
     if args.command == "status":
         from txguard.observability.status import parse_target, run_status, status_targets
 

@@ -1,0 +1,424 @@
+"""End to end: load generator -> gRPC (unary or streaming) -> store + outbox -> relay -> Kafka ->
+detector -> applier -> store, every service a real `txguard serve` process.
+
+Each run offers a fixed load for a while, then waits until every accepted transaction has its
+decision applied. Latency is the store's own record: accepted (by the API) to decided (by the
+detector) to applied (by the applier). The step-up offers higher and higher loads until one is
+not sustained: the API falls short of the offered rate, answers with errors, or the backlog of
+accepted but not yet applied transactions keeps growing through the second half of the step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from txguard.bench.detector_bench import count_decisions
+from txguard.bench.kafka_io import end_offsets
+from txguard.bench.machine import UsageMeter, broker_pid, own_usage
+from txguard.bench.stats import percentiles, rate
+from txguard.bench.workload import BenchError, namespaced, service_env
+from txguard.clock import now_us
+from txguard.config import Settings
+from txguard.demo.processes import ServiceProcess, start_service, wait_for_grpc_serving
+from txguard.kafka.topics import ensure_topics
+from txguard.schema.v1.service_pb2 import SubmitTransactionsRequest
+from txguard.simulate.load_generator import LoadStats, TransactionFactory, generate_load
+from txguard.transactions.client import TransactionClient
+
+# Services in shutdown order: the API (and its relay) first, so everything accepted is published.
+SERVICES = ("transactions", "detector", "terminal-risk", "applier")
+CLIENT_ID = "txguard-bench"
+SAMPLE_SECONDS = 0.5
+# A step is sustained when the API accepts this share of the offered load without errors, the
+# backlog grows by less than this share of the offered load per second over the step's second
+# half (a tolerance for batching noise), and everything is applied soon after the load stops.
+SUSTAINED_ACCEPT_SHARE = 0.95
+SUSTAINED_BACKLOG_GROWTH = 0.10
+SUSTAINED_DRAIN_SECONDS = 2.0
+SUSTAINED_DRAIN_SHARE = 0.15
+STREAMS = 4
+STREAM_IN_FLIGHT = 1024
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    mode: str  # "unary" or "stream"
+    rate_per_second: float
+    duration_seconds: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}@{self.rate_per_second:g}"
+
+
+@dataclass
+class RunOutcome:
+    stats: LoadStats
+    load_seconds: float
+    backlog: list[tuple[float, int]] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Pipeline:
+    """The four services of one end-to-end benchmark, on a topic namespace of their own."""
+
+    def __init__(self, bootstrap: str, settings: Settings, model_dir: Path, work_dir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.settings = namespaced(settings, f"{settings.topics.namespace}-e2e")
+        self.store_path = work_dir / "store.db"
+        self.log_dir = work_dir / "logs"
+        self.grpc_addr = f"127.0.0.1:{_free_port()}"
+        self.env = service_env(
+            bootstrap,
+            self.settings,
+            TXGUARD_HOME=str(work_dir / "home"),
+            TXGUARD_STORE_PATH=str(self.store_path),
+            TXGUARD_GRPC_ADDR=self.grpc_addr,
+            TXGUARD_CARD_TOKEN_KEY=secrets.token_hex(32),
+            TXGUARD_MODEL_DIR=str(model_dir),
+        )
+        self.services: list[ServiceProcess] = []
+
+    def start(self) -> None:
+        ensure_topics(self.bootstrap, self.settings)
+        for name in SERVICES:
+            self.services.append(start_service(name, env=self.env, log_dir=self.log_dir))
+        wait_for_grpc_serving(self.grpc_addr, self.services[0], timeout=120)
+
+    def pids(self) -> dict[str, int]:
+        pids = {service.name: service.process.pid for service in self.services}
+        broker = broker_pid(self.bootstrap)
+        if broker is not None:
+            pids["kafka-broker"] = broker
+        return pids
+
+    def check_alive(self) -> None:
+        for service in self.services:
+            if not service.alive():
+                raise BenchError(
+                    f"{service.name} exited with code {service.process.returncode}; "
+                    f"log {service.log_path}:\n{service.log_tail()}"
+                )
+
+    def stop(self) -> dict[str, int]:
+        return {service.name: service.terminate(timeout=60) for service in self.services}
+
+
+class StoreReader:
+    """Read-only view of the pipeline's store: what has been applied, and when."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+    def applied_count(self, since_us: int) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM transactions WHERE applied_at_us >= ? AND accepted_at_us >= ?",
+            (since_us, since_us),
+        ).fetchone()
+        return int(row[0])
+
+    def applied_rows(self, since_us: int) -> list[tuple[str, int, int, int]]:
+        rows = self._db.execute(
+            "SELECT transaction_id, accepted_at_us, decided_at_us, applied_at_us "
+            "FROM transactions WHERE accepted_at_us >= ? AND applied_at_us IS NOT NULL",
+            (since_us,),
+        ).fetchall()
+        return [(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+async def submit_load(
+    target: str,
+    factory: TransactionFactory,
+    *,
+    rate_per_second: float,
+    duration_seconds: float,
+    stats: LoadStats,
+    streams: int = STREAMS,
+) -> None:
+    """Send requests at `rate_per_second` over `streams` SubmitTransactions streams."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        client = TransactionClient(channel, CLIENT_ID)
+        calls = [client.submit() for _ in range(streams)]
+        sent_at: dict[str, float] = {}
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+
+        async def read(call: Any) -> None:
+            async for response in call:
+                started = sent_at.pop(response.request_id, None)
+                slots.release()
+                if started is not None:
+                    stats.api_latencies_ms.append((time.perf_counter() - started) * 1000)
+                if response.HasField("created"):
+                    stats.accepted += 1
+                    stats.accepted_ids.append(response.created.transaction.transaction_id)
+                else:
+                    stats.errors[f"code-{response.error.code}"] += 1
+
+        readers = [asyncio.create_task(read(call)) for call in calls]
+        interval = 1.0 / rate_per_second
+        start = time.monotonic()
+        deadline = start + duration_seconds
+        sent = 0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            due = start + sent * interval
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            await slots.acquire()
+            request_id = str(sent)
+            sent_at[request_id] = time.perf_counter()
+            await calls[sent % streams].write(
+                SubmitTransactionsRequest(request_id=request_id, transaction=factory.next_request())
+            )
+            sent += 1
+            stats.sent = sent
+        for call in calls:
+            await call.done_writing()
+        await asyncio.gather(*readers)
+
+
+async def _drive(
+    run: LoadRun,
+    target: str,
+    factory: TransactionFactory,
+    store: StoreReader,
+    since_us: int,
+    check: Callable[[], None],
+) -> RunOutcome:
+    stats = LoadStats()
+    stop = asyncio.Event()
+    started = time.monotonic()
+    if run.mode == "unary":
+        load = asyncio.create_task(
+            generate_load(
+                target,
+                factory,
+                rate_per_second=run.rate_per_second,
+                duration_seconds=run.duration_seconds,
+                stop=stop,
+                stats=stats,
+                client_id=CLIENT_ID,
+                max_in_flight=STREAM_IN_FLIGHT,
+            )
+        )
+    else:
+        load = asyncio.create_task(
+            submit_load(
+                target,
+                factory,
+                rate_per_second=run.rate_per_second,
+                duration_seconds=run.duration_seconds,
+                stats=stats,
+            )
+        )
+    outcome = RunOutcome(stats, 0.0)
+    while not load.done():
+        await asyncio.wait({load}, timeout=SAMPLE_SECONDS)
+        check()
+        elapsed = time.monotonic() - started
+        outcome.backlog.append((elapsed, stats.accepted - store.applied_count(since_us)))
+    await load
+    outcome.load_seconds = time.monotonic() - started
+    return outcome
+
+
+def _drain(
+    store: StoreReader, since_us: int, accepted: int, timeout: float, check: Callable[[], None]
+) -> float | None:
+    """Seconds until everything accepted is applied; None if the timeout passed first."""
+    started = time.monotonic()
+    while store.applied_count(since_us) < accepted:
+        check()
+        if time.monotonic() - started > timeout:
+            return None
+        time.sleep(SAMPLE_SECONDS)
+    return time.monotonic() - started
+
+
+def _backlog_growth(samples: list[tuple[float, int]]) -> float:
+    """Transactions per second the backlog grew by over the second half of the samples."""
+    half = samples[len(samples) // 2 :]
+    if len(half) < 3:
+        return 0.0
+    times = np.array([t for t, _ in half])
+    backlog = np.array([b for _, b in half], dtype=np.float64)
+    slope, _intercept = np.polyfit(times, backlog, 1)
+    return float(slope)
+
+
+class EndToEnd:
+    """Runs load after load on one pipeline; each run is measured from its own start."""
+
+    def __init__(self, pipeline: Pipeline, *, drain_timeout: float, seed: int = 7) -> None:
+        self.pipeline = pipeline
+        self.drain_timeout = drain_timeout
+        self.factory = TransactionFactory(accounts=5_000, seed=seed)
+        self.store: StoreReader | None = None
+
+    def warm_up(self, count: int = 20) -> None:
+        """A few transactions through everything, so every group has its partitions."""
+        run = LoadRun("unary", float(count), 1.0)
+        result = self.measure(run)
+        if result["missing"]:
+            raise BenchError(f"warm-up: {result['missing']} of {count} transactions undecided")
+
+    def measure(self, run: LoadRun) -> dict[str, Any]:
+        pipeline = self.pipeline
+        if self.store is None:
+            self.store = StoreReader(pipeline.store_path)
+        store = self.store
+        decisions_topic = pipeline.settings.topics.decisions
+        baseline = end_offsets(pipeline.bootstrap, decisions_topic)
+        meter = UsageMeter(pipeline.pids())
+        meter.start()
+        own_before = own_usage().cpu_seconds
+        since_us = now_us()
+        outcome = asyncio.run(
+            _drive(run, pipeline.grpc_addr, self.factory, store, since_us, pipeline.check_alive)
+        )
+        usage = meter.stop(outcome.load_seconds)
+        usage["load-generator"] = {
+            "cpu_seconds": round(own_usage().cpu_seconds - own_before, 2),
+            "cpu_percent": round(
+                100 * (own_usage().cpu_seconds - own_before) / outcome.load_seconds, 1
+            ),
+            "peak_rss_mib": round(own_usage().peak_rss_mib, 1),
+        }
+        stats = outcome.stats
+        drain = _drain(store, since_us, stats.accepted, self.drain_timeout, pipeline.check_alive)
+        rows = store.applied_rows(since_us)
+        applied_ids = {row[0] for row in rows}
+        accepted_ids = set(stats.accepted_ids)
+        decisions = count_decisions(pipeline.bootstrap, decisions_topic, baseline)
+        per_transaction = Counter(
+            {t: c for t, c in decisions.transactions.items() if t in accepted_ids}
+        )
+        accepted_us = np.array([r[1] for r in rows], dtype=np.int64)
+        decided_us = np.array([r[2] for r in rows], dtype=np.int64)
+        applied_us = np.array([r[3] for r in rows], dtype=np.int64)
+        applied_span = float(applied_us.max() - applied_us.min()) / 1e6 if len(rows) > 1 else 0.0
+        growth = _backlog_growth(outcome.backlog)
+        return {
+            "mode": run.mode,
+            "offered_per_s": run.rate_per_second,
+            "duration_seconds": round(outcome.load_seconds, 2),
+            "sent": stats.sent,
+            "accepted": stats.accepted,
+            "accepted_per_s": rate(stats.accepted, outcome.load_seconds),
+            "applied": len(applied_ids & accepted_ids),
+            "applied_per_s": rate(len(rows), applied_span),
+            "errors": dict(stats.errors),
+            "retries": stats.retries,
+            "missing": len(accepted_ids - applied_ids),
+            "decisions_per_transaction_max": max(per_transaction.values(), default=0),
+            "duplicate_decisions": sum(c - 1 for c in per_transaction.values() if c > 1),
+            "exactly_one_applied": accepted_ids <= applied_ids,
+            "drain_seconds": round(drain, 2) if drain is not None else None,
+            "backlog_max": max((b for _, b in outcome.backlog), default=0),
+            "backlog_growth_per_s": round(growth, 1),
+            "api_ms": percentiles(stats.api_latencies_ms),
+            "accepted_to_decided_ms": percentiles((decided_us - accepted_us) / 1000),
+            "accepted_to_applied_ms": percentiles((applied_us - accepted_us) / 1000),
+            "usage": usage,
+        }
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+
+def sustained(result: dict[str, Any]) -> bool:
+    offered = float(result["offered_per_s"])
+    drain = result["drain_seconds"]
+    drain_limit = max(SUSTAINED_DRAIN_SECONDS, SUSTAINED_DRAIN_SHARE * result["duration_seconds"])
+    return (
+        not result["errors"]
+        and result["accepted_per_s"] >= SUSTAINED_ACCEPT_SHARE * offered
+        and result["backlog_growth_per_s"] <= SUSTAINED_BACKLOG_GROWTH * offered
+        and drain is not None
+        and drain <= drain_limit
+    )
+
+
+def run_end_to_end(
+    bootstrap: str,
+    settings: Settings,
+    model_dir: Path,
+    work_dir: Path,
+    *,
+    fixed_rates: tuple[float, ...],
+    modes: tuple[str, ...],
+    fixed_seconds: float,
+    step_rates: tuple[float, ...],
+    step_seconds: float,
+    step_mode: str,
+    drain_timeout: float,
+) -> dict[str, Any]:
+    pipeline = Pipeline(bootstrap, settings, model_dir, work_dir)
+    bench = EndToEnd(pipeline, drain_timeout=drain_timeout)
+    fixed: dict[str, Any] = {}
+    steps: list[dict[str, Any]] = []
+    highest: float | None = None
+    try:
+        pipeline.start()
+        bench.warm_up()
+        for mode in modes:
+            for offered in fixed_rates:
+                run = LoadRun(mode, offered, fixed_seconds)
+                fixed[run.name] = bench.measure(run)
+        for offered in step_rates:
+            result = bench.measure(LoadRun(step_mode, offered, step_seconds))
+            result["sustained"] = sustained(result)
+            steps.append(result)
+            if not result["sustained"]:
+                break
+            highest = offered
+    finally:
+        bench.close()
+        codes = pipeline.stop()
+    for result in fixed.values():
+        result["sustained"] = sustained(result)
+    return {
+        "namespace": pipeline.settings.topics.namespace,
+        "services": list(SERVICES),
+        "fixed": fixed,
+        "step_up": {
+            "mode": step_mode,
+            "step_seconds": step_seconds,
+            "steps": steps,
+            "highest_sustainable_per_s": highest,
+            "criteria": (
+                f"accepted >= {SUSTAINED_ACCEPT_SHARE:.0%} of offered, no API errors, backlog "
+                f"growth <= {SUSTAINED_BACKLOG_GROWTH:.0%} of offered per second over the "
+                f"second half of the step, everything applied within "
+                f"max({SUSTAINED_DRAIN_SECONDS:g} s, {SUSTAINED_DRAIN_SHARE:.0%} of the step) "
+                "after the load stops"
+            ),
+        },
+        "exit_codes": codes,
+        "logs": str(pipeline.log_dir),
+    }

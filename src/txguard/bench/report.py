@@ -1,0 +1,420 @@
+"""The benchmark's output: results.json, a Markdown report with every table, the targets (data in
+benchmarks/targets.json) met or not with the measured gap, and a plot of latency against load."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RESULTS_JSON = "results.json"
+RESULTS_MARKDOWN = "results.md"
+LATENCY_PLOT = "latency-vs-load.png"
+_PERCENTILE_LABELS = (("p50", "p50"), ("p95", "p95"), ("p99", "p99"), ("p99_9", "p99.9"))
+
+
+class TargetsError(ValueError):
+    """benchmarks/targets.json is missing or malformed."""
+
+
+def load_targets(path: Path) -> list[dict[str, Any]]:
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TargetsError(f"cannot read targets {path}: {exc}") from exc
+    targets = payload.get("targets") if isinstance(payload, dict) else None
+    if not isinstance(targets, list):
+        raise TargetsError(f"{path}: expected an object with a list `targets`")
+    for target in targets:
+        missing = {"id", "metric", "op", "value"} - set(target)
+        if missing or target["op"] not in ("<=", ">="):
+            raise TargetsError(f"{path}: target {target.get('id')!r} needs id, metric, op, value")
+    return targets
+
+
+def lookup(results: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path (keys may contain '@'), or None when any part is absent."""
+    value: Any = results
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def evaluate_targets(
+    results: Mapping[str, Any], targets: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each target with the measured value, met / not met / not measured, and the gap."""
+    evaluated: list[dict[str, Any]] = []
+    for target in targets:
+        measured = lookup(results, str(target["metric"]))
+        wanted = float(target["value"])
+        entry: dict[str, Any] = {**target, "measured": measured}
+        if not isinstance(measured, int | float):
+            entry.update(status="not measured", gap=None)
+        else:
+            # Positive gap: how far the measurement is from meeting the target.
+            gap = measured - wanted if target["op"] == "<=" else wanted - measured
+            met = gap <= 0
+            entry.update(
+                status="met" if met else "not met",
+                gap=round(gap, 3),
+                measured_over_target=round(measured / wanted, 3) if wanted else None,
+            )
+        evaluated.append(entry)
+    return evaluated
+
+
+def write_report(
+    results: dict[str, Any], targets: Sequence[Mapping[str, Any]], output_dir: Path
+) -> list[Path]:
+    """results.json, results.md and (with matplotlib) the latency plot; returns their paths."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results["targets"] = evaluate_targets(results, targets)
+    written = []
+    plot = output_dir / LATENCY_PLOT
+    if plot_latency(results, plot):
+        results["plot"] = plot.name
+        written.append(plot)
+    json_path = output_dir / RESULTS_JSON
+    json_path.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    markdown_path = output_dir / RESULTS_MARKDOWN
+    markdown_path.write_text(markdown(results))
+    return [json_path, markdown_path, *written]
+
+
+# -- Markdown -------------------------------------------------------------------------------
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def _usage_cells(usage: Mapping[str, Mapping[str, float]] | None) -> str:
+    if not usage:
+        return "-"
+    return "; ".join(
+        f"{name} {values.get('cpu_percent', 0):.0f}% / {values.get('peak_rss_mib', 0):.0f} MiB"
+        for name, values in usage.items()
+    )
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    meta = results.get("meta", {})
+    machine = meta.get("machine", {})
+    lines = [
+        "# txguard benchmark",
+        "",
+        f"- run: {meta.get('started_at', '-')} ({meta.get('mode', '-')} sizes), "
+        f"{_n(meta.get('seconds'))} s; command: `{meta.get('command', 'txguard bench')}`",
+        f"- commit: {meta.get('git', {}).get('commit', '-')}"
+        + (" (with uncommitted changes)" if meta.get("git", {}).get("dirty") else ""),
+        f"- machine: {machine.get('cpu_model', '-')}, {machine.get('cpu_cores', '-')} cores, "
+        f"{_n(machine.get('memory_mib'))} MiB; Linux {machine.get('kernel', '-')}, "
+        f"Python {machine.get('python', '-')}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(meta.get("versions", {}).items())),
+        f"- load average (1 min) at start / end: {meta.get('load_average_start', '-')} / "
+        f"{meta.get('load_average_end', '-')} (other work on the machine shares its cores)",
+        "",
+    ]
+    if meta.get("mode") == "smoke":
+        lines += ["Smoke sizes: the numbers show the harness works, not what txguard can do.", ""]
+    lines += _targets_section(results.get("targets", []))
+    lines += _throughput_section(results)
+    lines += _scaling_section(results.get("scaling"))
+    lines += _end_to_end_section(results.get("end_to_end"))
+    errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    if errors:
+        lines += ["## Scenarios that failed", ""]
+        lines += [f"- {name}: {message}" for name, message in errors.items()] + [""]
+    return "\n".join(lines)
+
+
+def _targets_section(targets: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = []
+    for target in targets:
+        op = "≤" if target["op"] == "<=" else "≥"
+        rows.append(
+            (
+                target.get("description", target["id"]),
+                f"{op} {_n(target['value'], 2 if target.get('unit') == 'ratio' else 0)} "
+                f"{target.get('unit', '')}",
+                _n(target.get("measured"), 2),
+                target["status"],
+                "-" if target.get("gap") is None else _n(target["gap"], 2),
+            )
+        )
+    header = ("target", "wanted", "measured", "result", "gap (to meet it)")
+    return ["## Targets", "", *_table(header, rows)]
+
+
+def _throughput_section(results: Mapping[str, Any]) -> list[str]:
+    ceiling = results.get("ceiling") or {}
+    detector = results.get("detector") or {}
+    peer = results.get("peer") or {}
+    rows = []
+    produce = ceiling.get("produce")
+    if produce:
+        rows.append(
+            (
+                "ceiling: produce (idempotent, acks=all, lz4)",
+                _n(produce["records"]),
+                _n(produce["throughput_per_s"]),
+                "-",
+                _n(produce.get("cpu_us_per_record"), 1),
+                f"harness {produce['cpu_percent']:.0f}%",
+                "-",
+            )
+        )
+    passthrough = ceiling.get("passthrough")
+    if passthrough:
+        rows.append(
+            (
+                f"ceiling: consume -> produce passthrough (batches of {passthrough['batch_size']})",
+                _n(passthrough["records"]),
+                _n(passthrough["throughput_per_s"]),
+                "1.00",
+                _n(passthrough.get("cpu_us_per_record"), 1),
+                f"harness {passthrough['cpu_percent']:.0f}%",
+                "-",
+            )
+        )
+    if "throughput_per_s" in detector:
+        rows.append(
+            (
+                "txguard detector (1 process)",
+                _n(detector["decisions"]),
+                _n(detector["throughput_per_s"]),
+                _n(detector.get("ratio_to_passthrough"), 3),
+                _n(detector.get("cpu_us_per_decision"), 1),
+                _usage_cells(detector.get("usage")),
+                _n(detector.get("exactly_once")),
+            )
+        )
+    if "throughput_per_s" in peer:
+        rows.append(
+            (
+                f"Quix Streams {peer.get('quixstreams', '')} peer (1 process)"
+                + ("" if peer.get("complete") else ", time-limited"),
+                _n(peer["decisions"]),
+                _n(peer["throughput_per_s"]),
+                _n(peer.get("ratio_to_passthrough"), 3),
+                _n(peer.get("cpu_us_per_decision"), 1),
+                _usage_cells(peer.get("usage")),
+                _n(peer["complete"] and peer["duplicates"] == 0),
+            )
+        )
+    lines: list[str] = []
+    if rows:
+        lines += ["## Throughput: ceiling, detector, peer", ""]
+        lines += _table(
+            (
+                "what",
+                "records",
+                "records/s",
+                "share of passthrough",
+                "CPU µs per record",
+                "CPU (of one core) / peak RSS, from the first record",
+                "each decided once",
+            ),
+            rows,
+        )
+        if "detector_to_peer_ratio" in peer:
+            lines += [f"Detector / peer throughput: {peer['detector_to_peer_ratio']:.2f}.", ""]
+        check = peer.get("same_scores_as_detector")
+        if check:
+            same = check["compared"] - check["different"]
+            lines += [
+                f"Same features and model: the peer gave {_n(same)} of the {_n(check['compared'])} "
+                "transactions both decided the detector's score (within 1e-9; largest difference "
+                f"{check['max_abs_difference']:.2g}).",
+                "",
+            ]
+    for name, scenario in (("peer", peer), ("detector", detector)):
+        if "skipped" in scenario:
+            lines += [f"The {name} scenario was skipped: {scenario['skipped']}", ""]
+    prefill = results.get("prefill")
+    if prefill:
+        lines += [
+            f"Input: {_n(prefill['transactions'])} simulated transactions of "
+            f"{_n(prefill['accounts'])} accounts with {_n(prefill['labels'])} fraud labels, "
+            f"{prefill['partitions']} partitions; terminal-risk table built by the aggregator in "
+            f"{_n(prefill['terminal_risk_seconds'], 1)} s before any detector started.",
+            "",
+        ]
+    state = results.get("state")
+    if state:
+        lines += ["## Detector state", ""]
+        lines += _table(
+            ("accounts in memory", "state bytes per account", "detector peak RSS (MiB)"),
+            [
+                (
+                    _n(state.get("accounts")),
+                    _n(state.get("state_bytes_per_account")),
+                    _n(state.get("detector_peak_rss_mib"), 1),
+                )
+            ],
+        )
+    return lines
+
+
+def _scaling_section(scaling: Mapping[str, Any] | None) -> list[str]:
+    if not scaling or "runs" not in scaling:
+        return []
+    rows = []
+    for run in scaling["runs"].values():
+        handovers = [r.get("handover_seconds") for r in run.get("rebalances", [])]
+        restores = [r.get("restore_seconds") for r in run.get("rebalances", [])]
+        rows.append(
+            (
+                run["instances"],
+                _n(run.get("throughput_per_s")),
+                _n(run.get("speedup_vs_1"), 2),
+                ", ".join(_n(h, 2) for h in handovers) or "-",
+                ", ".join(_n(r, 2) for r in restores) or "-",
+                _n(run.get("duplicates")),
+                _usage_cells(run.get("usage")),
+            )
+        )
+    header = (
+        "instances",
+        "records/s (group complete)",
+        "speedup",
+        "handover s (revoke to assigned)",
+        "state restore s",
+        "duplicate decisions",
+        "CPU / peak RSS",
+    )
+    return ["## Scaling: detector instances in one group", "", *_table(header, rows)]
+
+
+def _latency_row(name: str, run: Mapping[str, Any]) -> tuple[Any, ...]:
+    latency = run.get("accepted_to_applied_ms", {})
+    return (
+        name,
+        _n(run["offered_per_s"]),
+        _n(run["accepted_per_s"]),
+        _n(run["applied_per_s"]),
+        *(_n(latency.get(key), 1) for key, _ in _PERCENTILE_LABELS),
+        _n(run.get("api_ms", {}).get("p99"), 1),
+        f"{run['missing']} / {run['duplicate_decisions']}",
+        _n(run.get("sustained")),
+    )
+
+
+def _end_to_end_section(e2e: Mapping[str, Any] | None) -> list[str]:
+    if not e2e or "fixed" not in e2e:
+        return []
+    header = (
+        "run",
+        "offered/s",
+        "accepted/s",
+        "applied/s",
+        *(f"{label} ms" for _, label in _PERCENTILE_LABELS),
+        "API p99 ms",
+        "missing / duplicate decisions",
+        "sustained",
+    )
+    lines = ["## End to end: accepted -> decision applied", ""]
+    lines += _table(header, [_latency_row(name, run) for name, run in e2e["fixed"].items()])
+    step_up = e2e.get("step_up", {})
+    if step_up.get("steps"):
+        lines += [
+            f"### Step-up ({step_up['mode']} API, {step_up['step_seconds']:g} s per step)",
+            "",
+            f"Highest sustainable load: {_n(step_up.get('highest_sustainable_per_s'))} tx/s. "
+            f"Sustained means: {step_up.get('criteria', '-')}.",
+            "",
+        ]
+        lines += _table(
+            header,
+            [_latency_row(f"step {i + 1}", run) for i, run in enumerate(step_up["steps"])],
+        )
+    lines += ["### CPU (share of one core) and peak RSS per process, per run", ""]
+    runs = {**e2e["fixed"], **{f"step {i + 1}": r for i, r in enumerate(step_up.get("steps", []))}}
+    lines += _table(
+        ("run", "processes"), [(name, _usage_cells(run.get("usage"))) for name, run in runs.items()]
+    )
+    return lines
+
+
+# -- plot ------------------------------------------------------------------------------------
+
+
+def plot_latency(results: Mapping[str, Any], path: Path) -> bool:
+    """Latency percentiles (accepted -> applied) against offered load, one panel per API mode:
+    fixed-load runs as solid lines, step-up steps dashed. False without data or without
+    matplotlib (the optional `bench` extra)."""
+    e2e = results.get("end_to_end") or {}
+    kinds = (
+        ("fixed load", "-", "o", list(e2e.get("fixed", {}).values())),
+        ("step-up", "--", "s", list(e2e.get("step_up", {}).get("steps", []))),
+    )
+    modes = sorted(
+        {
+            run["mode"]
+            for _, _, _, runs in kinds
+            for run in runs
+            if run.get("accepted_to_applied_ms", {}).get("count")
+        }
+    )
+    if not modes:
+        return False
+    try:
+        # By name: matplotlib is optional (the `bench` extra) and type checks must not need it.
+        matplotlib = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        log.warning("matplotlib is not installed (the `bench` extra): no latency plot")
+        return False
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    figure, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
+    for axis, mode in zip(axes[0], modes, strict=True):
+        for kind, style, marker, runs in kinds:
+            points = sorted(
+                (run["offered_per_s"], run["accepted_to_applied_ms"])
+                for run in runs
+                if run["mode"] == mode and run.get("accepted_to_applied_ms", {}).get("count")
+            )
+            if not points:
+                continue
+            for (key, label), color in zip(_PERCENTILE_LABELS, colors, strict=True):
+                axis.plot(
+                    [load for load, _ in points],
+                    [latency[key] for _, latency in points],
+                    linestyle=style,
+                    marker=marker,
+                    color=color,
+                    label=f"{label} ({kind})",
+                )
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("offered load (transactions/s)")
+        axis.set_ylabel("accepted -> decision applied (ms)")
+        axis.set_title(f"{mode} API")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.suptitle("txguard end-to-end latency against offered load")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
