@@ -71,4 +71,4 @@ demo: install kafka-jars
 
 clean:
 	-$(BIN)/txguard kafka down
-	rm -rf $(VENV) .txguard .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-quix .txguard .mypy_cache .pytest_cache .ruff_cache

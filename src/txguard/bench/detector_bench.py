@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ def wait_for_records(
     watcher: OffsetWatcher,
     baseline: Offsets,
     expected: int,
-    processes: list[ServiceProcess] | Callable[[], list[ServiceProcess]],
+    processes: list[ServiceProcess],
     *,
     first_timeout: float,
     stall_timeout: float,
@@ -88,8 +87,7 @@ def wait_for_records(
             seen, progress_at = current, now
         if seen >= expected or (until is not None and time.time() >= until):
             return seen
-        running = processes() if callable(processes) else processes
-        for process in running:
+        for process in processes:
             if not process.alive():
                 raise BenchError(
                     f"{process.name} exited with code {process.process.returncode}; "

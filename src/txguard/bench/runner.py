@@ -19,7 +19,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -417,9 +417,3 @@ def _print_summary(results: dict[str, Any], written: list[Path]) -> None:
         )
     for path in written:
         print(f"wrote {path}")
-
-
-def with_sizes(options: BenchOptions, **changes: Any) -> BenchOptions:
-    """Options whose sizes differ from their mode's in `changes` (for tests and experiments)."""
-    base = options.sizes or (SMOKE if options.smoke else FULL)
-    return replace(options, sizes=replace(base, **changes))
