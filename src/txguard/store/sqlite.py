@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,12 +85,26 @@ class SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
         self._db = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._enable_wal(busy_timeout_ms / 1000)
         # FULL: a committed transaction survives power loss, not only a process crash.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+
+    def _enable_wal(self, timeout_seconds: float) -> None:
+        """Switch a new database to WAL. Two connections switching at once (the API's writer and
+        its relay opening a new store) can get "database is locked" without SQLite's busy
+        handler being consulted, so the switch is retried here for as long as the busy timeout."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     @contextmanager
     def _write_transaction(self) -> Iterator[None]:
