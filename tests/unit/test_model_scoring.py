@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from txguard.fraud.decisions import DecisionThresholds, build_decision
+from txguard.fraud.feature_batch import FeatureBatch
 from txguard.fraud.features import (
     ALL_FEATURES,
     HANDBOOK_FEATURES,
@@ -58,7 +59,9 @@ def scoring_input(values: list[float], amount_minor: int = 1_000) -> ScoringInpu
 def test_scores_equal_the_model_on_the_columns_it_was_trained_on(tmp_path: Path) -> None:
     model = load_model(artifact(tmp_path / "m", seed=1))
     rows = np.random.default_rng(5).normal(size=(20, len(ALL_FEATURES)))
-    results = ModelScorer(model, []).score_batch([scoring_input(list(r)) for r in rows])
+    results = ModelScorer(model, []).score_batch(
+        FeatureBatch.of([scoring_input(list(r)) for r in rows])
+    )
     columns = [ALL_FEATURES.index(name) for name in HANDBOOK_FEATURES]
     expected = model.predict(rows[:, columns])
     assert [r.score for r in results] == pytest.approx(list(expected), abs=1e-12)
@@ -80,7 +83,9 @@ def test_a_rule_that_fires_raises_the_score_and_is_a_reason(tmp_path: Path) -> N
     model = load_model(artifact(tmp_path / "m", seed=1))
     values = [0.0] * len(ALL_FEATURES)
     plain, big = ModelScorer(model, [AmountThresholdRule(5_000)]).score_batch(
-        [scoring_input(values, amount_minor=100), scoring_input(values, amount_minor=50_000)]
+        FeatureBatch.of(
+            [scoring_input(values, amount_minor=100), scoring_input(values, amount_minor=50_000)]
+        )
     )
     assert "rule.amount_threshold" not in {r.code for r in plain.reasons}
     assert big.reasons[0].code == "rule.amount_threshold"
@@ -92,9 +97,9 @@ def test_shadow_scores_are_recorded_and_do_not_change_the_outcome(tmp_path: Path
     shadow = load_model(artifact(tmp_path / "shadow", seed=2, names=ALL_FEATURES))
     rows = np.random.default_rng(9).normal(size=(10, len(ALL_FEATURES)))
     inputs = [scoring_input(list(r)) for r in rows]
-    alone = ModelScorer(live, []).score_batch(inputs)
+    alone = ModelScorer(live, []).score_batch(FeatureBatch.of(inputs))
     scorer = ModelScorer(live, [], shadow=shadow)
-    beside = scorer.score_batch(inputs)
+    beside = scorer.score_batch(FeatureBatch.of(inputs))
     assert [r.score for r in beside] == [r.score for r in alone]
     assert [r.shadow_score for r in beside] == pytest.approx(list(shadow.predict(rows)))
     decision = build_decision(

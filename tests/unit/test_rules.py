@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from txguard.fraud.features import ScoringInput, TransactionFeatures
+from txguard.fraud.feature_batch import FeatureBatch
+from txguard.fraud.features import ALL_FEATURES, ScoringInput, TransactionFeatures
 from txguard.fraud.rules import (
     RULE_BASE_SCORE,
     RULE_MAX_SCORE,
     AmountThresholdRule,
+    Rule,
+    RuleHit,
     VelocityRule,
 )
 from txguard.fraud.scoring import RuleScorer, combine_scores
@@ -27,15 +30,23 @@ def scoring_input(amount_minor: int = 1_000, in_window: int = 1) -> ScoringInput
         event,
         0,
         TransactionFeatures(
-            amount_minor=amount_minor, currency="EUR", transactions_in_velocity_window=in_window
+            amount_minor=amount_minor,
+            currency="EUR",
+            transactions_in_velocity_window=in_window,
+            values=(0.0,) * len(ALL_FEATURES),
         ),
     )
 
 
+def evaluate(rule: Rule, item: ScoringInput) -> RuleHit | None:
+    """The rule's hit for one transaction, through the batch interface the detector uses."""
+    return dict(rule.hits(FeatureBatch.of([item]))).get(0)
+
+
 def test_amount_rule_fires_at_threshold_and_not_below() -> None:
     rule = AmountThresholdRule(threshold_minor=10_000)
-    assert rule.evaluate(scoring_input(amount_minor=9_999)) is None
-    hit = rule.evaluate(scoring_input(amount_minor=10_000))
+    assert evaluate(rule, scoring_input(amount_minor=9_999)) is None
+    hit = evaluate(rule, scoring_input(amount_minor=10_000))
     assert hit is not None
     assert hit.code == "rule.amount_threshold"
     assert hit.score == pytest.approx(RULE_BASE_SCORE)
@@ -43,7 +54,7 @@ def test_amount_rule_fires_at_threshold_and_not_below() -> None:
 
 def test_amount_rule_score_grows_to_maximum_at_four_times_threshold() -> None:
     rule = AmountThresholdRule(threshold_minor=10_000)
-    scores = [rule.evaluate(scoring_input(amount_minor=a)) for a in (20_000, 40_000, 400_000)]
+    scores = [evaluate(rule, scoring_input(amount_minor=a)) for a in (20_000, 40_000, 400_000)]
     assert [hit.score if hit else None for hit in scores] == pytest.approx(
         [RULE_BASE_SCORE + (RULE_MAX_SCORE - RULE_BASE_SCORE) / 3, RULE_MAX_SCORE, RULE_MAX_SCORE]
     )
@@ -51,8 +62,8 @@ def test_amount_rule_score_grows_to_maximum_at_four_times_threshold() -> None:
 
 def test_velocity_rule_fires_only_above_the_limit() -> None:
     rule = VelocityRule(max_transactions=3, window_seconds=60)
-    assert rule.evaluate(scoring_input(in_window=3)) is None
-    hit = rule.evaluate(scoring_input(in_window=4))
+    assert evaluate(rule, scoring_input(in_window=3)) is None
+    hit = evaluate(rule, scoring_input(in_window=4))
     assert hit is not None
     assert hit.code == "rule.velocity"
     assert RULE_BASE_SCORE < hit.score < RULE_MAX_SCORE
@@ -84,7 +95,7 @@ def test_velocity_window_uses_event_time_not_arrival_order() -> None:
 def test_velocity_rule_fires_on_the_transaction_that_exceeds_the_limit() -> None:
     rule = VelocityRule(max_transactions=3, window_seconds=WINDOW_MS // 1000)
     counts = window_counts([0, 10_000, 20_000, 30_000, 30_000 + WINDOW_MS])
-    fired = [rule.evaluate(scoring_input(in_window=c)) is not None for c in counts]
+    fired = [evaluate(rule, scoring_input(in_window=c)) is not None for c in counts]
     assert fired == [False, False, False, True, False]
 
 
@@ -99,7 +110,9 @@ def test_rule_scorer_reasons_share_the_score() -> None:
         [AmountThresholdRule(threshold_minor=10_000), VelocityRule(3, window_seconds=60)]
     )
     quiet, both = scorer.score_batch(
-        [scoring_input(amount_minor=100, in_window=1), scoring_input(40_000, in_window=4)]
+        FeatureBatch.of(
+            [scoring_input(amount_minor=100, in_window=1), scoring_input(40_000, in_window=4)]
+        )
     )
     assert quiet.score == 0.0 and quiet.reasons == ()
     assert both.score == pytest.approx(1 - (1 - RULE_MAX_SCORE) * (1 - 0.7))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
 
 from txguard.clock import set_timestamp_us
 from txguard.config import Settings
@@ -41,6 +45,17 @@ class DecisionThresholds:
         if score >= self.review:
             return _REVIEW
         return _APPROVE
+
+    def outcomes(self, scores: npt.NDArray[np.float64]) -> list[int]:
+        """`outcome` of every score, computed for the whole array at once."""
+        return cast(
+            list[int],
+            np.where(
+                scores >= self.decline,
+                int(_DECLINE),
+                np.where(scores >= self.review, int(_REVIEW), int(_APPROVE)),
+            ).tolist(),
+        )
 
 
 def build_decision(

@@ -12,28 +12,27 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import cast
 
+import numpy as np
+import numpy.typing as npt
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from txguard.clock import now_us
 from txguard.config import Settings
 from txguard.fraud.changelog import changelog_record, check_copartitioned, restore_partitions
 from txguard.fraud.dead_letter import DeadLetter, dead_letter_for
-from txguard.fraud.decisions import DecisionThresholds, build_decision
-from txguard.fraud.features import (
-    ALL_FEATURES,
-    DAY_MS,
-    TERMINAL_DELAY_DAYS,
-    ScoringInput,
-    event_time_ms,
-    transaction_features,
-)
+from txguard.fraud.decision_wire import DecisionWriter
+from txguard.fraud.decisions import DecisionThresholds
+from txguard.fraud.feature_batch import TransactionRow, observe_batch
+from txguard.fraud.features import DAY_MS, TERMINAL_DELAY_DAYS
 from txguard.fraud.live_model import LiveModel
-from txguard.fraud.scoring import Scorer
-from txguard.fraud.state import DetectorState, event_id_hash
+from txguard.fraud.rules import default_rules
+from txguard.fraud.scoring import Scorer, ScoreResult
+from txguard.fraud.state import DetectorState
 from txguard.fraud.terminal_table import NOT_STARTED_MS, TerminalTable, TerminalTableFollower
 from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
@@ -49,14 +48,12 @@ from txguard.kafka.consumer_loop import (
 from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
 from txguard.kafka.serde import (
     InvalidEvent,
-    decode_transaction_created,
-    encode_decision,
     is_stream_watermark,
+    parse_transaction_created,
 )
 from txguard.kafka.topics import ensure_topics
 from txguard.observability import metrics
-from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
-from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.v1.decision_pb2 import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +67,7 @@ RESTORE_TIMEOUT_SECONDS = 120.0
 # While waiting for the terminal table, how long each poll of it may block.
 TABLE_POLL_SECONDS = 0.05
 _TERMINAL_DELAY_MS = TERMINAL_DELAY_DAYS * DAY_MS
-_OUTCOME_LABELS = {
+_OUTCOME_LABELS: dict[int, str] = {
     Outcome.OUTCOME_APPROVE: "approve",
     Outcome.OUTCOME_REVIEW: "review",
     Outcome.OUTCOME_DECLINE: "decline",
@@ -99,7 +96,8 @@ class DetectorStats:
 class BatchOutput:
     """What one batch produces, and the offsets to commit once all of it is acknowledged."""
 
-    decisions: list[FraudDecision] = field(default_factory=list)
+    # The decisions, encoded for the decisions topic.
+    decisions: list[OutgoingRecord] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     offsets: list[TopicPartition] = field(default_factory=list)
 
@@ -113,12 +111,15 @@ class FraudDetector:
         self.live_model = LiveModel(settings) if scorer is None else None
         self.scorer: Scorer = scorer or cast(LiveModel, self.live_model).scorer
         self.thresholds = DecisionThresholds.from_settings(settings)
+        self._writer = DecisionWriter(self.topics.decisions)
         self.velocity_window_ms = settings.velocity_window_seconds * 1000
         self.state = DetectorState()
         self.table: TerminalTable = TerminalTable()
         self.stats = DetectorStats()
         self.metrics = metrics.ConsumerMetrics("detector")
         self.decision_metrics = metrics.DecisionMetrics()
+        # Every rule's counter exists from the start, so that rate() sees its first hit.
+        self.decision_metrics.rule_hits.precreate(rule.code for rule in default_rules(settings))
         self._table_lag = metrics.TERMINAL_TABLE_LAG.labels("detector")
         self._model_shown = ""
         self._bootstrap = ""
@@ -215,67 +216,86 @@ class FraudDetector:
         """decode -> wait for the terminal table -> dedup -> state/features -> score -> decide."""
         output = BatchOutput(offsets=next_offsets(records))
         self.stats.batches += 1
-        decoded: list[tuple[int, TransactionCreated]] = []
+        self.stats.processed += len(records)
+        rows: list[TransactionRow] = []
         for message in records:
-            self.stats.processed += 1
-            event = self._decode(message, output)
-            if event is not None:
-                decoded.append((cast(int, message.partition()), event))
-        if not decoded:
+            row = self._decode(message, output)
+            if row is not None:
+                rows.append(row)
+        if not rows:
             return output
-        self._await_terminal_table(max(event_time_ms(event) for _, event in decoded), stop)
-        inputs: list[ScoringInput] = []
-        for partition, event in decoded:
-            item = self._observe(partition, event)
-            if item is not None:
-                inputs.append(item)
+        self._await_terminal_table(max(row.occurred_ms for row in rows), stop)
+        observed = observe_batch(
+            self.state, self.table, rows, velocity_window_ms=self.velocity_window_ms
+        )
+        if observed.duplicates:
+            self.stats.duplicates_dropped += observed.duplicates
+            self.metrics.duplicates_dropped(observed.duplicates)
+        batch = observed.features
+        if not len(batch):
+            return output
         decided_at_us = now_us()
         if self.live_model is not None:
             # Between batches only: each partition switches model at exactly one offset.
             self.scorer = self.live_model.refreshed()
-        results = self.scorer.score_batch(inputs)
-        carry_features = self.settings.decision_features
-        for item, result in zip(inputs, results, strict=True):
-            decision = build_decision(
-                item.event,
-                result,
-                thresholds=self.thresholds,
-                model_version=self.scorer.model_version,
-                rules_version=self.scorer.rules_version,
-                decided_at_us=decided_at_us,
-                shadow_model_version=self.scorer.shadow_model_version,
-            )
-            if carry_features:
-                decision.features.update(zip(ALL_FEATURES, item.features.values, strict=True))
-            output.decisions.append(decision)
-        self._observe_decisions(output.decisions, decided_at_us)
+        scorer = self.scorer
+        results = scorer.score_batch(batch)
+        scores = np.array([result.score for result in results], dtype=np.float64)
+        outcomes = self.thresholds.outcomes(scores)
+        output.decisions = self._writer.records(
+            batch.rows,
+            results,
+            outcomes,
+            model_version=scorer.model_version,
+            rules_version=scorer.rules_version,
+            decided_at_us=decided_at_us,
+            shadow_model_version=scorer.shadow_model_version,
+            features=batch.values.tolist() if self.settings.decision_features else None,
+        )
+        self._observe_decisions(batch.rows, results, scores, outcomes, decided_at_us)
         return output
 
-    def _observe_decisions(self, decisions: Sequence[FraudDecision], decided_at_us: int) -> None:
-        """Outcomes, scores, rule hits and accepted-to-decided latency of a batch's decisions."""
+    def _observe_decisions(
+        self,
+        rows: Sequence[TransactionRow],
+        results: Sequence[ScoreResult],
+        scores: npt.NDArray[np.float64],
+        outcomes: Sequence[int],
+        decided_at_us: int,
+    ) -> None:
+        """Outcomes, scores, rule hits and accepted-to-decided latency of a batch's decisions,
+        counted per batch: one update per outcome and rule, one per histogram."""
         if self.scorer.model_version != self._model_shown:
             self._model_shown = self.scorer.model_version
             self.decision_metrics.set_model(self.scorer.model_version, self.scorer.model_kind)
-        outcomes = self.decision_metrics.outcomes
-        rule_hits = self.decision_metrics.rule_hits
-        latency = self.decision_metrics.decided_latency
-        decided_at = decided_at_us / 1e6
-        for decision in decisions:
-            outcomes[_OUTCOME_LABELS.get(decision.outcome, "approve")].inc()
-            self.decision_metrics.observe_score(decision.score)
-            for reason in decision.reasons:
-                if reason.code.startswith("rule."):
-                    rule_hits[reason.code].inc()
-            accepted = decision.accepted_at
-            latency.observe(max(0.0, decided_at - accepted.seconds - accepted.nanos / 1e9))
+        for outcome, count in Counter(outcomes).items():
+            self.decision_metrics.outcomes[_OUTCOME_LABELS.get(outcome, "approve")].inc(count)
+        rule_hits = Counter(
+            reason.code
+            for result in results
+            for reason in result.reasons
+            if reason.code.startswith("rule.")
+        )
+        for code, count in rule_hits.items():
+            self.decision_metrics.rule_hits[code].inc(count)
+        metrics.observe_many(metrics.FRAUD_SCORE, scores)
+        accepted = np.array(
+            [seconds + nanos / 1e9 for seconds, nanos in (row.accepted_at for row in rows)],
+            dtype=np.float64,
+        )
+        metrics.observe_many(
+            self.decision_metrics.decided_latency,
+            np.maximum(0.0, decided_at_us / 1e6 - accepted),
+        )
 
-    def _decode(self, message: Message, output: BatchOutput) -> TransactionCreated | None:
-        """The event, or None when the record is poison and was set aside for the DLQ."""
+    def _decode(self, message: Message, output: BatchOutput) -> TransactionRow | None:
+        """The transaction, or None when the record is poison and was set aside for the DLQ."""
         headers = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
         if is_stream_watermark(headers):
             return None  # Event-time progress for the terminal-risk aggregator, not a transaction.
         try:
-            return decode_transaction_created(message.value(), headers)
+            event = parse_transaction_created(message.value(), headers)
+            return TransactionRow.of(cast(int, message.partition()), event)
         except InvalidEvent as exc:
             output.dead_letters.append(
                 dead_letter_for(message, exc, topic=self.topics.dead_letters)
@@ -322,38 +342,10 @@ class FraudDetector:
                 return
             follower.poll(timeout=TABLE_POLL_SECONDS)
 
-    def _observe(self, partition: int, event: TransactionCreated) -> ScoringInput | None:
-        """Dedup, then record the event in its account's state and compute its features.
-
-        None for a duplicate: the event id is already in the account's state.
-        """
-        account_id = event.transaction.account_id
-        history = self.state.history(partition, account_id)
-        id_hash = event_id_hash(event.event_id)
-        if history.has_seen(id_hash):
-            self.stats.duplicates_dropped += 1
-            self.metrics.duplicates_dropped()
-            return None
-        occurred_ms = event_time_ms(event)
-        position = history.record(
-            id_hash, occurred_ms, event.transaction.amount_minor, self.state.limits
-        )
-        self.state.mark_changed(partition, account_id)
-        features = transaction_features(
-            event,
-            history,
-            position,
-            self.table,
-            velocity_window_ms=self.velocity_window_ms,
-        )
-        return ScoringInput(event, occurred_ms, features)
-
     def emit(self, output: BatchOutput) -> None:
         """Send the batch's decisions and dead letters now; they are confirmed at the checkpoint."""
         publisher = cast(ConfirmedPublisher, self._publisher)
-        records = [_decision_record(self.topics.decisions, d) for d in output.decisions]
-        records += [_dead_letter_record(d) for d in output.dead_letters]
-        publisher.send(records)
+        publisher.send(output.decisions + [_dead_letter_record(d) for d in output.dead_letters])
         self.stats.decided += len(output.decisions)
         produced = self.metrics.produced
         if output.decisions:
@@ -462,11 +454,6 @@ class FraudDetector:
         self.stats.state_bytes_per_account = (
             self.state.memory_bytes() // accounts if accounts else 0
         )
-
-
-def _decision_record(topic: str, decision: FraudDecision) -> OutgoingRecord:
-    encoded = encode_decision(decision)
-    return OutgoingRecord(topic, encoded.key, encoded.value, encoded.headers)
 
 
 def _dead_letter_record(dead: DeadLetter) -> OutgoingRecord:

@@ -16,7 +16,7 @@ from txguard.schema.currencies import MINOR_UNITS
 from txguard.schema.v1.events_pb2 import TransactionCreated
 
 if TYPE_CHECKING:
-    from txguard.fraud.state import AccountHistory
+    from txguard.fraud.state import AccountHistory, StateLimits
     from txguard.fraud.terminal_table import TerminalTable
 
 DAY_SECONDS = 86_400
@@ -161,43 +161,79 @@ def customer_features(
 def terminal_features(table: TerminalTable, terminal_id: str, time_ms: int) -> tuple[float, ...]:
     """The handbook's six terminal features: for n in 1, 7, 30 days, the terminal's transactions
     in (t - d - n days, t - d] and the share of them known as fraud by t."""
+    if not terminal_id:
+        return _NO_TERMINAL
     values: list[float] = []
-    for window_ms in _WINDOWS_MS:
-        count, frauds = table.window(
-            terminal_id,
-            after_ms=time_ms - _TERMINAL_DELAY_MS - window_ms,
-            until_ms=time_ms - _TERMINAL_DELAY_MS,
-            known_by_ms=time_ms,
-        )
+    for count, frauds in table.windows(
+        terminal_id,
+        until_ms=time_ms - _TERMINAL_DELAY_MS,
+        windows_ms=_WINDOWS_MS,
+        known_by_ms=time_ms,
+    ):
         values.append(float(count))
         values.append(frauds / count if count else 0.0)
     return tuple(values)
 
 
 def transaction_features(
-    event: TransactionCreated,
+    amount_minor: int,
+    currency: str,
+    terminal_id: str,
     history: AccountHistory,
     position: int,
     table: TerminalTable,
     *,
     velocity_window_ms: int,
 ) -> TransactionFeatures:
-    """Every feature of one recorded event, in ALL_FEATURES order."""
-    tx = event.transaction
+    """Every feature of one event recorded at `position` of its account's history, in
+    ALL_FEATURES order."""
     time_ms = history.times_ms[position]
     weekend, night = calendar_features(time_ms)
-    customer, own = customer_features(history, position, tx.currency)
-    terminal = terminal_features(table, tx.terminal_id, time_ms) if tx.terminal_id else _NO_TERMINAL
-    values = (major_units(tx.amount_minor, tx.currency), weekend, night, *customer, *terminal, *own)
+    customer, own = customer_features(history, position, currency)
+    terminal = terminal_features(table, terminal_id, time_ms)
+    values = (major_units(amount_minor, currency), weekend, night, *customer, *terminal, *own)
     end = position + 1
     in_velocity_window = end - bisect.bisect_right(
         history.times_ms, time_ms - velocity_window_ms, 0, end
     )
     return TransactionFeatures(
-        amount_minor=tx.amount_minor,
-        currency=tx.currency,
+        amount_minor=amount_minor,
+        currency=currency,
         transactions_in_velocity_window=in_velocity_window,
         values=values,
+    )
+
+
+def record_and_compute(
+    history: AccountHistory,
+    id_hash: int,
+    time_ms: int,
+    amount_minor: int,
+    currency: str,
+    terminal_id: str,
+    table: TerminalTable,
+    limits: StateLimits,
+    *,
+    velocity_window_ms: int,
+) -> TransactionFeatures:
+    """Record one event in its account's history and compute its features: the definition the
+    detector's batch computation follows.
+
+    An event beyond what the account remembers (see `AccountHistory.record`) is not remembered
+    and is scored from itself alone: its windows reach back before anything the state holds.
+    """
+    position = history.record(id_hash, time_ms, amount_minor, limits)
+    if position < 0:
+        history = type(history)(history.account_id)
+        position = history.record(id_hash, time_ms, amount_minor, limits)
+    return transaction_features(
+        amount_minor,
+        currency,
+        terminal_id,
+        history,
+        position,
+        table,
+        velocity_window_ms=velocity_window_ms,
     )
 
 

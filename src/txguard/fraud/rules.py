@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from txguard.config import Settings
-from txguard.fraud.features import ScoringInput
+from txguard.fraud.feature_batch import FeatureBatch
 
 # Bumped whenever a rule, its parameters' meaning or its scoring changes: stamped on every decision.
 RULES_VERSION = "rules-1"
@@ -33,8 +35,8 @@ class Rule(Protocol):
         """Stable machine-readable code of the rule, e.g. "rule.amount_threshold"."""
         ...
 
-    def evaluate(self, item: ScoringInput) -> RuleHit | None:
-        """A hit when the rule fires for this transaction, else None."""
+    def hits(self, batch: FeatureBatch) -> list[tuple[int, RuleHit]]:
+        """(row, hit) for each row of the batch the rule fires for, in row order."""
         ...
 
 
@@ -53,14 +55,17 @@ class AmountThresholdRule:
     threshold_minor: int
     code: str = "rule.amount_threshold"
 
-    def evaluate(self, item: ScoringInput) -> RuleHit | None:
-        amount = item.features.amount_minor
-        if amount < self.threshold_minor:
-            return None
+    def hits(self, batch: FeatureBatch) -> list[tuple[int, RuleHit]]:
+        fired = np.flatnonzero(batch.amount_minor >= self.threshold_minor).tolist()
+        return [
+            (row, self.hit(int(batch.amount_minor[row]), batch.currencies[row])) for row in fired
+        ]
+
+    def hit(self, amount: int, currency: str) -> RuleHit:
         excess = (amount / self.threshold_minor - 1.0) / 3.0
         return RuleHit(
             self.code,
-            f"amount {amount} {item.features.currency} (minor units) is at or above the "
+            f"amount {amount} {currency} (minor units) is at or above the "
             f"threshold {self.threshold_minor}",
             _graded_score(excess),
         )
@@ -78,10 +83,12 @@ class VelocityRule:
     window_seconds: int
     code: str = "rule.velocity"
 
-    def evaluate(self, item: ScoringInput) -> RuleHit | None:
-        count = item.features.transactions_in_velocity_window
-        if count <= self.max_transactions:
-            return None
+    def hits(self, batch: FeatureBatch) -> list[tuple[int, RuleHit]]:
+        counts = batch.in_velocity_window
+        fired = np.flatnonzero(counts > self.max_transactions).tolist()
+        return [(row, self.hit(int(counts[row]))) for row in fired]
+
+    def hit(self, count: int) -> RuleHit:
         excess = (count - self.max_transactions) / self.max_transactions
         return RuleHit(
             self.code,

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from txguard.config import Settings
-from txguard.fraud.features import ALL_FEATURES, ScoringInput
+from txguard.fraud.feature_batch import FeatureBatch
+from txguard.fraud.features import ALL_FEATURES
 from txguard.fraud.models.artifact import LoadedModel
 from txguard.fraud.rules import RULES_VERSION, Rule, RuleHit, default_rules
 
 RULES_ONLY_MODEL_VERSION = "rules-only"
 
 
-@dataclass(frozen=True, slots=True)
-class ReasonScore:
+class ReasonScore(NamedTuple):
     """Why a score is what it is; `contribution` is this reason's share of the score, 0..1."""
 
     code: str
@@ -30,8 +29,7 @@ class ReasonScore:
     contribution: float
 
 
-@dataclass(frozen=True, slots=True)
-class ScoreResult:
+class ScoreResult(NamedTuple):
     """Fraud probability in 0..1 and the reasons behind it, largest contribution first."""
 
     score: float
@@ -46,8 +44,8 @@ class Scorer(Protocol):
     rules_version: str
     shadow_model_version: str
 
-    def score_batch(self, inputs: Sequence[ScoringInput]) -> list[ScoreResult]:
-        """One result per input, in the same order."""
+    def score_batch(self, batch: FeatureBatch) -> list[ScoreResult]:
+        """One result per row of the batch, in the same order."""
         ...
 
 
@@ -56,10 +54,22 @@ def combine_scores(scores: Sequence[float]) -> float:
     return 1.0 - math.prod(1.0 - s for s in scores)
 
 
+_NOTHING_FIRED = ScoreResult(0.0)
+
+
+def rule_hits_by_row(rules: Sequence[Rule], batch: FeatureBatch) -> dict[int, list[RuleHit]]:
+    """The rules that fired, per row of the batch (rows where none fired are absent)."""
+    fired: dict[int, list[RuleHit]] = {}
+    for rule in rules:
+        for row, hit in rule.hits(batch):
+            fired.setdefault(row, []).append(hit)
+    return fired
+
+
 def result_from_hits(hits: Sequence[RuleHit]) -> ScoreResult:
     """Combined score of the rules that fired; each reason's share is proportional to its score."""
     if not hits:
-        return ScoreResult(0.0)
+        return _NOTHING_FIRED
     total = sum(hit.score for hit in hits)
     reasons = tuple(
         ReasonScore(hit.code, hit.description, hit.score / total if total else 0.0)
@@ -83,12 +93,9 @@ class RuleScorer:
     def from_settings(cls, settings: Settings) -> RuleScorer:
         return cls(default_rules(settings))
 
-    def score_batch(self, inputs: Sequence[ScoringInput]) -> list[ScoreResult]:
-        results: list[ScoreResult] = []
-        for item in inputs:
-            hits = [hit for rule in self.rules if (hit := rule.evaluate(item)) is not None]
-            results.append(result_from_hits(hits))
-        return results
+    def score_batch(self, batch: FeatureBatch) -> list[ScoreResult]:
+        fired = rule_hits_by_row(self.rules, batch)
+        return [result_from_hits(fired.get(row, ())) for row in range(len(batch))]
 
 
 # How many features a decision names as its reasons, largest contribution first.
@@ -119,46 +126,60 @@ class ModelScorer:
         self.model_version = f"{model.kind}-{model.version}"
         self.shadow_model_version = f"{shadow.kind}-{shadow.version}" if shadow else ""
         self._columns = _columns_for(model)
+        self._reason_codes = [f"feature.{name}" for name in model.feature_names]
+        self._reason_labels = [f"{name} = " for name in model.feature_names]
         self._shadow_columns = _columns_for(shadow) if shadow else None
 
-    def score_batch(self, inputs: Sequence[ScoringInput]) -> list[ScoreResult]:
-        if not inputs:
+    def score_batch(self, batch: FeatureBatch) -> list[ScoreResult]:
+        if not len(batch):
             return []
-        matrix = np.array([item.features.values for item in inputs], dtype=np.float64)
-        features = matrix[:, self._columns]
-        scores = self.model.predict(features)
+        features = batch.values[:, self._columns]
+        model_scores = self.model.predict(features)
+        # The noisy-OR of the model's score alone, as `combine_scores` computes it.
+        scores = (1.0 - (1.0 - model_scores)).tolist()
         contributions = self.model.contributions(features)
         shadow_scores = (
-            self.shadow.predict(matrix[:, self._shadow_columns])
+            self.shadow.predict(batch.values[:, self._shadow_columns]).tolist()
             if self.shadow is not None and self._shadow_columns is not None
             else None
         )
-        names = self.model.feature_names
-        # Per row, the indices of the largest contributions, computed for the whole batch.
+        # Per row, the largest contributions, their features' values and their positive total,
+        # computed for the whole batch; only the reasons themselves are built row by row.
         top = np.argsort(-contributions, axis=1)[:, :TOP_FEATURE_REASONS]
+        top_shares = np.take_along_axis(contributions, top, axis=1)
+        positive = top_shares > 0
+        feature_totals = np.where(positive, top_shares, 0.0).sum(axis=1).tolist()
+        top_values = np.take_along_axis(features, top, axis=1).tolist()
+        fired = rule_hits_by_row(self.rules, batch)
+        codes, labels = self._reason_codes, self._reason_labels
         results: list[ScoreResult] = []
-        for row, item in enumerate(inputs):
-            hits = [hit for rule in self.rules if (hit := rule.evaluate(item)) is not None]
-            model_score = float(scores[row])
-            feature_reasons = [
-                (names[i], float(contributions[row, i]), float(features[row, i]))
-                for i in top[row]
-                if contributions[row, i] > 0
-            ]
-            total = sum(c for _, c, _ in feature_reasons) + sum(h.score for h in hits)
-            reasons = [
-                ReasonScore(hit.code, hit.description, hit.score / total if total else 0.0)
-                for hit in sorted(hits, key=lambda hit: hit.score, reverse=True)
-            ]
-            reasons += [
-                ReasonScore(f"feature.{name}", f"{name} = {value:g}", share / total)
-                for name, share, value in feature_reasons
-            ]
+        for row, (columns, shares, values, is_positive) in enumerate(
+            zip(top.tolist(), top_shares.tolist(), top_values, positive.tolist(), strict=True)
+        ):
+            hits = fired.get(row)
+            total = feature_totals[row]
+            reasons: list[ReasonScore] = []
+            if hits:
+                total += sum(hit.score for hit in hits)
+                reasons = [
+                    ReasonScore(hit.code, hit.description, hit.score / total if total else 0.0)
+                    for hit in sorted(hits, key=lambda hit: hit.score, reverse=True)
+                ]
+            for column, share, value, keep in zip(
+                columns, shares, values, is_positive, strict=True
+            ):
+                if keep:
+                    reasons.append(
+                        ReasonScore(codes[column], f"{labels[column]}{value:g}", share / total)
+                    )
+            score = scores[row]
+            if hits:
+                score = combine_scores([float(model_scores[row]), *(hit.score for hit in hits)])
             results.append(
                 ScoreResult(
-                    combine_scores([model_score, *(hit.score for hit in hits)]),
+                    score,
                     tuple(reasons),
-                    None if shadow_scores is None else float(shadow_scores[row]),
+                    None if shadow_scores is None else shadow_scores[row],
                 )
             )
         return results

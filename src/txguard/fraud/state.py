@@ -95,7 +95,12 @@ class AccountHistory:
     def record(
         self, id_hash: int, event_time_ms: int, amount_minor: int, limits: StateLimits
     ) -> int:
-        """Remember one event, forget what fell out of the limits; the event's position."""
+        """Remember one event, forget what fell out of the limits; the event's position.
+
+        -1 when the event itself falls out at once (it is `history_ms` or more older than the
+        account's newest, or older than its `max_events` newest): nothing changes then, and a
+        redelivery of it will not be recognised.
+        """
         times = self.times_ms
         # After any event with the same time: equal times keep their arrival order.
         position = bisect.bisect_right(times, event_time_ms)
@@ -111,6 +116,27 @@ class AccountHistory:
             del self.amounts_minor[:expired]
             position -= expired
         return position
+
+    def append_in_order(self, id_hash: int, event_time_ms: int, amount_minor: int) -> None:
+        """Remember an event no older than any remembered one, without forgetting anything yet.
+
+        The caller appends a batch's events of this account this way and calls `expire` after
+        computing their features: the result is what `record` would have left, event by event.
+        """
+        self.times_ms.append(event_time_ms)
+        self.hashes.append(id_hash)
+        self.amounts_minor.append(amount_minor)
+        self.last_event_time_ms = max(self.last_event_time_ms, event_time_ms)
+
+    def expire(self, limits: StateLimits) -> None:
+        """Forget what fell out of the limits (older than `history_ms`, beyond `max_events`)."""
+        times = self.times_ms
+        expired = bisect.bisect_right(times, self.last_event_time_ms - limits.history_ms)
+        expired = max(expired, len(times) - limits.max_events)
+        if expired > 0:
+            del times[:expired]
+            del self.hashes[:expired]
+            del self.amounts_minor[:expired]
 
     def count_in_window(self, event_time_ms: int, window_ms: int) -> int:
         """Events timed in (event_time - window, event_time]: the window ending at the event."""

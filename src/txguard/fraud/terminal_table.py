@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -48,14 +49,17 @@ class Completeness:
 
 
 class _TerminalEntries:
-    """One terminal's transactions: id -> (event time, fraud known at or 0), and a sorted view."""
+    """One terminal's transactions: id -> (event time, fraud known at or 0), and sorted views:
+    every transaction's time, and apart the frauds (few) with the time each became known."""
 
-    __slots__ = ("entries", "known", "times")
+    __slots__ = ("entries", "fraud_known", "fraud_times", "known", "times")
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, int]] = {}
         self.times: list[int] | None = None
         self.known: list[int] | None = None
+        self.fraud_times: list[int] = []
+        self.fraud_known: list[int] = []
 
     def put(self, transaction_id: str, occurred_ms: int, fraud_known_ms: int) -> None:
         if self.entries.get(transaction_id) != (occurred_ms, fraud_known_ms):
@@ -71,6 +75,9 @@ class _TerminalEntries:
             ordered = sorted(self.entries.values())
             self.times = [occurred for occurred, _ in ordered]
             self.known = [known for _, known in ordered]
+            frauds = [(occurred, known) for occurred, known in ordered if known > 0]
+            self.fraud_times = [occurred for occurred, _ in frauds]
+            self.fraud_known = [known for _, known in frauds]
         return self.times, self.known
 
 
@@ -137,6 +144,32 @@ class TerminalTable:
         end = bisect.bisect_right(times, until_ms)
         frauds = sum(1 for at in known[start:end] if 0 < at <= known_by_ms)
         return end - start, frauds
+
+    def windows(
+        self, terminal_id: str, *, until_ms: int, windows_ms: Sequence[int], known_by_ms: int
+    ) -> list[tuple[int, int]]:
+        """`window` for several windows ending at `until_ms`, in one lookup: per window length
+        n, (transactions timed in (until - n, until], those of them known as fraud by
+        known_by)."""
+        entries = self._terminals.get(terminal_id)
+        if entries is None:
+            return [(0, 0)] * len(windows_ms)
+        times, _ = entries.sorted_view()
+        fraud_times, fraud_known = entries.fraud_times, entries.fraud_known
+        end = bisect.bisect_right(times, until_ms)
+        fraud_end = bisect.bisect_right(fraud_times, until_ms)
+        counts: list[tuple[int, int]] = []
+        for window_ms in windows_ms:
+            after_ms = until_ms - window_ms
+            count = end - bisect.bisect_right(times, after_ms)
+            frauds = 0
+            if count and fraud_end:
+                fraud_start = bisect.bisect_right(fraud_times, after_ms)
+                for at in fraud_known[fraud_start:fraud_end]:
+                    if at <= known_by_ms:
+                        frauds += 1
+            counts.append((count, frauds))
+        return counts
 
     def complete_until(self) -> Completeness:
         """The least complete partition decides; a partition never heard from holds all back."""

@@ -77,22 +77,56 @@ def decode_transaction_created(
     value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
 ) -> TransactionCreated:
     """Decode and check a transactions-topic record; raises InvalidEvent for a poison record."""
-    event = _parse(TransactionCreated, value, headers)
+    event = parse_transaction_created(value, headers)
     tx = event.transaction
-    if not event.event_id:
+    check_transaction(
+        event_id=event.event_id,
+        transaction_id=tx.transaction_id,
+        account_id=tx.account_id,
+        currency=tx.currency,
+        amount_minor=tx.amount_minor,
+        has_times=tx.HasField("occurred_at") and tx.HasField("accepted_at"),
+    )
+    return event
+
+
+def parse_transaction_created(
+    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
+) -> TransactionCreated:
+    """Decode only: a reader that takes the fields out itself checks them with
+    `check_transaction` (reading a field twice costs more than parsing the record)."""
+    return _parse(TransactionCreated, value, headers)
+
+
+def check_transaction(
+    *,
+    event_id: str,
+    transaction_id: str,
+    account_id: str,
+    currency: str,
+    amount_minor: int,
+    has_times: bool,
+) -> None:
+    """What a TransactionCreated must hold to be processed; raises InvalidEvent otherwise."""
+    if not event_id:
         raise InvalidEvent("invalid", "event_id is empty")
     missing = [
-        name for name in ("transaction_id", "account_id", "currency") if not getattr(tx, name)
+        name
+        for name, present in (
+            ("transaction_id", transaction_id),
+            ("account_id", account_id),
+            ("currency", currency),
+        )
+        if not present
     ]
     if missing:
         raise InvalidEvent("invalid", "transaction lacks " + ", ".join(missing))
     # Zero is a card-verification amount and occurs in historical datasets; the API itself only
     # accepts positive amounts.
-    if tx.amount_minor < 0:
+    if amount_minor < 0:
         raise InvalidEvent("invalid", "transaction amount_minor must not be negative")
-    if not tx.HasField("occurred_at") or not tx.HasField("accepted_at"):
+    if not has_times:
         raise InvalidEvent("invalid", "transaction lacks occurred_at or accepted_at")
-    return event
 
 
 def encode_fraud_label(label: FraudLabel) -> EncodedRecord:

@@ -14,10 +14,12 @@ apart.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, TypeAlias, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -333,6 +335,24 @@ M = TypeVar("M", bound=MetricWrapperBase)
 # -- helpers: cached children for hot paths --------------------------------------------------
 
 
+def observe_many(histogram: Histogram, values: Sequence[float] | npt.NDArray[np.float64]) -> None:
+    """`histogram.observe(v)` for every value, in one update per bucket instead of one per value.
+
+    Counts each value into the first bucket whose upper bound is >= it, exactly as `observe`
+    does (prometheus_client keeps per-bucket counts and accumulates them when collected).
+    """
+    amounts = np.asarray(values, dtype=np.float64)
+    if not len(amounts):
+        return
+    histogram._raise_if_not_observable()
+    bounds = np.asarray(histogram._upper_bounds, dtype=np.float64)
+    counts = np.bincount(np.searchsorted(bounds, amounts, side="left"), minlength=len(bounds))
+    histogram._sum.inc(sum(amounts.tolist()))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
+
+
 class Children(Generic[M]):
     """Children of one labelled metric by the value of one label, created once and then reused.
 
@@ -589,5 +609,5 @@ class DecisionMetrics:
         MODEL_INFO.info({"version": version, "kind": kind})
 
     @staticmethod
-    def observe_score(score: float) -> None:
-        FRAUD_SCORE.observe(score)
+    def observe_scores(scores: Sequence[float]) -> None:
+        observe_many(FRAUD_SCORE, scores)

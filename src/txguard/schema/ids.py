@@ -21,6 +21,12 @@ def new_random_id() -> str:
     return _v4(bytearray(os.urandom(16))).hex()
 
 
+def new_random_ids(count: int) -> list[str]:
+    """`count` random (version 4) UUIDs, from one call for random bytes."""
+    raw = bytearray(os.urandom(16 * count))
+    return [_v4(raw[start : start + 16]).hex() for start in range(0, 16 * count, 16)]
+
+
 def new_transaction_and_event_ids(now_us: int) -> tuple[str, str]:
     """A transaction id (UUIDv7) and an event id (UUIDv4), from one call for random bytes.
 

@@ -1,0 +1,174 @@
+"""FraudDecision records written straight in Protobuf's wire format, a batch at a time.
+
+The detector publishes one decision per transaction. Building each one as a protobuf object and
+then serialising it cost more than all its feature work; `DecisionWriter` writes the same
+message field by field instead: fields in number order, proto3 defaults (empty strings, zero
+numbers) left out, as the protobuf library writes them. What stays the same for a whole batch
+(model and rules versions, decision time) is encoded once per batch.
+`build_decision` remains the definition of a decision: tests/unit/test_decision_wire.py checks
+that the protobuf library parses these bytes into exactly the message `build_decision` builds.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+from txguard.fraud.feature_batch import TransactionRow
+from txguard.fraud.features import ALL_FEATURES
+from txguard.fraud.scoring import ScoreResult
+from txguard.kafka.consumer_loop import OutgoingRecord
+from txguard.kafka.serde import (
+    HEADER_EVENT_ID,
+    HEADER_SCHEMA,
+    HEADER_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+)
+from txguard.schema.ids import new_random_ids
+from txguard.schema.v1.decision_pb2 import FraudDecision
+
+_DOUBLE = struct.Struct("<d")
+_SMALL_VARINTS = [bytes([n]) for n in range(0x80)]
+_SCHEMA = FraudDecision.DESCRIPTOR.full_name.encode()
+
+# Tags: field number << 3 | wire type (0 varint, 1 64-bit, 2 length-delimited).
+_DECISION_ID = b"\x0a"
+_EVENT_ID = b"\x12"
+_TRANSACTION_ID = b"\x1a"
+_ACCOUNT_ID = b"\x22"
+_SCORE = b"\x29"
+_OUTCOME = b"\x30"
+_REASON = b"\x3a"
+_MODEL_VERSION = b"\x42"
+_RULES_VERSION = b"\x4a"
+_DECIDED_AT = b"\x52"
+_ACCEPTED_AT = b"\x5a"
+_OCCURRED_AT = b"\x62"
+_FEATURE = b"\x6a"
+_SHADOW_SCORE = b"\x71"
+_SHADOW_MODEL_VERSION = b"\x7a"
+# Inside a Reason: code, description, contribution; inside a Timestamp: seconds, nanos; inside
+# a map entry: key, value.
+_FIELD_1_BYTES = b"\x0a"
+_FIELD_2_BYTES = b"\x12"
+_FIELD_3_DOUBLE = b"\x19"
+_FIELD_1_VARINT = b"\x08"
+_FIELD_2_VARINT = b"\x10"
+_FIELD_2_DOUBLE = b"\x11"
+
+
+def varint(value: int) -> bytes:
+    """Base-128 varint; a negative int64 as its 64-bit two's complement (10 bytes)."""
+    if 0 <= value < 0x80:
+        return _SMALL_VARINTS[value]
+    value &= 0xFFFF_FFFF_FFFF_FFFF
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(tag: bytes, text: str) -> bytes:
+    """A string field, or nothing for the empty string (proto3's default)."""
+    if not text:
+        return b""
+    data = text.encode()
+    return tag + varint(len(data)) + data
+
+
+def _double(tag: bytes, number: float) -> bytes:
+    return tag + _DOUBLE.pack(number) if number else b""
+
+
+def _timestamp(tag: bytes, seconds: int, nanos: int) -> bytes:
+    body = (_FIELD_1_VARINT + varint(seconds) if seconds else b"") + (
+        _FIELD_2_VARINT + varint(nanos) if nanos else b""
+    )
+    return tag + varint(len(body)) + body
+
+
+_REASON_CODES: dict[str, bytes] = {}
+
+
+def _reason(code: str, description: str, contribution: float) -> bytes:
+    # Codes come from a small fixed set (rules, features): each is encoded once.
+    encoded_code = _REASON_CODES.get(code)
+    if encoded_code is None:
+        encoded_code = _REASON_CODES[code] = _string(_FIELD_1_BYTES, code)
+    body = encoded_code + _string(_FIELD_2_BYTES, description)
+    if contribution:
+        body += _FIELD_3_DOUBLE + _DOUBLE.pack(contribution)
+    return _REASON + varint(len(body)) + body
+
+
+_FEATURE_KEYS = [_string(_FIELD_1_BYTES, name) for name in ALL_FEATURES]
+
+
+def _features(values: Sequence[float]) -> bytes:
+    """The features map, one entry per feature (key and value both written, as for any map)."""
+    parts = []
+    for key, value in zip(_FEATURE_KEYS, values, strict=True):
+        body = key + _FIELD_2_DOUBLE + _DOUBLE.pack(value)
+        parts.append(_FEATURE + varint(len(body)) + body)
+    return b"".join(parts)
+
+
+class DecisionWriter:
+    """Encodes a batch's decisions as records for the decisions topic."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+    def records(
+        self,
+        rows: Sequence[TransactionRow],
+        results: Sequence[ScoreResult],
+        outcomes: Sequence[int],
+        *,
+        model_version: str,
+        rules_version: str,
+        decided_at_us: int,
+        shadow_model_version: str = "",
+        features: Sequence[Sequence[float]] | None = None,
+    ) -> list[OutgoingRecord]:
+        """One record per row: key = account id, value = the FraudDecision, txguard headers."""
+        decided_seconds, decided_micros = divmod(decided_at_us, 1_000_000)
+        versions = _string(_MODEL_VERSION, model_version) + _string(_RULES_VERSION, rules_version)
+        decided_at = _timestamp(_DECIDED_AT, decided_seconds, decided_micros * 1000)
+        shadow_version = _string(_SHADOW_MODEL_VERSION, shadow_model_version)
+        topic = self.topic
+        headers_after_id = ((HEADER_SCHEMA, _SCHEMA), (HEADER_SCHEMA_VERSION, SCHEMA_VERSION))
+        records: list[OutgoingRecord] = []
+        decision_ids = new_random_ids(len(rows))
+        for index, (row, result, outcome) in enumerate(zip(rows, results, outcomes, strict=True)):
+            decision_id = decision_ids[index]
+            account_id = row.account_id.encode()
+            parts = [
+                _DECISION_ID + varint(len(decision_id)) + decision_id.encode(),
+                _string(_EVENT_ID, row.event_id),
+                _string(_TRANSACTION_ID, row.transaction_id),
+                _ACCOUNT_ID + varint(len(account_id)) + account_id if account_id else b"",
+                _double(_SCORE, result.score),
+                _OUTCOME + _SMALL_VARINTS[outcome] if outcome else b"",
+                *[_reason(*reason) for reason in result.reasons],
+                versions,
+                decided_at,
+                _timestamp(_ACCEPTED_AT, *row.accepted_at),
+                _timestamp(_OCCURRED_AT, *row.occurred_at),
+            ]
+            if features is not None:
+                parts.append(_features(features[index]))
+            if result.shadow_score is not None:
+                parts.append(_double(_SHADOW_SCORE, result.shadow_score))
+                parts.append(shadow_version)
+            records.append(
+                OutgoingRecord(
+                    topic,
+                    account_id,
+                    b"".join(parts),
+                    ((HEADER_EVENT_ID, decision_id.encode()), *headers_after_id),
+                )
+            )
+        return records

@@ -1,0 +1,382 @@
+"""A batch's features, computed column-wise: one row per transaction, in ALL_FEATURES order.
+
+`observe_batch` is the detector's per-batch step: it drops redeliveries, records each event in its
+account's state and computes every feature. The usual case is an account whose new events are no
+older than what it remembers: its events are appended, and the windows of all such accounts are
+computed at once with numpy over their histories laid end to end (prefix sums and sorted
+searches). Any other account (an event out of time order, a duplicate inside the batch, amounts
+too large for exact int64 sums) goes event by event through `record_and_compute`, which defines
+the features; both ways give the same numbers, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from txguard.fraud.features import (
+    ALL_FEATURES,
+    DAY_MS,
+    HOUR_MS,
+    WINDOW_DAYS,
+    ScoringInput,
+    record_and_compute,
+    terminal_features,
+)
+from txguard.fraud.state import AccountHistory, DetectorState, event_id_hash
+from txguard.fraud.terminal_table import TerminalTable
+from txguard.kafka.serde import check_transaction
+from txguard.schema.currencies import MINOR_UNITS
+from txguard.schema.v1.events_pb2 import TransactionCreated
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+_WINDOWS_MS = tuple(n * DAY_MS for n in WINDOW_DAYS)
+_LONGEST_WINDOW_MS = _WINDOWS_MS[-1]
+_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
+_COLUMN = {name: index for index, name in enumerate(ALL_FEATURES)}
+_CUSTOMER_COLUMNS = np.array(
+    [
+        _COLUMN[f"CUSTOMER_ID_{kind}_{n}DAY_WINDOW"]
+        for n in WINDOW_DAYS
+        for kind in ("NB_TX", "AVG_AMOUNT")
+    ]
+)
+_TERMINAL_COLUMNS = np.array(
+    [
+        _COLUMN[f"TERMINAL_ID_{kind}_{n}DAY_WINDOW"]
+        for n in WINDOW_DAYS
+        for kind in ("NB_TX", "RISK")
+    ]
+)
+
+# Accounts' times are laid end to end in one sorted key array, account k's shifted by k strides:
+# a search for (k, t) never leaves account k's stretch while times stay in [0, 2**43).
+_STRIDE = 1 << 44
+_MAX_TIME_MS = 1 << 43
+# Prefix sums of squared amounts stay exact in int64 (modulo 2**64, and every window's true sum
+# is below 2**63) while amounts are below 2**26 and an account holds at most 2**11 events.
+_MAX_AMOUNT = 1 << 26
+_MAX_EVENTS = 1 << 11
+
+
+class TransactionRow(NamedTuple):
+    """What the detector reads of one TransactionCreated, read from the message once."""
+
+    partition: int
+    event_id: str
+    transaction_id: str
+    account_id: str
+    amount_minor: int
+    currency: str
+    terminal_id: str
+    occurred_ms: int
+    occurred_at: tuple[int, int]  # (seconds, nanos)
+    accepted_at: tuple[int, int]
+
+    @classmethod
+    def of(cls, partition: int, event: TransactionCreated, *, check: bool = True) -> TransactionRow:
+        """The row of an event, checked as `decode_transaction_created` checks it (raising
+        InvalidEvent) unless `check` is false."""
+        tx = event.transaction
+        event_id = event.event_id
+        transaction_id = tx.transaction_id
+        account_id = tx.account_id
+        currency = tx.currency
+        amount_minor = tx.amount_minor
+        if check:
+            check_transaction(
+                event_id=event_id,
+                transaction_id=transaction_id,
+                account_id=account_id,
+                currency=currency,
+                amount_minor=amount_minor,
+                has_times=tx.HasField("occurred_at") and tx.HasField("accepted_at"),
+            )
+        occurred = tx.occurred_at
+        occurred_seconds, occurred_nanos = occurred.seconds, occurred.nanos
+        accepted = tx.accepted_at
+        return cls(
+            partition,
+            event_id,
+            transaction_id,
+            account_id,
+            amount_minor,
+            currency,
+            tx.terminal_id,
+            occurred_seconds * 1000 + occurred_nanos // 1_000_000,
+            (occurred_seconds, occurred_nanos),
+            (accepted.seconds, accepted.nanos),
+        )
+
+
+@dataclass(slots=True)
+class FeatureBatch:
+    """What the scorer sees of a batch: the transactions and their features, one row each."""
+
+    rows: list[TransactionRow]
+    values: FloatArray  # shape (rows, len(ALL_FEATURES))
+    amount_minor: IntArray
+    currencies: list[str]
+    # The account's transactions in the velocity window ending at each one, it included.
+    in_velocity_window: IntArray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def of(cls, inputs: Sequence[ScoringInput], partition: int = 0) -> FeatureBatch:
+        """A batch of transactions whose features were computed one by one."""
+        return cls(
+            rows=[TransactionRow.of(partition, item.event, check=False) for item in inputs],
+            values=np.array([item.features.values for item in inputs], dtype=np.float64).reshape(
+                len(inputs), len(ALL_FEATURES)
+            ),
+            amount_minor=np.array([item.features.amount_minor for item in inputs], dtype=np.int64),
+            currencies=[item.features.currency for item in inputs],
+            in_velocity_window=np.array(
+                [item.features.transactions_in_velocity_window for item in inputs], dtype=np.int64
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedBatch:
+    """The batch's new events with their features, and how many redeliveries were dropped."""
+
+    features: FeatureBatch
+    duplicates: int
+
+
+class _Account:
+    """One account's events in this batch, in batch order."""
+
+    __slots__ = ("hashes", "history", "partition", "rows")
+
+    def __init__(self, partition: int, history: AccountHistory) -> None:
+        self.partition = partition
+        self.history = history
+        self.rows: list[int] = []
+        self.hashes: list[int] = []
+
+
+def observe_batch(
+    state: DetectorState,
+    table: TerminalTable,
+    rows: Sequence[TransactionRow],
+    *,
+    velocity_window_ms: int,
+) -> ObservedBatch:
+    """Dedup, record and compute the features of a batch of decoded transactions.
+
+    An event whose id its account remembers at that point of the batch is a redelivery: it is
+    dropped and counted. The rows of the result are the other events, in batch order.
+    """
+    accounts: dict[tuple[int, str], _Account] = {}
+    for index, row in enumerate(rows):
+        key = (row.partition, row.account_id)
+        account = accounts.get(key)
+        if account is None:
+            account = accounts[key] = _Account(row.partition, state.history(*key))
+        account.rows.append(index)
+        account.hashes.append(event_id_hash(row.event_id))
+    count = len(rows)
+    times = [row.occurred_ms for row in rows]
+    amounts = [row.amount_minor for row in rows]
+    values = np.empty((count, len(ALL_FEATURES)), dtype=np.float64)
+    in_velocity = np.empty(count, dtype=np.int64)
+    duplicate = np.zeros(count, dtype=np.bool_)
+    appended: list[_Account] = []
+    longest_ms = max(state.limits.history_ms, _LONGEST_WINDOW_MS, velocity_window_ms)
+    for account in accounts.values():
+        history = account.history
+        if _appendable(account, times, amounts, longest_ms):
+            for index, id_hash in zip(account.rows, account.hashes, strict=True):
+                history.append_in_order(id_hash, times[index], amounts[index])
+            appended.append(account)
+        else:
+            for index, id_hash in zip(account.rows, account.hashes, strict=True):
+                if history.has_seen(id_hash):
+                    duplicate[index] = True
+                    continue
+                row = rows[index]
+                features = record_and_compute(
+                    history,
+                    id_hash,
+                    times[index],
+                    amounts[index],
+                    row.currency,
+                    row.terminal_id,
+                    table,
+                    state.limits,
+                    velocity_window_ms=velocity_window_ms,
+                )
+                values[index] = features.values
+                in_velocity[index] = features.transactions_in_velocity_window
+        state.mark_changed(account.partition, history.account_id)
+    if appended:
+        _appended_features(
+            appended,
+            rows,
+            table,
+            values,
+            in_velocity,
+            state=state,
+            velocity_window_ms=velocity_window_ms,
+        )
+        for account in appended:
+            account.history.expire(state.limits)
+    duplicates = int(duplicate.sum())
+    if duplicates:
+        fresh = ~duplicate
+        kept = [row for row, drop in zip(rows, duplicate.tolist(), strict=True) if not drop]
+        values, in_velocity = values[fresh], in_velocity[fresh]
+        amounts = [row.amount_minor for row in kept]
+    else:
+        kept = list(rows)
+    batch = FeatureBatch(
+        rows=kept,
+        values=values,
+        amount_minor=np.array(amounts, dtype=np.int64),
+        currencies=[row.currency for row in kept],
+        in_velocity_window=in_velocity,
+    )
+    return ObservedBatch(batch, duplicates)
+
+
+def _appendable(account: _Account, times: list[int], amounts: list[int], longest_ms: int) -> bool:
+    """Whether the account's batch events can all be appended and computed column-wise: none
+    is a redelivery, none is older than what the account remembers or than the event before it,
+    and the sums stay exact in int64. (Then dedup and expiry cannot interleave with them.)"""
+    history = account.history
+    previous = history.last_event_time_ms
+    if len(history) + len(account.rows) > _MAX_EVENTS:
+        return False
+    for row in account.rows:
+        time_ms = times[row]
+        if time_ms < previous or not 0 <= amounts[row] < _MAX_AMOUNT:
+            return False
+        previous = time_ms
+    first = times[account.rows[0]]
+    if first < longest_ms or previous >= _MAX_TIME_MS:
+        return False
+    hashes = account.hashes
+    if len(set(hashes)) < len(hashes) or any(history.has_seen(h) for h in hashes):
+        return False
+    return not history.amounts_minor or max(history.amounts_minor) < _MAX_AMOUNT
+
+
+def _appended_features(
+    accounts: list[_Account],
+    rows: Sequence[TransactionRow],
+    table: TerminalTable,
+    values: FloatArray,
+    in_velocity: IntArray,
+    *,
+    state: DetectorState,
+    velocity_window_ms: int,
+) -> None:
+    """Features of the appended accounts' batch events, written into their rows.
+
+    Mirrors `customer_features` event by event: the event at position p of its account sees
+    the events at positions [lo, p], where lo is what `AccountHistory.record` would have kept
+    (within `history_ms` of it, at most `max_events`), and a window of length w starts at the
+    first of them timed after t - w.
+    """
+    # Laid end to end in C (array.extend), then seen by numpy without a copy.
+    joined_times = array("q")
+    joined_amounts = array("q")
+    for account in accounts:
+        joined_times.extend(account.history.times_ms)
+        joined_amounts.extend(account.history.amounts_minor)
+    all_times = np.frombuffer(joined_times, dtype=np.int64)
+    all_amounts = np.frombuffer(joined_amounts, dtype=np.int64)
+    lengths = np.array([len(account.history) for account in accounts], dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    keys = all_times + np.repeat(np.arange(len(accounts), dtype=np.int64) * _STRIDE, lengths)
+    # Prefix sums: the sum of positions [s, e) is cum[e] - cum[s].
+    cum_amounts = np.concatenate(([0], np.cumsum(all_amounts)))
+    cum_squares = np.concatenate(([0], np.cumsum(all_amounts * all_amounts)))
+
+    indices: list[int] = []
+    positions: list[int] = []
+    strides: list[int] = []
+    for index, account in enumerate(accounts):
+        first = int(starts[index]) + int(lengths[index]) - len(account.rows)
+        indices.extend(account.rows)
+        positions.extend(range(first, first + len(account.rows)))
+        strides.extend([index * _STRIDE] * len(account.rows))
+    row = np.array(indices, dtype=np.int64)
+    position = np.array(positions, dtype=np.int64)
+    base = np.array(strides, dtype=np.int64)
+    time_ms = all_times[position]
+    end = position + 1
+
+    def first_after(window_ms: int) -> IntArray:
+        """Per event, the first position of its account timed after t - window_ms."""
+        return np.searchsorted(keys, base + time_ms - window_ms, side="right").astype(np.int64)
+
+    limits = state.limits
+    lowest = np.maximum(first_after(limits.history_ms), end - limits.max_events)
+    scale = np.array(
+        [10 ** MINOR_UNITS.get(rows[i].currency, 2) for i in indices], dtype=np.float64
+    )
+    amount = all_amounts[position]
+    customer = np.empty((len(indices), 2 * len(_WINDOWS_MS)), dtype=np.float64)
+    start = lowest
+    for column, window_ms in enumerate(_WINDOWS_MS):
+        start = np.maximum(lowest, first_after(window_ms))
+        count = end - start
+        customer[:, 2 * column] = count
+        customer[:, 2 * column + 1] = (cum_amounts[end] - cum_amounts[start]) / count / scale
+    start_30d = start
+    in_hour = end - np.maximum(lowest, first_after(HOUR_MS))
+    in_velocity[row] = end - np.maximum(lowest, first_after(velocity_window_ms))
+    previous_time = all_times[np.maximum(position - 1, 0)]
+    since_previous = np.where(
+        position > start_30d,
+        np.minimum(time_ms - previous_time, _LONGEST_WINDOW_MS),
+        _LONGEST_WINDOW_MS,
+    )
+    # The amounts before this event in its 30-day window: m of them, summing to s1 (squares s2).
+    m = position - start_30d
+    s1 = cum_amounts[position] - cum_amounts[start_30d]
+    ratio = np.ones(len(indices), dtype=np.float64)
+    has_ratio = (m > 0) & (s1 != 0)
+    ratio[has_ratio] = (amount[has_ratio] * m[has_ratio]) / s1[has_ratio]
+    zscore = np.zeros(len(indices), dtype=np.float64)
+    several = np.flatnonzero(m >= 2)
+    if len(several):
+        s2 = (cum_squares[position[several]] - cum_squares[start_30d[several]]).tolist()
+        for i, mi, s1i, s2i, ai in zip(
+            several.tolist(),
+            m[several].tolist(),
+            s1[several].tolist(),
+            s2,
+            amount[several].tolist(),
+            strict=True,
+        ):
+            # As `customer_features`: Python integers, exact up to the final division.
+            spread = mi * s2i - s1i * s1i
+            if spread > 0:
+                zscore[i] = (mi * ai - s1i) / math.sqrt(spread)
+
+    seconds = time_ms // 1000
+    values[row, _COLUMN["TX_AMOUNT"]] = amount / scale
+    values[row, _COLUMN["TX_DURING_WEEKEND"]] = (seconds // 86_400 + _EPOCH_WEEKDAY) % 7 >= 5
+    values[row, _COLUMN["TX_DURING_NIGHT"]] = (seconds % 86_400) // 3600 <= 6
+    values[np.ix_(row, _CUSTOMER_COLUMNS)] = customer
+    values[row, _COLUMN["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"]] = in_hour
+    values[row, _COLUMN["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"]] = since_previous / 1000
+    values[row, _COLUMN["CUSTOMER_ID_AMOUNT_RATIO_30DAY"]] = ratio
+    values[row, _COLUMN["CUSTOMER_ID_AMOUNT_ZSCORE_30DAY"]] = zscore
+    values[np.ix_(row, _TERMINAL_COLUMNS)] = [
+        terminal_features(table, rows[i].terminal_id, rows[i].occurred_ms) for i in indices
+    ]

@@ -1,0 +1,273 @@
+"""The detector's batch step gives every transaction the features the one-by-one definition gives.
+
+`observe_batch` appends an in-order account's events and computes their windows column-wise; the
+reference here records the same events one at a time and calls `transaction_features`. They must
+agree bit for bit, whatever the order, duplicates, amounts, limits and batch boundaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from txguard.fraud.feature_batch import TransactionRow, observe_batch
+from txguard.fraud.features import ALL_FEATURES, DAY_MS, record_and_compute
+from txguard.fraud.state import DetectorState, StateLimits, event_id_hash
+from txguard.fraud.terminal_table import TerminalTable, _TerminalEntries
+
+START_MS = 1_530_000_000_000  # mid-2018, like the handbook's data
+ACCOUNTS = ("acct-a", "acct-b", "acct-c")
+TERMINALS = ("term-1", "term-2", "")
+
+
+def row(
+    index: int,
+    *,
+    partition: int,
+    account: str,
+    time_ms: int,
+    amount: int,
+    terminal: str,
+    event_id: str | None = None,
+    currency: str = "EUR",
+) -> TransactionRow:
+    seconds, millis = divmod(time_ms, 1000)
+    return TransactionRow(
+        partition=partition,
+        event_id=event_id or f"event-{index}",
+        transaction_id=f"tx-{index}",
+        account_id=account,
+        amount_minor=amount,
+        currency=currency,
+        terminal_id=terminal,
+        occurred_ms=time_ms,
+        occurred_at=(seconds, millis * 1_000_000),
+        accepted_at=(seconds, millis * 1_000_000),
+    )
+
+
+def table_with_frauds() -> TerminalTable:
+    """Two terminals with a month of history before START_MS, some frauds known late."""
+    table = TerminalTable()
+    rng = np.random.default_rng(7)
+    for terminal in TERMINALS[:2]:
+        entries = table._terminals[terminal] = _TerminalEntries()
+        for index in range(120):
+            occurred = START_MS - int(rng.integers(0, 40 * DAY_MS))
+            fraud = rng.random() < 0.2
+            known = occurred + int(rng.integers(0, 20 * DAY_MS)) if fraud else 0
+            entries.put(f"{terminal}-{index}", occurred, known)
+    return table
+
+
+def one_by_one(
+    rows: Sequence[TransactionRow], table: TerminalTable, limits: StateLimits, velocity_ms: int
+) -> tuple[list[tuple[float, ...]], list[int], int, DetectorState]:
+    """The definition: each event deduplicated, recorded, then its features computed."""
+    state = DetectorState(limits)
+    for partition in {r.partition for r in rows}:
+        state.assign(partition, [])
+    values: list[tuple[float, ...]] = []
+    in_velocity: list[int] = []
+    duplicates = 0
+    for r in rows:
+        history = state.history(r.partition, r.account_id)
+        id_hash = event_id_hash(r.event_id)
+        if history.has_seen(id_hash):
+            duplicates += 1
+            continue
+        features = record_and_compute(
+            history,
+            id_hash,
+            r.occurred_ms,
+            r.amount_minor,
+            r.currency,
+            r.terminal_id,
+            table,
+            limits,
+            velocity_window_ms=velocity_ms,
+        )
+        values.append(features.values)
+        in_velocity.append(features.transactions_in_velocity_window)
+    return values, in_velocity, duplicates, state
+
+
+def in_batches(
+    rows: Sequence[TransactionRow],
+    sizes: Sequence[int],
+    table: TerminalTable,
+    limits: StateLimits,
+    velocity_ms: int,
+) -> tuple[np.ndarray, list[int], int, DetectorState]:
+    state = DetectorState(limits)
+    for partition in {r.partition for r in rows}:
+        state.assign(partition, [])
+    values: list[np.ndarray] = []
+    in_velocity: list[int] = []
+    duplicates = 0
+    start = 0
+    for size in [*sizes, len(rows)]:
+        chunk = rows[start : start + size]
+        start += len(chunk)
+        if not chunk:
+            continue
+        observed = observe_batch(state, table, chunk, velocity_window_ms=velocity_ms)
+        values.append(observed.features.values)
+        in_velocity.extend(observed.features.in_velocity_window.tolist())
+        duplicates += observed.duplicates
+    matrix = np.concatenate(values) if values else np.empty((0, len(ALL_FEATURES)))
+    return matrix, in_velocity, duplicates, state
+
+
+events = st.lists(
+    st.tuples(
+        st.integers(0, 1),  # partition
+        st.sampled_from(ACCOUNTS),
+        # Mostly moving forward in time, now and then back, sometimes the same instant.
+        st.one_of(
+            st.integers(0, 3 * 3_600_000),
+            st.integers(-2 * DAY_MS, 0),
+            st.just(0),
+            st.integers(5 * DAY_MS, 40 * DAY_MS),
+        ),
+        # Ordinary amounts, zero, and amounts too large for exact int64 sums of squares.
+        st.one_of(st.integers(0, 500_000), st.just(0), st.integers(2**26, 2**40)),
+        st.sampled_from(TERMINALS),
+        st.booleans(),  # resend an earlier event (a redelivery)
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+def build_rows(spec: list[tuple[int, str, int, int, str, bool]]) -> list[TransactionRow]:
+    rows: list[TransactionRow] = []
+    clock = {account: START_MS for account in ACCOUNTS}
+    for index, (partition, account, step, amount, terminal, resend) in enumerate(spec):
+        previous = [r for r in rows if r.account_id == account and r.partition == partition]
+        if resend and previous:
+            rows.append(previous[index % len(previous)])
+            continue
+        clock[account] += step
+        rows.append(
+            row(
+                index,
+                partition=partition,
+                account=account,
+                time_ms=clock[account],
+                amount=amount,
+                terminal=terminal,
+            )
+        )
+    return rows
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec=events,
+    sizes=st.lists(st.integers(1, 25), max_size=6),
+    max_events=st.sampled_from([3, 8, 1_000]),
+    velocity_ms=st.sampled_from([60_000, 3_600_000, 30 * DAY_MS]),
+)
+def test_batches_give_the_features_of_one_by_one(
+    spec: list[tuple[int, str, int, int, str, bool]],
+    sizes: list[int],
+    max_events: int,
+    velocity_ms: int,
+) -> None:
+    rows = build_rows(spec)
+    table = table_with_frauds()
+    limits = StateLimits(max_events=max_events)
+    expected, expected_velocity, expected_duplicates, expected_state = one_by_one(
+        rows, table, limits, velocity_ms
+    )
+    matrix, velocity, duplicates, state = in_batches(rows, sizes, table, limits, velocity_ms)
+    assert duplicates == expected_duplicates
+    assert matrix.tolist() == [list(values) for values in expected]
+    assert velocity == expected_velocity
+    # And the state left behind (what the changelog gets) is the same.
+    for part in expected_state:
+        for account_id, history in part.accounts.items():
+            mine = state.history(part.partition, account_id)
+            assert list(mine.times_ms) == list(history.times_ms)
+            assert list(mine.hashes) == list(history.hashes)
+            assert list(mine.amounts_minor) == list(history.amounts_minor)
+            assert mine.last_event_time_ms == history.last_event_time_ms
+
+
+def test_a_redelivery_inside_one_batch_is_dropped_once_and_counted() -> None:
+    state = DetectorState()
+    state.assign(0, [])
+    first = row(0, partition=0, account="a", time_ms=START_MS, amount=100, terminal="t")
+    second = row(1, partition=0, account="a", time_ms=START_MS + 1, amount=200, terminal="t")
+    observed = observe_batch(
+        state, TerminalTable(), [first, second, first], velocity_window_ms=60_000
+    )
+    assert observed.duplicates == 1
+    assert [r.event_id for r in observed.features.rows] == ["event-0", "event-1"]
+    again = observe_batch(state, TerminalTable(), [second], velocity_window_ms=60_000)
+    assert again.duplicates == 1 and len(again.features) == 0
+
+
+def test_the_usual_case_is_computed_column_wise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-order accounts never take the one-by-one path (which is what makes a batch cheap)."""
+    import txguard.fraud.feature_batch as feature_batch
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("one-by-one path taken for in-order events")
+
+    monkeypatch.setattr(feature_batch, "record_and_compute", forbidden)
+    state = DetectorState()
+    state.assign(0, [])
+    rows = [
+        row(
+            i,
+            partition=0,
+            account=f"a{i % 7}",
+            time_ms=START_MS + i * 1000,
+            amount=100 + i,
+            terminal="t",
+        )
+        for i in range(100)
+    ]
+    observed = observe_batch(state, TerminalTable(), rows, velocity_window_ms=60_000)
+    assert len(observed.features) == 100
+
+
+def test_windows_count_like_window() -> None:
+    table = table_with_frauds()
+    for terminal in TERMINALS:
+        for offset in range(0, 40 * DAY_MS, DAY_MS // 3):
+            until = START_MS - offset
+            known_by = until + 7 * DAY_MS
+            lengths = (DAY_MS, 7 * DAY_MS, 30 * DAY_MS)
+            expected = [
+                table.window(terminal, after_ms=until - n, until_ms=until, known_by_ms=known_by)
+                for n in lengths
+            ]
+            assert (
+                table.windows(terminal, until_ms=until, windows_ms=lengths, known_by_ms=known_by)
+                == expected
+            )
+
+
+def test_an_event_beyond_what_its_account_remembers_is_scored_from_itself_alone() -> None:
+    """30 days or more behind the account's newest: its windows reach back before anything the
+    state holds, so it counts alone, and it is not remembered (the state stays as it was)."""
+    state = DetectorState()
+    state.assign(0, [])
+    newest = row(
+        0, partition=0, account="a", time_ms=START_MS + 31 * DAY_MS, amount=500, terminal=""
+    )
+    late = row(1, partition=0, account="a", time_ms=START_MS, amount=200, terminal="")
+    observe_batch(state, TerminalTable(), [newest], velocity_window_ms=60_000)
+    observed = observe_batch(state, TerminalTable(), [late], velocity_window_ms=60_000)
+    features = dict(zip(ALL_FEATURES, observed.features.values[0].tolist(), strict=True))
+    assert features["CUSTOMER_ID_NB_TX_30DAY_WINDOW"] == 1.0
+    assert features["CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW"] == 2.0
+    assert features["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == 30 * 86_400
+    assert list(state.history(0, "a").times_ms) == [START_MS + 31 * DAY_MS]
