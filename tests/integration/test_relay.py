@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 import threading
 import time
@@ -13,18 +14,20 @@ from typing import TYPE_CHECKING, cast
 
 import pytest
 from confluent_kafka import Message
+from confluent_kafka.admin import NewTopic
 
 from tests.support import new_transaction, wait_until
 from txguard.clock import now_us
 from txguard.config import TRANSACTIONS_TOPIC, Settings
-from txguard.kafka.clients import make_consumer
+from txguard.kafka.clients import make_admin, make_consumer
 from txguard.kafka.serde import (
     HEADER_EVENT_ID,
     HEADER_SCHEMA,
     HEADER_SCHEMA_VERSION,
 )
-from txguard.store.sqlite import SqliteStore
-from txguard.transactions.relay import OutboxRelay, RelayLockHeld
+from txguard.store.sqlite import OutboxSignal, SqliteStore, outbox_signal
+from txguard.transactions import relay as relay_module
+from txguard.transactions.relay import OutboxRelay, RelayDeliveryFailed, RelayLockHeld
 
 if TYPE_CHECKING:
     from tests.conftest import KafkaBroker
@@ -206,3 +209,70 @@ def test_backlog_written_during_a_broker_outage_drains_in_order(
     )
     in_offset_order = [event_id_of(m) for m in sorted(messages, key=lambda m: m.offset() or 0)]
     assert in_offset_order == expected
+
+
+def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(
+    kafka_broker: KafkaBroker,
+    settings: Settings,
+    store: SqliteStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An hour between polls: only the store's notification of the commit can start the round.
+    monkeypatch.setattr(relay_module, "IDLE_POLL_SECONDS", 3600.0)
+    idle = threading.Event()
+    wait = OutboxSignal.wait
+
+    def wait_and_tell(signal: OutboxSignal, timeout: float) -> bool:
+        idle.set()
+        return wait(signal, timeout)
+
+    monkeypatch.setattr(OutboxSignal, "wait", wait_and_tell)
+    settings = dataclasses.replace(settings, kafka_bootstrap=kafka_broker.bootstrap)
+    relay = OutboxRelay(settings)  # its own connection, on its own thread, as in the service
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), name="relay-woken")
+    thread.start()
+    try:
+        # The first round found nothing; the relay now waits for a commit (or an hour).
+        assert idle.wait(timeout=60)
+        store.record_transactions([new_transaction(f"woken-{uuid.uuid4().hex[:8]}")])
+        wait_until(lambda: relay.stats.published == 1, timeout=60)
+        assert store.outbox_backlog().count == 0
+    finally:
+        stop.set()
+        outbox_signal(settings.store_path).notify()  # ends the hour-long wait
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_a_rejected_event_stays_unpublished_and_the_rest_of_its_round_is_marked(
+    kafka_broker: KafkaBroker, settings: Settings, store: SqliteStore
+) -> None:
+    # A topic of this test's own that takes only small records: the broker rejects the big one,
+    # which is the only delivery report of the round (reports come for failures only).
+    small_topic = f"test-relay-small-{uuid.uuid4().hex[:8]}"
+    with make_admin(kafka_broker.bootstrap) as admin:
+        futures = admin.create_topics(
+            [NewTopic(small_topic, 1, 1, config={"max.message.bytes": "2048"})]
+        )
+        futures[small_topic].result(timeout=30)
+    account = f"rejected-{uuid.uuid4().hex[:8]}"
+    before = new_transaction(account)
+    too_big = new_transaction(account)
+    too_big = dataclasses.replace(
+        too_big,
+        outbox_event=dataclasses.replace(
+            too_big.outbox_event, topic=small_topic, payload=os.urandom(64 * 1024)
+        ),
+    )
+    after = new_transaction(account)
+    store.record_transactions([before, too_big, after])
+    relay = OutboxRelay(settings, store=store, bootstrap=kafka_broker.bootstrap)
+    try:
+        with pytest.raises(RelayDeliveryFailed):
+            relay.publish_pending()
+    finally:
+        relay.close()
+    assert relay.stats.published == 2
+    assert relay.stats.failed_deliveries == 1
+    assert [p.event for p in store.pending_outbox(10)] == [too_big.outbox_event]

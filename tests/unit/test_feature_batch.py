@@ -21,7 +21,7 @@ from txguard.fraud.terminal_table import TerminalTable, _TerminalEntries
 
 START_MS = 1_530_000_000_000  # mid-2018, like the handbook's data
 ACCOUNTS = ("acct-a", "acct-b", "acct-c")
-TERMINALS = ("term-1", "term-2", "")
+TERMINALS = ("term-1", "term-2", "", "term-unknown")
 
 
 def row(

@@ -94,7 +94,7 @@ def test_producer_config_is_idempotent_and_durable() -> None:
     assert config["enable.idempotence"] is True
     assert config["acks"] == "all"
     assert config["compression.type"] == "lz4"
-    assert config["linger.ms"] == 5
+    assert config["linger.ms"] == 1
     assert config["bootstrap.servers"] == "h:1" and config["client.id"] == "relay"
 
 

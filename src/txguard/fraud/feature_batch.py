@@ -24,13 +24,14 @@ from txguard.fraud.features import (
     ALL_FEATURES,
     DAY_MS,
     HOUR_MS,
+    TERMINAL_DELAY_DAYS,
     WINDOW_DAYS,
     ScoringInput,
     record_and_compute,
     terminal_features,
 )
 from txguard.fraud.state import AccountHistory, DetectorState, event_id_hash
-from txguard.fraud.terminal_table import TerminalTable
+from txguard.fraud.terminal_table import TerminalArrays, TerminalTable
 from txguard.kafka.serde import check_transaction
 from txguard.schema.currencies import MINOR_UNITS
 from txguard.schema.v1.events_pb2 import TransactionCreated
@@ -39,6 +40,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 _WINDOWS_MS = tuple(n * DAY_MS for n in WINDOW_DAYS)
+_TERMINAL_DELAY_MS = TERMINAL_DELAY_DAYS * DAY_MS
 _LONGEST_WINDOW_MS = _WINDOWS_MS[-1]
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
 _COLUMN = {name: index for index, name in enumerate(ALL_FEATURES)}
@@ -377,6 +379,75 @@ def _appended_features(
     values[row, _COLUMN["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"]] = since_previous / 1000
     values[row, _COLUMN["CUSTOMER_ID_AMOUNT_RATIO_30DAY"]] = ratio
     values[row, _COLUMN["CUSTOMER_ID_AMOUNT_ZSCORE_30DAY"]] = zscore
-    values[np.ix_(row, _TERMINAL_COLUMNS)] = [
-        terminal_features(table, rows[i].terminal_id, rows[i].occurred_ms) for i in indices
+    values[np.ix_(row, _TERMINAL_COLUMNS)] = terminal_columns(
+        table, [rows[i].terminal_id for i in indices], time_ms
+    )
+
+
+def terminal_columns(
+    table: TerminalTable, terminal_ids: Sequence[str], times_ms: IntArray
+) -> FloatArray | list[tuple[float, ...]]:
+    """`terminal_features` of many transactions at once, one row each.
+
+    The terminals' sorted times are laid end to end (shifted by strides, as the accounts' are)
+    and every window bound is one sorted search; frauds are few, so only the transactions with
+    a fraud in their 30-day window count theirs one by one. Outside the range where strides
+    cannot mix terminals, each row is computed by `terminal_features` itself.
+    """
+    times = times_ms.tolist()
+    segments: dict[str, int] = {}
+    found: list[TerminalArrays] = []
+    segment_of: list[int] = []
+    for terminal_id in terminal_ids:
+        segment = segments.get(terminal_id)
+        if segment is None:
+            arrays = table.sorted_arrays(terminal_id) if terminal_id else None
+            segment = -1
+            if arrays is not None:
+                segment = segments[terminal_id] = len(found)
+                found.append(arrays)
+            else:
+                segments[terminal_id] = -1
+        segment_of.append(segment)
+    result = np.zeros((len(terminal_ids), 2 * len(_WINDOWS_MS)), dtype=np.float64)
+    if not found:
+        return result
+    all_times = np.concatenate([arrays.times for arrays in found])
+    fraud_times = np.concatenate([arrays.fraud_times for arrays in found])
+    fraud_known = np.concatenate([arrays.fraud_known for arrays in found])
+    earliest = int(times_ms.min()) - _TERMINAL_DELAY_MS - _LONGEST_WINDOW_MS
+    if (
+        earliest < 0
+        or int(times_ms.max()) >= _MAX_TIME_MS
+        or (len(all_times) and (all_times.min() < 0 or all_times.max() >= _MAX_TIME_MS))
+    ):
+        return [
+            terminal_features(table, terminal_id, time_ms)
+            for terminal_id, time_ms in zip(terminal_ids, times, strict=True)
+        ]
+    segment_index = np.array(segment_of, dtype=np.int64)
+    held = np.flatnonzero(segment_index >= 0)
+    base = segment_index[held] * _STRIDE
+    strides = np.arange(len(found), dtype=np.int64) * _STRIDE
+    keys = all_times + np.repeat(strides, [len(arrays.times) for arrays in found])
+    fraud_keys = fraud_times + np.repeat(strides, [len(arrays.fraud_times) for arrays in found])
+    until = base + times_ms[held] - _TERMINAL_DELAY_MS
+    end = np.searchsorted(keys, until, side="right")
+    fraud_end = np.searchsorted(fraud_keys, until, side="right")
+    starts = [np.searchsorted(keys, until - window_ms, side="right") for window_ms in _WINDOWS_MS]
+    fraud_starts = [
+        np.searchsorted(fraud_keys, until - window_ms, side="right") for window_ms in _WINDOWS_MS
     ]
+    counts = np.stack([end - start for start in starts], axis=1)
+    frauds = np.zeros_like(counts)
+    # Only rows with a fraud in their longest window look at when each became known.
+    for position in np.flatnonzero(fraud_end > fraud_starts[-1]).tolist():
+        known_by = times[int(held[position])]
+        last = int(fraud_end[position])
+        for column, fraud_start in enumerate(fraud_starts):
+            known = fraud_known[int(fraud_start[position]) : last]
+            frauds[position, column] = int(np.count_nonzero(known <= known_by))
+    safe = np.maximum(counts, 1)
+    result[held, 0::2] = counts
+    result[held, 1::2] = np.where(counts > 0, frauds / safe, 0.0)
+    return result

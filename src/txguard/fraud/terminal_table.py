@@ -14,7 +14,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
@@ -48,11 +51,20 @@ class Completeness:
         return self.transactions_ms >= transactions_ms and self.labels_ms >= labels_ms
 
 
+class TerminalArrays(NamedTuple):
+    """A terminal's transaction times, sorted, and apart its frauds' times and when each became
+    known, sorted by time: what a batch of feature computations searches."""
+
+    times: npt.NDArray[np.int64]
+    fraud_times: npt.NDArray[np.int64]
+    fraud_known: npt.NDArray[np.int64]
+
+
 class _TerminalEntries:
     """One terminal's transactions: id -> (event time, fraud known at or 0), and sorted views:
     every transaction's time, and apart the frauds (few) with the time each became known."""
 
-    __slots__ = ("entries", "fraud_known", "fraud_times", "known", "times")
+    __slots__ = ("arrays", "entries", "fraud_known", "fraud_times", "known", "times")
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, int]] = {}
@@ -60,15 +72,26 @@ class _TerminalEntries:
         self.known: list[int] | None = None
         self.fraud_times: list[int] = []
         self.fraud_known: list[int] = []
+        self.arrays: TerminalArrays | None = None
 
     def put(self, transaction_id: str, occurred_ms: int, fraud_known_ms: int) -> None:
         if self.entries.get(transaction_id) != (occurred_ms, fraud_known_ms):
             self.entries[transaction_id] = (occurred_ms, fraud_known_ms)
-            self.times = self.known = None
+            self.times = self.known = self.arrays = None
 
     def remove(self, transaction_id: str) -> None:
         if self.entries.pop(transaction_id, None) is not None:
-            self.times = self.known = None
+            self.times = self.known = self.arrays = None
+
+    def sorted_arrays(self) -> TerminalArrays:
+        if self.arrays is None:
+            times, _ = self.sorted_view()
+            self.arrays = TerminalArrays(
+                np.array(times, dtype=np.int64),
+                np.array(self.fraud_times, dtype=np.int64),
+                np.array(self.fraud_known, dtype=np.int64),
+            )
+        return self.arrays
 
     def sorted_view(self) -> tuple[list[int], list[int]]:
         if self.times is None or self.known is None:
@@ -170,6 +193,11 @@ class TerminalTable:
                         frauds += 1
             counts.append((count, frauds))
         return counts
+
+    def sorted_arrays(self, terminal_id: str) -> TerminalArrays | None:
+        """The terminal's entries as arrays, or None for a terminal the table does not hold."""
+        entries = self._terminals.get(terminal_id)
+        return None if entries is None else entries.sorted_arrays()
 
     def complete_until(self) -> Completeness:
         """The least complete partition decides; a partition never heard from holds all back."""

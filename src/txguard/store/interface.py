@@ -107,6 +107,20 @@ class TransactionStore(Protocol):
 
     def mark_published(self, seqs: Sequence[int], published_at_us: int) -> None: ...
 
+    def wait_for_outbox(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for new outbox events; True if told of a commit.
+
+        Lets a relay publish right after a commit instead of at its next poll. A backend may
+        only hear of some commits (SQLite: those of this process), so a relay still polls.
+        """
+        ...
+
+    def checkpoint(self) -> None:
+        """Move committed writes from a write-ahead log into the database proper, without
+        blocking writers; lets a writer leave this work to another thread. A no-op where the
+        backend does it by itself."""
+        ...
+
     def prune_published(self, published_before_us: int) -> int:
         """Delete events published before the given time; returns how many."""
         ...

@@ -1,11 +1,15 @@
 """The outbox relay: publishes the store's outbox to Kafka in commit order, then marks it sent.
 
 Only one relay publishes a store at a time (a lock file beside the database). Each round reads the
-oldest unpublished events, produces them with the idempotent producer, waits for every delivery
-report, and marks published exactly those that were acknowledged. A failed delivery is not marked:
-the relay backs off, starts a fresh producer and resends from the oldest unpublished event.
-Duplicates are fine downstream (consumers deduplicate by event id); reordering is not, so there is
-no message timeout: during a broker outage librdkafka keeps retrying in order and the round waits.
+oldest unpublished events, produces them with the idempotent producer, waits until every one of
+them is either acknowledged or failed, and marks published exactly those that were acknowledged. A
+failed delivery is not marked: the relay backs off, starts a fresh producer and resends from the
+oldest unpublished event. Duplicates are fine downstream (consumers deduplicate by event id);
+reordering is not, so there is no message timeout: during a broker outage librdkafka keeps retrying
+in order and the round waits.
+
+Between rounds the relay waits for the store to tell it of a commit (the API's writer in the same
+process), or at most IDLE_POLL_SECONDS (a relay in its own process, `txguard serve relay`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from txguard.store.sqlite import SqliteRelayLock, SqliteStore
 
 log = logging.getLogger(__name__)
 
-# Between rounds when the outbox was empty: bounds the added latency, costs one indexed query.
+# Between rounds when the outbox was drained and no commit woke the relay: bounds the added
+# latency when the writer is in another process; costs one indexed query.
 IDLE_POLL_SECONDS = 0.05
 LOCK_RETRY_SECONDS = 1.0
 PRUNE_INTERVAL_SECONDS = 60.0
@@ -70,18 +75,23 @@ class RelayStats:
     pruned: int = 0  # published events deleted after the retention period
 
 
-class _RoundDeliveries:
-    """Delivery outcome of each outbox event of one round."""
+class _RoundFailures:
+    """The failed deliveries of one round: with `delivery.report.only.error` only they report."""
 
     def __init__(self) -> None:
-        self.delivered: list[PendingOutboxEvent] = []
+        self.failed_seqs: set[int] = set()
         self.errors: list[KafkaError] = []
 
     def report(self, item: PendingOutboxEvent, error: KafkaError | None, _message: Message) -> None:
-        if error is None:
-            self.delivered.append(item)
-        else:
+        if error is not None:
+            self.failed_seqs.add(item.seq)
             self.errors.append(error)
+
+    def acknowledged(self, produced: list[PendingOutboxEvent]) -> list[PendingOutboxEvent]:
+        """Once every report is in: the events of `produced` that did not fail."""
+        if not self.failed_seqs:
+            return produced
+        return [item for item in produced if item.seq not in self.failed_seqs]
 
 
 class _RelayMetrics:
@@ -225,7 +235,8 @@ class OutboxRelay:
                     if self._producer is not None:
                         # Serves the statistics callback, which an idle producer would queue up.
                         self._producer.poll(0)
-                    stop.wait(IDLE_POLL_SECONDS)
+                    # Woken by a commit of this process; `stop` is seen within the poll interval.
+                    self._open_store().wait_for_outbox(IDLE_POLL_SECONDS)
         finally:
             sampler.stop()
             self.close()
@@ -235,7 +246,8 @@ class OutboxRelay:
 
         Raises RelayLockHeld if another relay holds the store, RelayDeliveryFailed if any event was
         not acknowledged (the acknowledged ones are marked all the same), DeliveryTimeout if
-        `stop` is set and the reports do not arrive within the grace period.
+        `stop` is set and the reports do not arrive within the grace period (then nothing of the
+        round is marked: it is published again, and consumers drop the duplicates).
         """
         if not self._lock_held:
             if not self._lock.try_acquire():
@@ -246,35 +258,34 @@ class OutboxRelay:
         if not pending:
             return 0
         producer = self._get_producer()
-        deliveries = _RoundDeliveries()
-        try:
-            for item in pending:
-                produce_with_backpressure(
-                    producer,
-                    _outgoing(item),
-                    on_delivery=partial(deliveries.report, item),
-                    on_retry=self._count_retry,
-                )
-            # Wait for every report before reading the next round: rounds never overlap, so
-            # a later event can never overtake an earlier one that is being retried.
-            wait_for_deliveries(
+        failures = _RoundFailures()
+        for item in pending:
+            produce_with_backpressure(
                 producer,
-                stop=stop or threading.Event(),
-                stop_grace_seconds=STOP_GRACE_SECONDS,
-                what="outbox relay",
+                _outgoing(item),
+                on_delivery=partial(failures.report, item),
+                on_retry=self._count_retry,
             )
-        finally:
-            # Whatever was acknowledged is marked, even when the round ends early.
-            if deliveries.delivered:
-                marked_at_us = now_us()
-                store.mark_published([item.seq for item in deliveries.delivered], marked_at_us)
-                self.stats.published += len(deliveries.delivered)
-                self._metrics.count_published(deliveries.delivered, marked_at_us)
-        if deliveries.errors:
-            self.stats.failed_deliveries += len(deliveries.errors)
-            metrics.OUTBOX_DELIVERY_FAILURES.inc(len(deliveries.errors))
-            raise RelayDeliveryFailed(len(deliveries.errors), deliveries.errors[0])
-        return len(deliveries.delivered)
+        # Wait for every outcome before reading the next round: rounds never overlap, so a
+        # later event can never overtake an earlier one that is being retried. flush() sends
+        # at once, without waiting for linger.ms.
+        wait_for_deliveries(
+            producer,
+            stop=stop or threading.Event(),
+            stop_grace_seconds=STOP_GRACE_SECONDS,
+            what="outbox relay",
+        )
+        delivered = failures.acknowledged(pending)
+        if delivered:
+            marked_at_us = now_us()
+            store.mark_published([item.seq for item in delivered], marked_at_us)
+            self.stats.published += len(delivered)
+            self._metrics.count_published(delivered, marked_at_us)
+        if failures.errors:
+            self.stats.failed_deliveries += len(failures.errors)
+            metrics.OUTBOX_DELIVERY_FAILURES.inc(len(failures.errors))
+            raise RelayDeliveryFailed(len(failures.errors), failures.errors[0])
+        return len(delivered)
 
     def prune_published(self, now: int | None = None) -> int:
         """Delete events published more than `outbox_retention_seconds` ago; returns how many."""
@@ -337,6 +348,10 @@ class OutboxRelay:
                 # Infinite: a message never expires, so an outage can only delay it, not
                 # fail it and let a later event overtake it on resend.
                 "message.timeout.ms": 0,
+                # A report per acknowledged event would take the GIL back once per event, each
+                # time waiting for the API's event loop thread; once flush() has returned, every
+                # event without a report was acknowledged.
+                "delivery.report.only.error": True,
             }
             self._producer = make_producer(
                 self._bootstrap, client_id="txguard-outbox-relay", statistics=True, **overrides

@@ -23,12 +23,19 @@ from txguard.schema.v1 import service_pb2, service_pb2_grpc
 from txguard.store.sqlite import SqliteStore
 from txguard.transactions.card import CardTokenizer, load_card_key
 from txguard.transactions.service import DEFAULT_STREAM_WINDOW, TransactionService
-from txguard.transactions.writer import DEFAULT_MAX_BATCH, TransactionReader, TransactionWriter
+from txguard.transactions.writer import (
+    DEFAULT_CHECKPOINT_SECONDS,
+    DEFAULT_MAX_BATCH,
+    TransactionReader,
+    TransactionWriter,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = service_pb2.DESCRIPTOR.services_by_name["TransactionService"].full_name
 SHUTDOWN_GRACE_SECONDS: Final = 10.0
+# 80 MiB of 4 KiB pages: reached only if background checkpoints fall far behind.
+WRITER_AUTOCHECKPOINT_PAGES: Final = 20_000
 
 _SERVER_OPTIONS: Final = (
     # gRPC sets SO_REUSEPORT by default: a second server would then share the port silently
@@ -66,7 +73,12 @@ async def serve(
     _check_addr(settings.grpc_addr)
     store_path = settings.store_path
     writer = TransactionWriter(
-        lambda: SqliteStore(store_path), asyncio.get_running_loop(), max_batch=max_batch
+        # The writer's WAL is checkpointed by the writer's own background thread; the
+        # connection's auto-checkpoint stays only as a bound should that thread fall behind.
+        lambda: SqliteStore(store_path, autocheckpoint_pages=WRITER_AUTOCHECKPOINT_PAGES),
+        asyncio.get_running_loop(),
+        max_batch=max_batch,
+        checkpoint_seconds=DEFAULT_CHECKPOINT_SECONDS,
     )
     writer.start()
     reader = TransactionReader(lambda: SqliteStore(store_path))

@@ -5,6 +5,10 @@ whatever is queued (up to `max_batch`, never waiting for more), records the batc
 transaction, and hands each result back to the event loop. While one commit is in progress the
 next batch accumulates, so the batch size follows the load and an idle server commits at once.
 Reads go through `TransactionReader`, a second connection on its own thread.
+
+With `checkpoint_seconds`, a third connection on a thread of its own checkpoints the store's
+write-ahead log at that interval, so that commits do not (SQLite's auto-checkpoint runs inside
+the COMMIT that crosses its threshold, stalling every request of that batch).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from txguard.transactions.card import CardToken
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH: Final = 256
+# Between background checkpoints of the write-ahead log.
+DEFAULT_CHECKPOINT_SECONDS: Final = 0.5
 
 
 class StoreWriteFailed(Exception):
@@ -123,12 +129,18 @@ class TransactionWriter:
         loop: asyncio.AbstractEventLoop,
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
+        checkpoint_seconds: float | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._open_store = open_store
         self._loop = loop
         self._max_batch = max_batch
+        self._checkpoint_seconds = checkpoint_seconds
+        self._checkpoint_stop = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="txguard-wal-checkpoint", daemon=True
+        )
         # None is the stop marker, queued by close() behind everything submitted before it.
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
@@ -154,6 +166,8 @@ class TransactionWriter:
             self._thread.join()
             self._closed = True
             raise self._startup_error
+        if self._checkpoint_seconds is not None:
+            self._checkpointer.start()
 
     def submit(self, record: NewTransaction, on_recorded: OnRecorded) -> None:
         if self._closed:
@@ -178,6 +192,9 @@ class TransactionWriter:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        self._checkpoint_stop.set()
+        if self._checkpointer.is_alive():
+            self._checkpointer.join()
 
     def _run(self) -> None:
         try:
@@ -206,6 +223,27 @@ class TransactionWriter:
                 self._write(store, batch)
         finally:
             store.close()
+
+    def _checkpoint_loop(self) -> None:
+        interval = self._checkpoint_seconds
+        assert interval is not None
+        store: TransactionStore | None = None
+        failing = False
+        try:
+            while not self._checkpoint_stop.wait(interval):
+                try:
+                    store = store or self._open_store()
+                    store.checkpoint()
+                    failing = False
+                except Exception as exc:
+                    # The writer's own connection still checkpoints (at a higher threshold):
+                    # report once, keep trying.
+                    if not failing:
+                        log.warning("background checkpoint failed: %s", exc)
+                        failing = True
+        finally:
+            if store is not None:
+                store.close()
 
     def _write(self, store: TransactionStore, batch: Sequence[_Pending]) -> None:
         results: Sequence[WriteResult]

@@ -1,0 +1,151 @@
+"""The SQLite store's batch writes, relay reads and commit notification, on a real database file."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import new_transaction
+from txguard.store.interface import IdempotencyKeyReused, RecordOutcome
+from txguard.store.sqlite import ROWS_PER_STATEMENT, SqliteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    store = SqliteStore(tmp_path / "store.db")
+    yield store
+    store.close()
+
+
+def test_a_batch_larger_than_one_statement_is_stored_in_batch_order(store: SqliteStore) -> None:
+    items = [new_transaction(f"acct-{i % 7}") for i in range(2 * ROWS_PER_STATEMENT + 5)]
+    for index, item in enumerate(items):
+        item.transaction.amount_minor = index + 1
+
+    results = store.record_transactions(items)
+
+    assert results == [RecordOutcome(created=True, response=item.response) for item in items]
+    pending = store.pending_outbox(len(items) + 10)
+    assert [p.event for p in pending] == [item.outbox_event for item in items]
+    assert [p.seq for p in pending] == sorted(p.seq for p in pending)
+    for item in items[:: ROWS_PER_STATEMENT // 2]:
+        assert store.get_transaction(item.transaction.transaction_id) == item.transaction
+    row = store.connection.execute(
+        "SELECT accepted_at_us, occurred_at_us FROM transactions WHERE transaction_id = ?",
+        (items[0].transaction.transaction_id,),
+    ).fetchone()
+    assert row == (
+        items[0].transaction.accepted_at.ToMicroseconds(),
+        items[0].transaction.occurred_at.ToMicroseconds(),
+    )
+
+
+def test_replays_reuses_and_repeats_within_one_batch(store: SqliteStore) -> None:
+    stored = dataclasses.replace(new_transaction("acct-a"), response=b"first answer")
+    store.record_transactions([stored])
+    fresh = dataclasses.replace(new_transaction("acct-b"), response=b"fresh answer")
+    same_key_other_payload = dataclasses.replace(
+        new_transaction("acct-c"),
+        idempotency_key=stored.idempotency_key,
+        request_fingerprint=b"another request",
+    )
+    fresh_retried = dataclasses.replace(new_transaction("acct-b"), response=b"retry's answer")
+    fresh_retried = dataclasses.replace(
+        fresh_retried,
+        idempotency_key=fresh.idempotency_key,
+        request_fingerprint=fresh.request_fingerprint,
+    )
+    fresh_changed = dataclasses.replace(fresh_retried, request_fingerprint=b"changed")
+
+    results = store.record_transactions(
+        [stored, same_key_other_payload, fresh, fresh_retried, fresh_changed]
+    )
+
+    assert results[0] == RecordOutcome(created=False, response=b"first answer")
+    assert isinstance(results[1], IdempotencyKeyReused)
+    assert results[2] == RecordOutcome(created=True, response=b"fresh answer")
+    # A repeat of a key earlier in the same batch is answered as a replay of that item.
+    assert results[3] == RecordOutcome(created=False, response=b"fresh answer")
+    assert isinstance(results[4], IdempotencyKeyReused)
+    # Only the two new transactions were written, each once.
+    assert [p.event for p in store.pending_outbox(10)] == [
+        stored.outbox_event,
+        fresh.outbox_event,
+    ]
+    (count,) = store.connection.execute("SELECT COUNT(*) FROM transactions").fetchone()
+    assert count == 2
+
+
+def test_mark_published_marks_exactly_the_given_events(store: SqliteStore) -> None:
+    store.record_transactions([new_transaction("acct-m") for _ in range(10)])
+    pending = store.pending_outbox(10)
+    marked = [pending[i].seq for i in (0, 1, 2, 5, 7, 8)]
+
+    store.mark_published(marked, 1234)
+
+    assert [p.seq for p in store.pending_outbox(10)] == [pending[i].seq for i in (3, 4, 6, 9)]
+    rows = store.connection.execute(
+        "SELECT seq FROM outbox WHERE published_at_us = 1234 ORDER BY seq"
+    ).fetchall()
+    assert [seq for (seq,) in rows] == marked
+
+
+def test_pending_outbox_reads_the_oldest_events_up_to_the_limit(store: SqliteStore) -> None:
+    items = [new_transaction("acct-p") for _ in range(5)]
+    store.record_transactions(items)
+
+    assert [p.event for p in store.pending_outbox(3)] == [i.outbox_event for i in items[:3]]
+    assert store.pending_outbox(0) == []
+
+
+def test_a_commit_wakes_a_waiting_relay_connection_of_the_same_store(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    writer, relay_side = SqliteStore(path), SqliteStore(path)
+    elsewhere = SqliteStore(tmp_path / "other.db")
+    try:
+        # Nothing committed yet: not notified (wait(0) only reads the signal).
+        assert not relay_side.wait_for_outbox(0)
+        woken: list[bool] = []
+        # An hour: only the writer's notification can end this wait before the join below.
+        waiter = threading.Thread(target=lambda: woken.append(relay_side.wait_for_outbox(3600)))
+        waiter.start()
+        writer.record_transactions([new_transaction("acct-w")])
+        waiter.join(timeout=60)
+        assert woken == [True]
+        # The wait reset the signal; a store at another path was never notified.
+        assert not relay_side.wait_for_outbox(0)
+        assert not elsewhere.wait_for_outbox(0)
+    finally:
+        writer.close()
+        relay_side.close()
+        elsewhere.close()
+
+
+def test_a_batch_of_only_replays_does_not_notify(store: SqliteStore, tmp_path: Path) -> None:
+    item = new_transaction("acct-r")
+    store.record_transactions([item])
+    assert store.wait_for_outbox(0)
+
+    store.record_transactions([item])
+
+    assert not store.wait_for_outbox(0)
+
+
+def test_checkpoint_moves_the_write_ahead_log_into_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    # Auto-checkpoint off, so that only the explicit checkpoint moves anything.
+    writer = SqliteStore(path, autocheckpoint_pages=0)
+    checkpointer = SqliteStore(path)
+    try:
+        writer.record_transactions([new_transaction("acct-c") for _ in range(50)])
+        size_before = path.stat().st_size
+        checkpointer.checkpoint()
+        # The pages went from the log into the database file (closing would move them too).
+        assert path.stat().st_size > size_before
+    finally:
+        writer.close()
+        checkpointer.close()
