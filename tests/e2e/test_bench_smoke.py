@@ -52,6 +52,12 @@ def test_smoke_run_writes_sane_results(
     assert detector["duplicates"] == 0
     assert detector["throughput_per_s"] > 0
     assert detector["ratio_to_passthrough"] > 0
+    # Where its time went: py-spy sampled it while it worked.
+    profile = detector["profile"]
+    assert "error" not in profile, profile
+    assert profile["samples"] > 0
+    assert any("FraudDetector" in entry["function"] for entry in profile["inclusive"])
+    assert "## Where the time goes" in (output / "results.md").read_text()
     assert results["state"]["accounts"] == results["prefill"]["accounts"]
     assert results["state"]["state_bytes_per_account"] > 0
 

@@ -17,6 +17,7 @@ from typing import Any
 from txguard.bench.kafka_io import Offsets, OffsetWatcher, end_offsets, read_from
 from txguard.bench.logs import assignments, detector_stop_stats, revocations
 from txguard.bench.machine import UsageMeter, broker_pid
+from txguard.bench.profile import StackSampler
 from txguard.bench.stats import rate
 from txguard.bench.workload import BenchError, Prefill, service_env
 from txguard.demo.processes import ServiceProcess, start_service
@@ -157,15 +158,18 @@ def run_detector(
     first_timeout: float,
     stall_timeout: float,
     scores: dict[str, float] | None = None,
+    profile_stacks: bool = True,
 ) -> dict[str, Any]:
     """One detector instance decides every pre-filled transaction, at full speed; `scores`
-    receives each transaction's score."""
+    receives each transaction's score. With `profile_stacks`, py-spy samples it meanwhile."""
     topics = prefill.settings.topics
     group = f"{topics.namespace}-detector-{uuid.uuid4().hex[:6]}"
     baseline = end_offsets(bootstrap, topics.decisions)
     log_dir = work_dir / "detector"
     detector = start_detector(detector_env(bootstrap, prefill, model_dir, group), log_dir)
     meter = usage_meter("detector", detector, bootstrap)
+    sampler = StackSampler("detector", detector.process.pid, work_dir / "profiles" / "detector.txt")
+    profile: dict[str, Any] = {}
     try:
         with OffsetWatcher(bootstrap, topics.decisions) as watcher:
             for expected in (1, prefill.transactions):
@@ -179,8 +183,12 @@ def run_detector(
                 )
                 if expected == 1:
                     meter.mark()  # CPU from the first decision: start-up is not counted.
+                    if profile_stacks:
+                        sampler.start()
         usage = meter.stop()
     finally:
+        if profile_stacks:
+            profile = sampler.stop()
         code = detector.terminate(timeout=60)
     decisions = count_decisions(bootstrap, topics.decisions, baseline)
     if scores is not None:
@@ -201,6 +209,7 @@ def run_detector(
         "exit_code": code,
         "stop_stats": stats,
         "log": str(detector.log_path),
+        "profile": profile,
     }
 
 

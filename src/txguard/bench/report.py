@@ -141,6 +141,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines += _throughput_section(results)
     lines += _scaling_section(results.get("scaling"))
     lines += _end_to_end_section(results.get("end_to_end"))
+    lines += _profiles_section(results)
     errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
     if errors:
         lines += ["## Scenarios that failed", ""]
@@ -357,6 +358,64 @@ def _end_to_end_section(e2e: Mapping[str, Any] | None) -> list[str]:
 
 
 # -- plot ------------------------------------------------------------------------------------
+
+
+def profiles(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Every stack profile taken, with where: (scenario or run name, profile)."""
+    found: list[tuple[str, Mapping[str, Any]]] = []
+
+    def visit(name: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                if key == "profile" and isinstance(inner, Mapping) and inner:
+                    found.append((name, inner))
+                elif key == "profiles" and isinstance(inner, list):
+                    found.extend((name, item) for item in inner if isinstance(item, Mapping))
+                else:
+                    visit(str(key) if name == "" else f"{name} / {key}", inner)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                label = item.get("name") if isinstance(item, Mapping) else None
+                visit(f"{name} / {label or index}", item)
+
+    visit("", {k: v for k, v in results.items() if k not in ("meta", "targets")})
+    return found
+
+
+def _profiles_section(results: Mapping[str, Any]) -> list[str]:
+    """The stack profiles: which functions the sampled processes spent their time in."""
+    taken = profiles(results)
+    if not taken:
+        return []
+    lines = [
+        "## Where the time goes",
+        "",
+        "py-spy samples of each process while the scenario ran (100 per second, the process never"
+        " paused). Inclusive: share of samples whose stack passes through the function (txguard's"
+        " own functions); self: share in which it is the innermost frame (any code, C extensions"
+        " show as their Python caller's line).",
+        "",
+    ]
+    for where, profile in taken:
+        name = f"{where}: {profile.get('process', '-')}"
+        if "error" in profile:
+            lines += [f"### {name}", "", f"No profile: {profile['error']}", ""]
+            continue
+        lines += [f"### {name} ({_n(profile.get('samples'))} samples)", ""]
+        inclusive = profile.get("inclusive", [])
+        innermost = profile.get("self", [])
+        rows = []
+        for index in range(max(len(inclusive), len(innermost))):
+            left = inclusive[index] if index < len(inclusive) else None
+            right = innermost[index] if index < len(innermost) else None
+            rows.append(
+                (
+                    f"{left['share']:.1%} `{left['function']}`" if left else "",
+                    f"{right['share']:.1%} `{right['function']}`" if right else "",
+                )
+            )
+        lines += _table(("inclusive", "self"), rows)
+    return lines
 
 
 def plot_latency(results: Mapping[str, Any], path: Path) -> bool:

@@ -168,7 +168,7 @@ class DecisionWriter:
                     topic,
                     account_id,
                     b"".join(parts),
-                    ((HEADER_EVENT_ID, decision_id.encode()), *headers_after_id),
+                    [(HEADER_EVENT_ID, decision_id.encode()), *headers_after_id],
                 )
             )
         return records

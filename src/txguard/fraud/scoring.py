@@ -57,6 +57,10 @@ def combine_scores(scores: Sequence[float]) -> float:
 _NOTHING_FIRED = ScoreResult(0.0)
 
 
+def _new_reason(fields: tuple[str, str, float]) -> ReasonScore:
+    return tuple.__new__(ReasonScore, fields)
+
+
 def rule_hits_by_row(rules: Sequence[Rule], batch: FeatureBatch) -> dict[int, list[RuleHit]]:
     """The rules that fired, per row of the batch (rows where none fired are absent)."""
     fired: dict[int, list[RuleHit]] = {}
@@ -169,8 +173,9 @@ class ModelScorer:
                 columns, shares, values, is_positive, strict=True
             ):
                 if keep:
+                    # tuple.__new__ skips the named tuple's Python-level constructor.
                     reasons.append(
-                        ReasonScore(codes[column], f"{labels[column]}{value:g}", share / total)
+                        _new_reason((codes[column], f"{labels[column]}{value:g}", share / total))
                     )
             score = scores[row]
             if hits:

@@ -329,7 +329,11 @@ def produce_with_backpressure(
     on_retry: Callable[[], None],
 ) -> None:
     """produce(); while librdkafka's local queue is full, serve delivery reports and try again."""
-    headers: list[tuple[str, str | bytes | None]] = list(record.headers)
+    # produce() takes a list (not a tuple) of headers.
+    headers = cast(
+        list[tuple[str, str | bytes | None]],
+        record.headers if isinstance(record.headers, list) else list(record.headers),
+    )
     while True:
         try:
             producer.produce(

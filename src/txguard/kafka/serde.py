@@ -108,6 +108,8 @@ def check_transaction(
     has_times: bool,
 ) -> None:
     """What a TransactionCreated must hold to be processed; raises InvalidEvent otherwise."""
+    if event_id and transaction_id and account_id and currency and amount_minor >= 0 and has_times:
+        return
     if not event_id:
         raise InvalidEvent("invalid", "event_id is empty")
     missing = [

@@ -1,0 +1,60 @@
+"""The benchmark's stack profiles: shares per function from py-spy's collapsed stacks."""
+
+from __future__ import annotations
+
+from txguard.bench.profile import summarise
+from txguard.bench.report import markdown
+
+COLLAPSED = "\n".join(
+    [
+        'process 7:"python -m txguard serve detector";<module> (/x/src/txguard/__main__.py:3);'
+        "run (/x/src/txguard/fraud/detector.py:180);"
+        "process_batch (/x/src/txguard/fraud/detector.py:230);"
+        "observe_batch (/x/src/txguard/fraud/feature_batch.py:190) 60",
+        'process 7:"python -m txguard serve detector";<module> (/x/src/txguard/__main__.py:3);'
+        "run (/x/src/txguard/fraud/detector.py:180);"
+        "process_batch (/x/src/txguard/fraud/detector.py:240);"
+        "searchsorted (/v/site-packages/numpy/_core/fromnumeric.py:1500) 30",
+        'process 7:"python -m txguard serve detector";<module> (/x/src/txguard/__main__.py:3);'
+        "run (/x/src/txguard/fraud/detector.py:181) 10",
+        "not a sample line",
+    ]
+)
+
+
+def test_shares_are_per_function_with_lines_merged() -> None:
+    summary = summarise(COLLAPSED)
+    assert summary["samples"] == 100
+    inclusive = {e["function"]: e["share"] for e in summary["inclusive"]}
+    assert inclusive["process_batch (txguard/fraud/detector.py)"] == 0.9
+    assert inclusive["run (txguard/fraud/detector.py)"] == 1.0
+    assert inclusive["observe_batch (txguard/fraud/feature_batch.py)"] == 0.6
+    # Inclusive shares list txguard's own functions; self shares any innermost frame.
+    assert not any("numpy" in name for name in inclusive)
+    innermost = {e["function"]: e["share"] for e in summary["self"]}
+    assert innermost == {
+        "observe_batch (txguard/fraud/feature_batch.py)": 0.6,
+        "searchsorted (fromnumeric.py)": 0.3,
+        "run (txguard/fraud/detector.py)": 0.1,
+    }
+
+
+def test_no_samples_summarise_to_empty_lists() -> None:
+    assert summarise("") == {"samples": 0, "inclusive": [], "self": []}
+
+
+def test_the_report_shows_each_profile_or_why_there_is_none() -> None:
+    results = {
+        "detector": {"profile": {"process": "detector", **summarise(COLLAPSED)}},
+        "end_to_end": {
+            "runs": [
+                {"name": "stream@2000", "profiles": [{"process": "applier", "error": "denied"}]}
+            ]
+        },
+    }
+    text = markdown(results)
+    assert "## Where the time goes" in text
+    assert "### detector: detector (100 samples)" in text
+    assert "90.0% `process_batch (txguard/fraud/detector.py)`" in text
+    assert "### end_to_end / runs / stream@2000: applier" in text
+    assert "No profile: denied" in text
