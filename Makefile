@@ -64,7 +64,7 @@ test: lint promtool kafka-jars
 # Every benchmark scenario at full size; results in benchmarks/results/ (about 15 minutes).
 bench: install kafka-jars
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/txguard bench
+	$(BIN)/txguard bench --readme README.md
 
 demo: install kafka-jars
 	$(BIN)/txguard demo --duration $(DEMO_DURATION)

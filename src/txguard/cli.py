@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for the results (default: benchmarks/results)",
     )
     bench.add_argument("--keep-topics", action="store_true", help="keep the benchmark's topics")
+    bench.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="also rewrite this README's results block with the targets table and plot",
+    )
 
     model = commands.add_parser("model", help="train fraud models")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -225,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             smoke=args.smoke,
             scenarios=args.scenarios or list(SCENARIOS),
             keep_topics=args.keep_topics,
+            readme=args.readme,
         )
         if args.output is not None:
             bench_options = replace(bench_options, output_dir=args.output)

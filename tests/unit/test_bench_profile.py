@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from txguard.bench.profile import summarise
-from txguard.bench.report import markdown
+from txguard.bench.report import README_BEGIN, README_END, ReadmeError, markdown, update_readme
 
 COLLAPSED = "\n".join(
     [
@@ -58,3 +62,39 @@ def test_the_report_shows_each_profile_or_why_there_is_none() -> None:
     assert "90.0% `process_batch (txguard/fraud/detector.py)`" in text
     assert "### end_to_end / runs / stream@2000: applier" in text
     assert "No profile: denied" in text
+
+
+def test_the_readme_block_is_replaced_and_the_rest_kept(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n\n{README_BEGIN}\nold table\n{README_END}\n\nafter\n")
+    results = {
+        "meta": {"started_at": "2026-11-29T07:00:00+00:00", "git": {"commit": "abcdef1234567"}},
+        "targets": [
+            {
+                "id": "t",
+                "description": "detector over peer",
+                "op": ">=",
+                "value": 3,
+                "unit": "ratio",
+                "measured": 3.5,
+                "status": "met",
+                "gap": None,
+            }
+        ],
+        "plot": "latency-vs-load.png",
+    }
+    update_readme(readme, results, tmp_path / "benchmarks" / "results")
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    assert "old table" not in text
+    assert "| detector over peer | ≥ 3.00 ratio | 3.50 | met | - |" in text
+    assert "![latency against offered load](benchmarks/results/latency-vs-load.png)" in text
+    update_readme(readme, results, tmp_path / "benchmarks" / "results")
+    assert readme.read_text() == text  # a second run replaces its own block
+
+
+def test_a_readme_without_the_block_is_refused(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    with pytest.raises(ReadmeError, match="no results block"):
+        update_readme(readme, {}, tmp_path)

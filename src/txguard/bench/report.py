@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,46 @@ def write_report(
     markdown_path = output_dir / RESULTS_MARKDOWN
     markdown_path.write_text(markdown(results))
     return [json_path, markdown_path, *written]
+
+
+README_BEGIN = "<!-- txguard bench: latest results (written by `txguard bench --readme`) -->"
+README_END = "<!-- end of txguard bench results -->"
+
+
+class ReadmeError(ValueError):
+    """The README has no (or a broken) block for the benchmark's results."""
+
+
+def update_readme(readme: Path, results: Mapping[str, Any], results_dir: Path) -> None:
+    """Replace the README's results block with this run's targets table and latency plot.
+
+    Paths in the block are relative to the README, so that it shows the committed files.
+    """
+    text = readme.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ReadmeError(
+            f"{readme} has no results block: put the lines {README_BEGIN!r} and {README_END!r} "
+            "where the results belong"
+        )
+    meta = results.get("meta", {})
+    machine = meta.get("machine", {})
+    where = os.path.relpath(results_dir, readme.parent)
+    block = [
+        README_BEGIN,
+        "",
+        f"Run {meta.get('started_at', '-')} (`{meta.get('command', 'txguard bench')}`, "
+        f"commit {str(meta.get('git', {}).get('commit', '-'))[:12]}) on "
+        f"{machine.get('cpu_model', '-')}, {machine.get('cpu_cores', '-')} cores, broker and "
+        f"every service on the same machine. Full results: [{where}/{RESULTS_MARKDOWN}]"
+        f"({where}/{RESULTS_MARKDOWN}).",
+        "",
+        *_targets_section(results.get("targets", []))[2:],
+    ]
+    if results.get("plot"):
+        block += [f"![latency against offered load]({where}/{results['plot']})", ""]
+    block.append(README_END)
+    readme.write_text(text[:begin] + "\n".join(block) + text[end + len(README_END) :])
 
 
 # -- Markdown -------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from txguard.bench.detector_bench import run_detector
 from txguard.bench.end_to_end import run_end_to_end
 from txguard.bench.kafka_io import BenchKafkaError, delete_topics
 from txguard.bench.peer import create_peer_venv, peer_python, run_peer
-from txguard.bench.report import TargetsError, load_targets, write_report
+from txguard.bench.report import TargetsError, load_targets, update_readme, write_report
 from txguard.bench.scaling import run_scaling
 from txguard.bench.workload import (
     BenchError,
@@ -97,7 +97,7 @@ FULL = BenchSizes(
     scaling_window_seconds=45.0,
     peer_time_limit_seconds=None,
     e2e_fixed_rates=(500.0, 2_000.0, 5_000.0),
-    e2e_modes=("unary", "stream"),
+    e2e_modes=("unary", "stream", "batch"),
     e2e_fixed_seconds=20.0,
     e2e_step_rates=(
         500.0,
@@ -123,7 +123,7 @@ SMOKE = BenchSizes(
     scaling_window_seconds=5.0,
     peer_time_limit_seconds=None,
     e2e_fixed_rates=(100.0,),
-    e2e_modes=("unary", "stream"),
+    e2e_modes=("unary", "stream", "batch"),
     e2e_fixed_seconds=3.0,
     e2e_step_rates=(100.0, 200.0),
     e2e_step_seconds=3.0,
@@ -146,6 +146,8 @@ class BenchOptions:
     # Create .venv-quix when it is missing (needs the package index); smoke runs skip the peer.
     create_peer_venv: bool | None = None
     targets: Path = TARGETS
+    # A README whose results block is rewritten with this run's targets table and plot.
+    readme: Path | None = None
 
 
 def resolve_scenarios(names: Sequence[str]) -> list[str]:
@@ -208,6 +210,9 @@ def run_bench(settings: Settings, options: BenchOptions) -> int:
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     results["meta"]["load_average_end"] = machine.load_average()
     written = write_report(results, targets, options.output_dir)
+    if options.readme is not None:
+        update_readme(options.readme, results, options.output_dir)
+        written.append(options.readme)
     _print_summary(results, written)
     failed = any(isinstance(value, dict) and "error" in value for value in results.values())
     return 1 if failed or not _decided_exactly_once(results) else 0
