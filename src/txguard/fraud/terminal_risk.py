@@ -63,6 +63,9 @@ from txguard.schema.v1.terminal_risk_pb2 import (
 log = logging.getLogger(__name__)
 
 CONSUME_TIMEOUT_SECONDS = 0.05
+# After a batch's first record, how long a stage waits for more: every batch sends watermarks to
+# every partition, so a stage batches over time (the detector never waits for the table live).
+BATCH_LINGER_SECONDS = 0.05
 DAY_MS = 86_400_000
 # Entries older than this behind the table's watermark are deleted (tombstoned): features reach
 # back 37 days (7-day delay + 30-day window); the rest is slack for detectors running behind.
@@ -127,6 +130,7 @@ class _Stage:
                     self.settings.consume_batch_size,
                     CONSUME_TIMEOUT_SECONDS,
                     metrics=self.metrics,
+                    linger=BATCH_LINGER_SECONDS,
                 )
                 if not records:
                     continue

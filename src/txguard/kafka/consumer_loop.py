@@ -125,19 +125,21 @@ def poll_batch(
     timeout: float,
     *,
     metrics: ConsumerMetrics | None = None,
+    linger: float = 0.0,
 ) -> list[Message]:
     """Up to `max_messages` records; error events are logged (transient) or raised (fatal).
 
-    Takes what has arrived without waiting for more: only when nothing is there does it wait,
-    up to `timeout`, for the first record. So the batch size follows the load and a record is
-    never held back waiting for others to fill a batch.
+    Takes what has arrived: only when nothing is there does it wait, up to `timeout`, for the
+    first record. Then it waits up to `linger` for more (0: not at all), so by default the batch
+    size follows the load and a record is never held back to fill a batch; a loop whose output
+    costs per batch (watermarks) lingers instead.
     With `metrics`, the records become the loop's pending batch until `batch_processed()`.
     """
     messages = consumer.consume(num_messages=max_messages, timeout=0)
     if not messages:
         messages = consumer.consume(num_messages=1, timeout=timeout)
-        if messages and max_messages > 1:
-            messages += consumer.consume(num_messages=max_messages - 1, timeout=0)
+    if messages and len(messages) < max_messages:
+        messages += consumer.consume(num_messages=max_messages - len(messages), timeout=linger)
     records: list[Message] = []
     for message in messages:
         error = message.error()
