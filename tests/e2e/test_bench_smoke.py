@@ -52,6 +52,10 @@ def test_smoke_run_writes_sane_results(
     assert detector["duplicates"] == 0
     assert detector["throughput_per_s"] > 0
     assert detector["ratio_to_passthrough"] > 0
+    # Its scores equal those computed from the reference features, on a sample.
+    reference = detector["reference_check"]
+    assert reference["equal"], reference
+    assert reference["compared"] == min(2_000, transactions)
     # Where its time went: py-spy sampled it while it worked.
     profile = detector["profile"]
     assert "error" not in profile, profile

@@ -1,5 +1,9 @@
-"""End to end: load generator -> gRPC (unary or streaming) -> store + outbox -> relay -> Kafka ->
-detector -> applier -> store, every service a real `txguard serve` process.
+"""End to end: load generator -> gRPC (unary, streaming or batched) -> store + outbox -> relay ->
+Kafka -> detector -> applier -> store, every service a real `txguard serve` process.
+
+API modes: "unary" is one CreateTransaction call per transaction, "stream" one SubmitTransactions
+item per transaction over `STREAMS` streams, "batch" one SubmitTransactionBatches message every
+few milliseconds holding the transactions due by then (see `generate_batched_load`).
 
 Each run offers a fixed load for a while, then waits until every accepted transaction has its
 decision applied. Latency is the store's own record: accepted (by the API) to decided (by the
@@ -34,7 +38,12 @@ from txguard.config import Settings
 from txguard.demo.processes import ServiceProcess, start_service, wait_for_grpc_serving
 from txguard.kafka.topics import ensure_topics
 from txguard.schema.v1.service_pb2 import SubmitTransactionsRequest
-from txguard.simulate.load_generator import LoadStats, TransactionFactory, generate_load
+from txguard.simulate.load_generator import (
+    LoadStats,
+    TransactionFactory,
+    generate_batched_load,
+    generate_load,
+)
 from txguard.transactions.client import TransactionClient
 
 # Services in shutdown order: the API (and its relay) first, so everything accepted is published.
@@ -50,11 +59,12 @@ SUSTAINED_DRAIN_SECONDS = 2.0
 SUSTAINED_DRAIN_SHARE = 0.15
 STREAMS = 4
 STREAM_IN_FLIGHT = 1024
+MODES = ("unary", "stream", "batch")
 
 
 @dataclass(frozen=True)
 class LoadRun:
-    mode: str  # "unary" or "stream"
+    mode: str  # one of MODES
     rate_per_second: float
     duration_seconds: float
 
@@ -225,7 +235,7 @@ async def _drive(
                 max_in_flight=STREAM_IN_FLIGHT,
             )
         )
-    else:
+    elif run.mode == "stream":
         load = asyncio.create_task(
             submit_load(
                 target,
@@ -233,6 +243,19 @@ async def _drive(
                 rate_per_second=run.rate_per_second,
                 duration_seconds=run.duration_seconds,
                 stats=stats,
+            )
+        )
+    else:
+        load = asyncio.create_task(
+            generate_batched_load(
+                target,
+                factory,
+                rate_per_second=run.rate_per_second,
+                duration_seconds=run.duration_seconds,
+                stop=stop,
+                stats=stats,
+                client_id=CLIENT_ID,
+                max_in_flight=STREAM_IN_FLIGHT,
             )
         )
     outcome = RunOutcome(stats, 0.0)
@@ -329,6 +352,8 @@ class EndToEnd:
             "sent": stats.sent,
             "accepted": stats.accepted,
             "accepted_per_s": rate(stats.accepted, outcome.load_seconds),
+            # Batch mode: transactions per batch message, on average.
+            "items_per_batch": round(stats.sent / stats.batches, 1) if stats.batches else None,
             "applied": len(applied_ids & accepted_ids),
             "applied_per_s": rate(len(rows), applied_span),
             "errors": dict(stats.errors),
@@ -378,6 +403,9 @@ def run_end_to_end(
     step_mode: str,
     drain_timeout: float,
 ) -> dict[str, Any]:
+    unknown = sorted({*modes, step_mode} - set(MODES))
+    if unknown:
+        raise BenchError(f"unknown e2e API mode {', '.join(unknown)}; choose from {MODES}")
     pipeline = Pipeline(bootstrap, settings, model_dir, work_dir)
     bench = EndToEnd(pipeline, drain_timeout=drain_timeout)
     fixed: dict[str, Any] = {}

@@ -104,10 +104,11 @@ def summarise(collapsed: str, *, top: int = TOP_FUNCTIONS) -> dict[str, Any]:
         return {"samples": 0, "inclusive": [], "self": []}
 
     def shares(counter: Counter[str]) -> list[dict[str, Any]]:
+        # Inclusive: txguard's own functions, without the entry points every sample passes.
         return [
             {"function": name, "share": round(count / total, 4)}
             for name, count in counter.most_common()
-            if "txguard/" in name or counter is innermost
+            if counter is innermost or ("txguard/" in name and count < total)
         ][:top]
 
     return {"samples": total, "inclusive": shares(inclusive), "self": shares(innermost)}

@@ -290,6 +290,19 @@ def _throughput_section(results: Mapping[str, Any]) -> list[str]:
                 f"{check['max_abs_difference']:.2g}).",
                 "",
             ]
+    reference = detector.get("reference_check")
+    if reference and "error" in reference:
+        lines += [f"Reference check not made: {reference['error']}", ""]
+    elif reference:
+        lines += [
+            f"Against the reference implementation: {_n(reference['sampled'])} random "
+            "transactions scored from the batch reference features (pandas) with the same model "
+            f"and rules; {_n(reference['compared'] - reference['different'])} of "
+            f"{_n(reference['compared'])} equal the detector's score within "
+            f"{reference['tolerance']:g} (largest difference {reference['max_difference']:.2g}), "
+            f"{_n(reference['missing'])} not decided.",
+            "",
+        ]
     for name, scenario in (("peer", peer), ("detector", detector)):
         if "skipped" in scenario:
             lines += [f"The {name} scenario was skipped: {scenario['skipped']}", ""]
@@ -433,7 +446,7 @@ def _profiles_section(results: Mapping[str, Any]) -> list[str]:
         "",
         "py-spy samples of each process while the scenario ran (100 per second, the process never"
         " paused). Inclusive: share of samples whose stack passes through the function (txguard's"
-        " own functions); self: share in which it is the innermost frame (any code, C extensions"
+        " own functions, without the entry points every sample passes); self: share in which it is the innermost frame (any code, C extensions"
         " show as their Python caller's line).",
         "",
     ]

@@ -32,6 +32,7 @@ from txguard.bench.detector_bench import run_detector
 from txguard.bench.end_to_end import run_end_to_end
 from txguard.bench.kafka_io import BenchKafkaError, delete_topics
 from txguard.bench.peer import create_peer_venv, peer_python, run_peer
+from txguard.bench.reference_check import check_against_reference
 from txguard.bench.report import TargetsError, load_targets, update_readme, write_report
 from txguard.bench.scaling import run_scaling
 from txguard.bench.workload import (
@@ -323,6 +324,13 @@ class _Bench:
         ceiling = self._passthrough_rate()
         if ceiling:
             result["ratio_to_passthrough"] = round(result["throughput_per_s"] / ceiling, 3)
+        _say("checking a sample of the detector's scores against the reference features")
+        result["reference_check"] = check_against_reference(
+            dataset_config(self.sizes.customers, self.sizes.days),
+            self.settings,
+            self.model,
+            self._detector_scores,
+        )
         stats = result.get("stop_stats", {})
         self.results["state"] = {
             "accounts": stats.get("accounts"),
