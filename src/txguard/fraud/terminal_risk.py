@@ -19,6 +19,7 @@ do not depend on how fast anything ran.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 from collections.abc import Sequence
@@ -258,8 +259,29 @@ class _PartitionTable:
         )
         self.changed: set[bytes] = set()
         # Entries older than this were deleted; the next sweep is due once the horizon passed
-        # it by PRUNE_EVERY_MS (a sweep reads every entry, so not after every batch).
+        # it by PRUNE_EVERY_MS.
         self.pruned_until_ms = NOT_STARTED_MS
+        # (event time, key) of every entry written, oldest first: a sweep pops what expired
+        # instead of reading every entry. A pair whose entry has since changed time is stale.
+        self.by_time: list[tuple[int, bytes]] = []
+
+    def put(self, key: bytes, entry: TerminalRiskEntry) -> None:
+        previous = self.entries.get(key)
+        self.entries[key] = entry
+        if previous is None or previous.occurred_at_ms != entry.occurred_at_ms:
+            heapq.heappush(self.by_time, (entry.occurred_at_ms, key))
+
+    def expire(self, horizon_ms: int) -> list[bytes]:
+        """Delete the entries timed before `horizon_ms`; their keys, oldest first."""
+        expired: list[bytes] = []
+        by_time = self.by_time
+        while by_time and by_time[0][0] < horizon_ms:
+            occurred_ms, key = heapq.heappop(by_time)
+            entry = self.entries.get(key)
+            if entry is not None and entry.occurred_at_ms == occurred_ms:
+                del self.entries[key]
+                expired.append(key)
+        return expired
 
 
 class TerminalTableBuilder(_Stage):
@@ -323,11 +345,14 @@ class TerminalTableBuilder(_Stage):
             key = entry_key(tx.terminal_id, tx.transaction_id)
             entry = table.entries.get(key)
             if entry is None or entry.occurred_at_ms != tx.occurred_at_ms:
-                table.entries[key] = TerminalRiskEntry(
-                    terminal_id=tx.terminal_id,
-                    transaction_id=tx.transaction_id,
-                    occurred_at_ms=tx.occurred_at_ms,
-                    fraud_known_at_ms=entry.fraud_known_at_ms if entry else 0,
+                table.put(
+                    key,
+                    TerminalRiskEntry(
+                        terminal_id=tx.terminal_id,
+                        transaction_id=tx.transaction_id,
+                        occurred_at_ms=tx.occurred_at_ms,
+                        fraud_known_at_ms=entry.fraud_known_at_ms if entry else 0,
+                    ),
                 )
                 table.changed.add(key)
         elif kind == "label":
@@ -336,13 +361,18 @@ class TerminalTableBuilder(_Stage):
             known = int(label.known_at.ToMilliseconds()) if label.fraud else 0
             entry = table.entries.get(key)
             if entry is None or entry.fraud_known_at_ms != known:
-                table.entries[key] = TerminalRiskEntry(
-                    terminal_id=label.terminal_id,
-                    transaction_id=label.transaction_id,
-                    occurred_at_ms=(
-                        entry.occurred_at_ms if entry else int(label.occurred_at.ToMilliseconds())
+                table.put(
+                    key,
+                    TerminalRiskEntry(
+                        terminal_id=label.terminal_id,
+                        transaction_id=label.transaction_id,
+                        occurred_at_ms=(
+                            entry.occurred_at_ms
+                            if entry
+                            else int(label.occurred_at.ToMilliseconds())
+                        ),
+                        fraud_known_at_ms=known,
                     ),
-                    fraud_known_at_ms=known,
                 )
                 table.changed.add(key)
         elif kind == "watermark":
@@ -379,9 +409,8 @@ class TerminalTableBuilder(_Stage):
         horizon = transactions_ms - TABLE_RETENTION_MS
         if horizon - table.pruned_until_ms >= PRUNE_EVERY_MS:
             table.pruned_until_ms = horizon
-            expired = [k for k, e in table.entries.items() if e.occurred_at_ms < horizon]
+            expired = table.expire(horizon)
             for key in expired:
-                del table.entries[key]
                 output.append(OutgoingRecord(topic, key, None, partition=partition))
             self.stats.entries_deleted += len(expired)
         table.published = TerminalTableWatermark(
@@ -424,7 +453,7 @@ class TerminalTableBuilder(_Stage):
             except DecodeError:
                 return
             if record.WhichOneof("record") == "entry":
-                table.entries[key] = record.entry
+                table.put(key, record.entry)
             elif record.WhichOneof("record") == "watermark":
                 table.published = record.watermark
 
