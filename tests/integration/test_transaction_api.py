@@ -39,6 +39,8 @@ from txguard.schema.v1.service_pb2 import (
     CreateTransactionRequest,
     CreateTransactionResponse,
     GetTransactionRequest,
+    SubmitTransactionBatch,
+    SubmitTransactionBatchResult,
     SubmitTransactionsRequest,
     SubmitTransactionsResponse,
 )
@@ -118,11 +120,12 @@ def assert_no_card_numbers_on_disk(db_path: Path, pans: Iterable[str]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_api(home: Path) -> AsyncIterator[Api]:
+async def running_api(home: Path, *, stream_window: int | None = None) -> AsyncIterator[Api]:
     settings = _settings(home)
     stopping = asyncio.Event()
     bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve(settings, stopping, started=bound.set_result))
+    options = {} if stream_window is None else {"stream_window": stream_window}
+    server = asyncio.create_task(serve(settings, stopping, started=bound.set_result, **options))
     starting: set[asyncio.Future[Any]] = {server, bound}
     await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
     if server.done():
@@ -262,6 +265,11 @@ def test_calls_without_client_id_are_unauthenticated(tmp_path: Path) -> None:
             )
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 async for _ in call:
+                    pass
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            batches = stub.SubmitTransactionBatches(iter([_batch({"1": request(1)})]))
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                async for _ in batches:
                     pass
             assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert api.counts()["transactions"] == 0
@@ -498,6 +506,152 @@ def test_submit_stream_handles_a_large_batch(tmp_path: Path) -> None:
             results = Counter(a.error.code if a.HasField("error") else "created" for a in answers)
             assert set(results) <= {"created", code_pb2.ABORTED}
             assert api.counts()["transactions"] == 2000
+
+    run(scenario())
+
+
+def _batch(items: dict[str, CreateTransactionRequest]) -> SubmitTransactionBatch:
+    return SubmitTransactionBatch(
+        items=[
+            SubmitTransactionsRequest(request_id=rid, transaction=tx) for rid, tx in items.items()
+        ]
+    )
+
+
+async def _unary_status(api: Api, req: CreateTransactionRequest) -> status_pb2.Status:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await api.client.create(req)
+    return rpc_error_status(raised.value)
+
+
+def test_submit_batches_answers_every_item_in_order_like_create(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            earlier = await api.client.create(request(0, prefix="b"))
+            conflicting = request(0, prefix="b")
+            conflicting.amount_minor += 1
+            invalid_card = _broken(3, {"card_number": BAD_PANS[1]})
+            invalid_two = _broken(4, {"currency": "eur", "country": "D"})
+            items = {
+                "valid-1": request(1, prefix="b"),
+                "invalid-card": invalid_card,
+                "replayed": request(0, prefix="b"),
+                "valid-2": request(2, prefix="b", with_time=True),
+                "invalid-two": invalid_two,
+                # The same key as valid-1 in the same batch: valid-1 is still in flight.
+                "same-key": request(1, prefix="b"),
+            }
+            call = api.client.submit_batches()
+            await call.write(_batch(items))
+            result = await call.read()
+            assert isinstance(result, SubmitTransactionBatchResult)
+            answers = {answer.request_id: answer for answer in result.items}
+            # One answer per item, in the batch's order.
+            assert [answer.request_id for answer in result.items] == list(items)
+
+            created = {rid: answers[rid].created for rid in ("valid-1", "valid-2")}
+            for rid, response in created.items():
+                assert answers[rid].WhichOneof("result") == "created"
+                tx = response.transaction
+                assert uuid.UUID(tx.transaction_id).version == 7
+                assert (tx.idempotency_key, tx.amount_minor) == (
+                    items[rid].idempotency_key,
+                    items[rid].amount_minor,
+                )
+                assert await api.client.get(tx.transaction_id) == tx
+                # A retry of the item through the unary call replays its answer byte for byte.
+                replay = await api.client.create(items[rid])
+                assert replay.SerializeToString() == response.SerializeToString()
+            assert created["valid-2"].transaction.occurred_at == items["valid-2"].occurred_at
+            assert answers["replayed"].created.SerializeToString() == earlier.SerializeToString()
+
+            # Errors carry exactly the status CreateTransaction gives for the same request.
+            for rid in ("invalid-card", "invalid-two"):
+                assert answers[rid].error == await _unary_status(api, items[rid])
+            assert answers["invalid-card"].error.code == code_pb2.INVALID_ARGUMENT
+            assert set(field_violations(answers["invalid-card"].error)) == {"card_number"}
+            assert BAD_PANS[1] not in str(answers["invalid-card"].error)
+            assert set(field_violations(answers["invalid-two"].error)) == {"currency", "country"}
+            assert answers["same-key"].error.code == code_pb2.ABORTED
+            assert error_reason(answers["same-key"].error) == "REQUEST_IN_FLIGHT"
+
+            # earlier + valid-1 + valid-2: nothing stored for the failed items.
+            assert api.counts() == {"transactions": 3, "idempotency_keys": 3, "outbox": 3}
+            # The invalid items' keys were not taken: fixed, they are stored as new.
+            fixed = request(3, prefix="bad")
+            assert fixed.idempotency_key == invalid_card.idempotency_key
+            stored = await api.client.create(fixed)
+            assert stored.transaction.amount_minor == fixed.amount_minor
+
+            # The stream goes on after failed items; an empty batch gets an empty result.
+            await call.write(SubmitTransactionBatch())
+            assert await call.read() == SubmitTransactionBatchResult()
+            await call.write(_batch({"conflicting": conflicting, "after": request(9, prefix="b")}))
+            later = await call.read()
+            assert isinstance(later, SubmitTransactionBatchResult)
+            assert [a.request_id for a in later.items] == ["conflicting", "after"]
+            assert later.items[0].error == await _unary_status(api, conflicting)
+            assert later.items[0].error.code == code_pb2.FAILED_PRECONDITION
+            assert error_reason(later.items[0].error) == "IDEMPOTENCY_KEY_REUSED"
+            assert later.items[1].WhichOneof("result") == "created"
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+            assert api.counts() == {"transactions": 5, "idempotency_keys": 5, "outbox": 5}
+
+    run(scenario())
+
+
+def test_submit_batches_stores_valid_items_in_order_of_the_batch(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            items = {f"o-{i}": request(i, prefix="order") for i in range(50)}
+            result = await api.client.submit_batches(iter([_batch(items)])).read()
+            assert isinstance(result, SubmitTransactionBatchResult)
+            ids = [answer.created.transaction.transaction_id for answer in result.items]
+            assert len(set(ids)) == 50
+            with contextlib.closing(sqlite3.connect(api.settings.store_path)) as db:
+                outbox_events = [
+                    decode_transaction_created(bytes(payload), _headers(headers))
+                    for payload, headers in db.execute(
+                        "SELECT payload, headers FROM outbox ORDER BY seq"
+                    )
+                ]
+            # The outbox (the order events are published in) follows the batch's order.
+            assert [e.transaction.transaction_id for e in outbox_events] == ids
+            # Event ids are time-ordered UUIDv7 like transaction ids.
+            assert all(uuid.UUID(e.event_id).version == 7 for e in outbox_events)
+
+    run(scenario())
+
+
+def _headers(headers_json: str) -> list[tuple[str, bytes]]:
+    return [(name, bytes.fromhex(value)) for name, value in json.loads(headers_json)]
+
+
+def test_submit_batches_handles_large_batches_beyond_the_window(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(tmp_path, stream_window=64) as api:
+            big = {str(i): request(i, prefix="bulk") for i in range(2000)}
+            # A retry of every 40th item, inside one later batch, and small batches between.
+            dups = {f"dup-{i}": request(i, prefix="bulk") for i in range(0, 2000, 40)}
+            small = [{f"s-{i}": request(i, prefix="small")} for i in range(20)]
+            batches = [_batch(big), *(_batch(b) for b in small), _batch(dups)]
+            results = [r async for r in api.client.submit_batches(iter(batches))]
+            assert len(results) == len(batches)
+            by_first = {r.items[0].request_id: r for r in results}
+            for batch in batches:
+                answered = by_first[batch.items[0].request_id]
+                assert [a.request_id for a in answered.items] == [i.request_id for i in batch.items]
+            answers = [answer for result in results for answer in result.items]
+            outcomes = Counter(a.error.code if a.HasField("error") else "created" for a in answers)
+            assert outcomes == {"created": 2000 + 20 + len(dups)}
+            # The big batch took the whole window: it was stored before the retries were read,
+            # so they replay its answers byte for byte.
+            created = {a.request_id: a.created.SerializeToString() for a in answers}
+            for rid in dups:
+                assert created[rid] == created[rid.removeprefix("dup-")]
+            assert api.counts()["transactions"] == 2020
 
     run(scenario())
 

@@ -91,7 +91,7 @@ def test_records_parse_into_the_decision_build_decision_makes(
     for index, (record, row, result) in enumerate(
         zip(records, batch_rows, batch_results, strict=True)
     ):
-        parsed = FraudDecision.FromString(record.value)
+        parsed = FraudDecision.FromString(record.value or b"")
         expected = build_decision(
             event_of(row),
             result,
@@ -123,7 +123,7 @@ def test_decision_ids_are_fresh_uuids() -> None:
         rules_version="r",
         decided_at_us=0,
     )
-    ids = [FraudDecision.FromString(r.value).decision_id for r in records]
+    ids = [FraudDecision.FromString(r.value or b"").decision_id for r in records]
     assert len(set(ids)) == 50
     assert all(len(i) == 32 and i[12] == "4" and i[16] in "89ab" for i in ids)
     assert {dict(r.headers)[HEADER_SCHEMA] for r in records} == {b"txguard.v1.FraudDecision"}

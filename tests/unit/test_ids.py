@@ -1,23 +1,51 @@
+import os
 import re
 import uuid
 
-from txguard.schema.ids import new_random_id, new_transaction_and_event_ids
+from txguard.schema.ids import new_random_id, new_random_ids, new_transaction_and_event_ids
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
 def test_random_ids_are_version_4_uuids_without_dashes() -> None:
-    ids = {new_random_id() for _ in range(200)}
-    assert len(ids) == 200
+    ids = {new_random_id() for _ in range(200)} | set(new_random_ids(200))
+    assert len(ids) == 400
     for text in ids:
         assert HEX32.match(text)
         assert uuid.UUID(text).version == 4
+        assert uuid.UUID(text).variant == uuid.RFC_4122
 
 
-def test_transaction_ids_are_time_ordered_version_7() -> None:
-    earlier, event = new_transaction_and_event_ids(1_700_000_000_000_000)
-    later, _ = new_transaction_and_event_ids(1_700_000_000_001_000)
-    assert HEX32.match(earlier) and HEX32.match(event)
-    assert uuid.UUID(earlier).version == 7 and uuid.UUID(event).version == 4
-    assert earlier < later
-    assert uuid.UUID(earlier).bytes[:6] == (1_700_000_000_000).to_bytes(6, "big")
+def test_transaction_and_event_ids_are_time_ordered_version_7() -> None:
+    earlier_tx, earlier_event = new_transaction_and_event_ids(1_700_000_000_000_000)
+    later_tx, later_event = new_transaction_and_event_ids(1_700_000_000_001_000)
+    for text in (earlier_tx, earlier_event, later_tx, later_event):
+        assert HEX32.match(text)
+        assert uuid.UUID(text).version == 7
+        assert uuid.UUID(text).variant == uuid.RFC_4122
+        assert uuid.UUID(text).bytes[:6] in {
+            (1_700_000_000_000).to_bytes(6, "big"),
+            (1_700_000_000_001).to_bytes(6, "big"),
+        }
+    assert earlier_tx < later_tx and earlier_event < later_event
+    assert uuid.UUID(earlier_event).bytes[:6] == (1_700_000_000_000).to_bytes(6, "big")
+
+
+def test_transaction_and_event_ids_differ_and_never_repeat() -> None:
+    pairs = [new_transaction_and_event_ids(1_700_000_000_000_000) for _ in range(1000)]
+    ids = [text for pair in pairs for text in pair]
+    assert len(set(ids)) == len(ids)
+
+
+def test_ids_in_a_forked_child_are_not_the_parents() -> None:
+    new_transaction_and_event_ids(1_700_000_000_000_000)  # the pool holds unused bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, "".join(new_transaction_and_event_ids(1_700_000_000_000_000)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as child:
+        child_ids = child.read()
+    assert child_ids and child_ids != "".join(new_transaction_and_event_ids(1_700_000_000_000_000))

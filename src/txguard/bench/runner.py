@@ -112,7 +112,7 @@ FULL = BenchSizes(
         15_000.0,
     ),
     e2e_step_seconds=20.0,
-    e2e_step_mode="stream",
+    e2e_step_mode="batch",
     drain_timeout_seconds=300.0,
 )
 
@@ -128,7 +128,7 @@ SMOKE = BenchSizes(
     e2e_fixed_seconds=3.0,
     e2e_step_rates=(100.0, 200.0),
     e2e_step_seconds=3.0,
-    e2e_step_mode="stream",
+    e2e_step_mode="batch",
     drain_timeout_seconds=60.0,
     first_decision_timeout_seconds=120.0,
     stall_timeout_seconds=60.0,

@@ -1,4 +1,5 @@
-"""A load generator that sends realistic transactions through the gRPC API at a fixed rate."""
+"""A load generator that sends realistic transactions through the gRPC API at a fixed rate:
+one CreateTransaction call per transaction, or batches of them over SubmitTransactionBatches."""
 
 from __future__ import annotations
 
@@ -9,13 +10,19 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Final
 
 import grpc
 
-from txguard.schema.v1.service_pb2 import CreateTransactionRequest
+from txguard.schema.v1.service_pb2 import (
+    CreateTransactionRequest,
+    SubmitTransactionBatch,
+    SubmitTransactionBatchResult,
+)
 from txguard.schema.v1.service_pb2_grpc import TransactionServiceStub
 from txguard.schema.v1.transaction_pb2 import Channel
 from txguard.simulate.cards import synthetic_card_number
+from txguard.transactions.client import TransactionClient
 
 _COUNTRIES = ("DE", "FR", "NL", "BE", "ES", "IT", "GB", "US")
 _CURRENCY_BY_COUNTRY = {"GB": "GBP", "US": "USD"}
@@ -25,6 +32,9 @@ _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+# Batched load: at most this long between two batch messages, so a batch holds what fell due
+# meanwhile: few items at a low rate (latency), more as the rate grows (CPU per transaction).
+DEFAULT_BATCH_INTERVAL_SECONDS: Final = 0.002
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,8 @@ class LoadStats:
     errors: Counter[str] = field(default_factory=Counter)
     accepted_ids: list[str] = field(default_factory=list)
     api_latencies_ms: list[float] = field(default_factory=list)
+    # Batch messages sent (batched load only).
+    batches: int = 0
 
 
 async def generate_load(
@@ -168,3 +180,84 @@ async def generate_load(
             stats.sent = sent
         if tasks:
             await asyncio.gather(*tasks)
+
+
+async def generate_batched_load(
+    target: str,
+    factory: TransactionFactory,
+    *,
+    rate_per_second: float,
+    duration_seconds: float,
+    stop: asyncio.Event,
+    stats: LoadStats,
+    client_id: str = "txguard-demo",
+    max_in_flight: int = 1024,
+    batch_interval_seconds: float = DEFAULT_BATCH_INTERVAL_SECONDS,
+) -> None:
+    """Send requests at `rate_per_second` over one SubmitTransactionBatches stream.
+
+    Every `batch_interval_seconds` (or when the next request falls due, if that is later), the
+    requests due by then leave as one batch message. An item's API latency counts from when it
+    was due, so it includes its wait for the batch. Failed items are counted by code, not retried.
+    At most `max_in_flight` items are unanswered; when that many are, due requests wait and
+    leave together in the next batch.
+    """
+    interval = 1.0 / rate_per_second
+    due_at: dict[str, float] = {}
+    in_flight = 0
+    answered = asyncio.Event()
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = TransactionClient(channel, client_id).submit_batches()
+
+        async def read_results() -> None:
+            nonlocal in_flight
+            async for result in call:
+                assert isinstance(result, SubmitTransactionBatchResult)
+                now = time.perf_counter()
+                for answer in result.items:
+                    due = due_at.pop(answer.request_id, None)
+                    if due is not None:
+                        stats.api_latencies_ms.append((now - due) * 1000)
+                    if answer.HasField("created"):
+                        stats.accepted += 1
+                        stats.accepted_ids.append(answer.created.transaction.transaction_id)
+                    else:
+                        stats.errors[f"code-{answer.error.code}"] += 1
+                in_flight -= len(result.items)
+                answered.set()
+
+        reader = asyncio.create_task(read_results())
+        start = time.perf_counter()
+        deadline = start + duration_seconds
+        sent = 0
+        try:
+            while not stop.is_set():
+                now = time.perf_counter()
+                if now >= deadline or reader.done():
+                    break
+                # Requests k with start + k * interval <= now are due.
+                due_count = int((now - start) * rate_per_second) + 1 - sent
+                take = min(due_count, max_in_flight - in_flight)
+                if take <= 0 and due_count > 0:
+                    answered.clear()
+                    await answered.wait()
+                    continue
+                if take > 0:
+                    batch = SubmitTransactionBatch()
+                    for index in range(sent, sent + take):
+                        request_id = str(index)
+                        batch.items.add(request_id=request_id, transaction=factory.next_request())
+                        due_at[request_id] = start + index * interval
+                    in_flight += take
+                    sent += take
+                    stats.sent = sent
+                    stats.batches += 1
+                    await call.write(batch)
+                wake = max(now + batch_interval_seconds, start + sent * interval)
+                await asyncio.sleep(max(0.0, wake - time.perf_counter()))
+            await call.done_writing()
+            await reader
+        finally:
+            if not reader.done():  # left early (cancelled, or a write failed)
+                call.cancel()
+                reader.cancel()

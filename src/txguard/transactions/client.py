@@ -15,6 +15,8 @@ from txguard.schema.v1.service_pb2 import (
     CreateTransactionRequest,
     CreateTransactionResponse,
     GetTransactionRequest,
+    SubmitTransactionBatch,
+    SubmitTransactionBatchResult,
     SubmitTransactionsRequest,
     SubmitTransactionsResponse,
 )
@@ -87,6 +89,24 @@ class TransactionClient:
         order: match them by request_id.
         """
         return self._stub.SubmitTransactions(requests, metadata=self._metadata, timeout=timeout)
+
+    def submit_batches(
+        self,
+        batches: AsyncIterator[SubmitTransactionBatch]
+        | Iterator[SubmitTransactionBatch]
+        | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> grpc.aio.StreamStreamCall[SubmitTransactionBatch, SubmitTransactionBatchResult]:
+        """Open a SubmitTransactionBatches stream: many items per message, answers batched too.
+
+        With `batches`, gRPC sends them; without, use `call.write()` and `call.done_writing()`.
+        Every batch is answered by one result whose items answer the batch's items in order;
+        results come in completion order, not batch order: match items by request_id.
+        """
+        return self._stub.SubmitTransactionBatches(
+            batches, metadata=self._metadata, timeout=timeout
+        )
 
 
 def error_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:

@@ -7,6 +7,10 @@ Steps of one create, in order (each may end it with a status):
 4. build the record and submit it to the writer  (group commit with other requests)
 5. answer from the write result: new, replay of the stored response, FAILED_PRECONDITION when
    the key was used for another payload, UNAVAILABLE when the store failed.
+
+The three ingestion RPCs share these steps: CreateTransaction runs them for one request, each
+SubmitTransactions item for its own, and a SubmitTransactionBatches message for all its items,
+handing its valid items to the writer only after all are prepared, so that they share a commit.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from typing import Final, NoReturn, TypeAlias
+from typing import Final, Generic, NoReturn, TypeAlias, TypeVar
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -31,6 +35,8 @@ from txguard.schema.v1.service_pb2 import (
     CreateTransactionResponse,
     GetTransactionRequest,
     GetTransactionResponse,
+    SubmitTransactionBatch,
+    SubmitTransactionBatchResult,
     SubmitTransactionsRequest,
     SubmitTransactionsResponse,
 )
@@ -49,12 +55,14 @@ log = logging.getLogger(__name__)
 
 CLIENT_ID_METADATA: Final = "x-client-id"
 MAX_CLIENT_ID_CHARS: Final = 128
-# Items of one SubmitTransactions stream in flight or answered but not yet sent back.
+# Items of one SubmitTransactions or SubmitTransactionBatches stream in flight or answered but not
+# yet sent back.
 DEFAULT_STREAM_WINDOW: Final = 512
 ERROR_DOMAIN: Final = "txguard.v1"
 # Values of the `method` label of the API latency histogram.
 CREATE_METHOD: Final = "CreateTransaction"
 SUBMIT_METHOD: Final = "SubmitTransactions"
+BATCH_METHOD: Final = "SubmitTransactionBatches"
 GET_METHOD: Final = "GetTransaction"
 
 CreateResult: TypeAlias = CreateTransactionResponse | status_pb2.Status
@@ -239,6 +247,20 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
         async for response in stream.run(request_iterator):
             yield response
 
+    async def SubmitTransactionBatches(
+        self,
+        request_iterator: AsyncIterable[SubmitTransactionBatch],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[SubmitTransactionBatchResult]:
+        """Batches are processed concurrently; one result per batch, in completion order."""
+        client_id = _client_id(context)
+        if client_id is None:
+            self._reject_unidentified(BATCH_METHOD, time.perf_counter())
+            await _abort(context, MISSING_CLIENT_ID)
+        stream = _BatchStream(self, client_id, self._stream_window)
+        async for result in stream.run(request_iterator):
+            yield result
+
     def start_create(
         self,
         client_id: str,
@@ -248,6 +270,50 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
         method: str = CREATE_METHOD,
     ) -> status_pb2.Status | None:
         """Steps 1-4; returns the rejection, or None when `on_done` will receive the result."""
+        prepared = self._prepare(client_id, request, method)
+        if isinstance(prepared, status_pb2.Status):
+            return prepared
+        self._submit(prepared, on_done)
+        return None
+
+    def start_creates(
+        self,
+        client_id: str,
+        requests: Sequence[CreateTransactionRequest],
+        on_done: Callable[[int, CreateResult], None],
+        *,
+        method: str = BATCH_METHOD,
+    ) -> None:
+        """Steps 1-4 for many requests: `on_done(index, result)` once per request.
+
+        A rejection is passed to `on_done` at once. The valid requests are handed to the writer
+        one right after the other, once all are prepared, so that they usually share one commit.
+        """
+        prepared: list[tuple[int, _Prepared]] = []
+        try:
+            for index, request in enumerate(requests):
+                outcome = self._prepare(client_id, request, method)
+                if isinstance(outcome, status_pb2.Status):
+                    on_done(index, outcome)
+                else:
+                    prepared.append((index, outcome))
+        except BaseException:
+            for _, unsubmitted in prepared:
+                self._in_flight.release(client_id, unsubmitted.key)
+            raise
+        for position, (index, item) in enumerate(prepared):
+            try:
+                self._submit(item, _bind_index(on_done, index))
+            except BaseException:
+                # _submit released its own claim; the later items were never handed over.
+                for _, unsubmitted in prepared[position + 1 :]:
+                    self._in_flight.release(client_id, unsubmitted.key)
+                raise
+
+    def _prepare(
+        self, client_id: str, request: CreateTransactionRequest, method: str
+    ) -> _Prepared | status_pb2.Status:
+        """Steps 1-3 and the record of step 4; the claim on the key is held by the result."""
         started = time.perf_counter()
         now_us = self._now_us()
         violations = validate_create_request(request, now_us)
@@ -287,24 +353,60 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
                 now_us=now_us,
                 topic=self._transactions_topic,
             )
-
-            def recorded(result: WriteResult) -> None:
-                # The claim ends with the write, not with the call: a caller that gave up and
-                # retries at once gets ABORTED until the first attempt's outcome is stored.
-                self._in_flight.release(client_id, key)
-                answer = _answer(client_id, record, response, result, self.metrics)
-                self.metrics.answered(method, answer, started)
-                on_done(answer)
-
-            self._writer.submit(record, recorded)
         except BaseException:
             self._in_flight.release(client_id, key)
             raise
-        return None
+        return _Prepared(client_id, key, record, response, method, started)
+
+    def _submit(self, prepared: _Prepared, on_done: Callable[[CreateResult], None]) -> None:
+        """Step 4's hand-over to the writer; `on_done` gets the step 5 answer."""
+        client_id, key = prepared.client_id, prepared.key
+
+        def recorded(result: WriteResult) -> None:
+            # The claim ends with the write, not with the call: a caller that gave up and
+            # retries at once gets ABORTED until the first attempt's outcome is stored.
+            self._in_flight.release(client_id, key)
+            answer = _answer(client_id, prepared.record, prepared.response, result, self.metrics)
+            self.metrics.answered(prepared.method, answer, prepared.started)
+            on_done(answer)
+
+        try:
+            self._writer.submit(prepared.record, recorded)
+        except BaseException:
+            self._in_flight.release(client_id, key)
+            raise
 
     def _reject_unidentified(self, method: str, started: float) -> None:
         self.metrics.rejected["client_id_missing"].inc()
         self.metrics.answered(method, MISSING_CLIENT_ID, started)
+
+
+class _Prepared:
+    """A valid request, tokenized, claimed and turned into its record: ready for the writer."""
+
+    __slots__ = ("client_id", "key", "method", "record", "response", "started")
+
+    def __init__(
+        self,
+        client_id: str,
+        key: str,
+        record: NewTransaction,
+        response: CreateTransactionResponse,
+        method: str,
+        started: float,
+    ) -> None:
+        self.client_id = client_id
+        self.key = key
+        self.record = record
+        self.response = response
+        self.method = method
+        self.started = started
+
+
+def _bind_index(
+    on_done: Callable[[int, CreateResult], None], index: int
+) -> Callable[[CreateResult], None]:
+    return lambda result: on_done(index, result)
 
 
 def _request_ids(client_id: str, request: CreateTransactionRequest) -> dict[str, str]:
@@ -368,43 +470,83 @@ class _StreamFailed:
         self.error = error
 
 
-class _SubmitStream:
-    """One SubmitTransactions call: a reader task admits items, the handler yields answers.
+class _Window:
+    """Items of one stream in flight or answered-but-unsent; admits messages in arrival order.
 
-    At most `window` items are in flight or answered-but-unsent: an item's slot is freed when its
-    answer is handed to gRPC, so a client that stops reading stops being read.
+    One reader acquires, so at most one waits. A message counts at most the whole window: one
+    larger than the window is admitted once everything before it has been sent back.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("the stream window must be at least 1")
+        self.size = size
+        self._free = size
+        self._waiter: tuple[int, asyncio.Future[None]] | None = None
+
+    async def acquire(self, weight: int) -> None:
+        if self._waiter is None and weight <= self._free:
+            self._free -= weight
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiter = (weight, future)
+        await future
+
+    def release(self, weight: int) -> None:
+        self._free += weight
+        if self._waiter is not None and self._waiter[0] <= self._free:
+            wanted, future = self._waiter
+            self._waiter = None
+            if not future.done():
+                self._free -= wanted
+                future.set_result(None)
+
+
+RequestT = TypeVar("RequestT", SubmitTransactionsRequest, SubmitTransactionBatch)
+AnswerT = TypeVar("AnswerT", SubmitTransactionsResponse, SubmitTransactionBatchResult)
+
+
+class _AnsweringStream(Generic[RequestT, AnswerT]):
+    """One streaming call: a reader task admits messages, the handler yields their answers.
+
+    At most `window` items are in flight or answered-but-unsent: a message's items free their
+    slots when its answer is handed to gRPC, so a client that stops reading stops being read.
     """
 
     def __init__(self, service: TransactionService, client_id: str, window: int) -> None:
         self._service = service
         self._client_id = client_id
-        self._window = asyncio.Semaphore(window)
-        # None marks the end: the input is exhausted and every item has been answered.
-        self._answers: asyncio.Queue[SubmitTransactionsResponse | _StreamFailed | None] = (
-            asyncio.Queue()
-        )
+        self._window = _Window(window)
+        # An answer with the window slots it frees; None marks the end: the input is exhausted
+        # and every message has been answered.
+        self._answers: asyncio.Queue[tuple[AnswerT, int] | _StreamFailed | None] = asyncio.Queue()
         self._outstanding = 0
         self._input_done = False
 
-    async def run(
-        self, requests: AsyncIterable[SubmitTransactionsRequest]
-    ) -> AsyncIterator[SubmitTransactionsResponse]:
+    async def run(self, requests: AsyncIterable[RequestT]) -> AsyncIterator[AnswerT]:
         reader = asyncio.create_task(self._read(requests))
         try:
-            while (answer := await self._answers.get()) is not None:
-                if isinstance(answer, _StreamFailed):
-                    raise answer.error
-                self._window.release()
+            while (entry := await self._answers.get()) is not None:
+                if isinstance(entry, _StreamFailed):
+                    raise entry.error
+                answer, weight = entry
+                self._window.release(weight)
                 yield answer
         finally:
             # Cancelled or failed call: stop reading. Writes already submitted still complete.
             reader.cancel()
 
-    async def _read(self, requests: AsyncIterable[SubmitTransactionsRequest]) -> None:
+    async def _read(self, requests: AsyncIterable[RequestT]) -> None:
         try:
-            async for item in requests:
-                await self._window.acquire()
-                self._admit(item)
+            async for message in requests:
+                weight = min(self._items(message), self._window.size)
+                await self._window.acquire(weight)
+                self._outstanding += 1
+                try:
+                    self._admit(message, weight)
+                except BaseException:
+                    self._outstanding -= 1
+                    raise
         except Exception as exc:
             self._answers.put_nowait(_StreamFailed(exc))
             return
@@ -412,25 +554,73 @@ class _SubmitStream:
         if self._outstanding == 0:
             self._answers.put_nowait(None)
 
-    def _admit(self, item: SubmitTransactionsRequest) -> None:
-        request_id = item.request_id
+    def _answered(self, answer: AnswerT, weight: int) -> None:
+        self._outstanding -= 1
+        self._answers.put_nowait((answer, weight))
+        if self._input_done and self._outstanding == 0:
+            self._answers.put_nowait(None)
+
+    def _items(self, message: RequestT) -> int:
+        raise NotImplementedError
+
+    def _admit(self, message: RequestT, weight: int) -> None:
+        """Start handling `message`; `_answered` is called once, when all of it is answered."""
+        raise NotImplementedError
+
+
+class _SubmitStream(_AnsweringStream[SubmitTransactionsRequest, SubmitTransactionsResponse]):
+    """One SubmitTransactions call: every item is answered on its own, in completion order."""
+
+    def _items(self, message: SubmitTransactionsRequest) -> int:
+        return 1
+
+    def _admit(self, message: SubmitTransactionsRequest, weight: int) -> None:
+        request_id = message.request_id
 
         def answered(result: CreateResult) -> None:
-            self._outstanding -= 1
-            self._answers.put_nowait(_stream_answer(request_id, result))
-            if self._input_done and self._outstanding == 0:
-                self._answers.put_nowait(None)
+            self._answered(_stream_answer(request_id, result), weight)
 
-        self._outstanding += 1
-        try:
-            rejection = self._service.start_create(
-                self._client_id, item.transaction, answered, method=SUBMIT_METHOD
-            )
-        except BaseException:
-            self._outstanding -= 1
-            raise
+        rejection = self._service.start_create(
+            self._client_id, message.transaction, answered, method=SUBMIT_METHOD
+        )
         if rejection is not None:
             answered(rejection)
+
+
+class _BatchStream(_AnsweringStream[SubmitTransactionBatch, SubmitTransactionBatchResult]):
+    """One SubmitTransactionBatches call: a batch is answered once all its items are."""
+
+    def _items(self, message: SubmitTransactionBatch) -> int:
+        return len(message.items)
+
+    def _admit(self, message: SubmitTransactionBatch, weight: int) -> None:
+        items = message.items
+        result = SubmitTransactionBatchResult()
+        answers = result.items
+        for item in items:
+            answers.add(request_id=item.request_id)
+        unanswered = len(items)
+        if unanswered == 0:
+            self._answered(result, weight)
+            return
+
+        def answered(index: int, outcome: CreateResult) -> None:
+            nonlocal unanswered
+            _fill_answer(answers[index], outcome)
+            unanswered -= 1
+            if unanswered == 0:
+                self._answered(result, weight)
+
+        self._service.start_creates(
+            self._client_id, [item.transaction for item in items], answered, method=BATCH_METHOD
+        )
+
+
+def _fill_answer(answer: SubmitTransactionsResponse, result: CreateResult) -> None:
+    if isinstance(result, status_pb2.Status):
+        answer.error.CopyFrom(result)
+    else:
+        answer.created.CopyFrom(result)
 
 
 def _stream_answer(request_id: str, result: CreateResult) -> SubmitTransactionsResponse:

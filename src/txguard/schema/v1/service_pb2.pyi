@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
 from txguard.schema.v1 import transaction_pb2 as _transaction_pb2
 import builtins as _builtins
@@ -189,3 +191,47 @@ class SubmitTransactionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___SubmitTransactionsResponse: _TypeAlias = SubmitTransactionsResponse  # noqa: Y015
+
+@_typing.final
+class SubmitTransactionBatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitTransactionsRequest]:
+        """Handled like SubmitTransactions items; request ids should be unique within the stream."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___SubmitTransactionsRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTransactionBatch: _TypeAlias = SubmitTransactionBatch  # noqa: Y015
+
+@_typing.final
+class SubmitTransactionBatchResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitTransactionsResponse]:
+        """One answer per item of the batch it answers, in the same order, each with its request_id."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___SubmitTransactionsResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitTransactionBatchResult: _TypeAlias = SubmitTransactionBatchResult  # noqa: Y015

@@ -51,6 +51,11 @@ class TransactionServiceStub:
                 request_serializer=txguard_dot_v1_dot_service__pb2.SubmitTransactionsRequest.SerializeToString,
                 response_deserializer=txguard_dot_v1_dot_service__pb2.SubmitTransactionsResponse.FromString,
                 _registered_method=True)
+        self.SubmitTransactionBatches = channel.stream_stream(
+                '/txguard.v1.TransactionService/SubmitTransactionBatches',
+                request_serializer=txguard_dot_v1_dot_service__pb2.SubmitTransactionBatch.SerializeToString,
+                response_deserializer=txguard_dot_v1_dot_service__pb2.SubmitTransactionBatchResult.FromString,
+                _registered_method=True)
 
 
 class TransactionServiceServicer:
@@ -81,6 +86,15 @@ class TransactionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitTransactionBatches(self, request_iterator, context):
+        """Bulk ingestion with many items per message: each item is handled like CreateTransaction and
+        every batch is answered by one result holding one answer per item, in the batch's order. A
+        failed item is reported in its answer and neither the batch nor the stream fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransactionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +112,11 @@ def add_TransactionServiceServicer_to_server(servicer, server):
                     servicer.SubmitTransactions,
                     request_deserializer=txguard_dot_v1_dot_service__pb2.SubmitTransactionsRequest.FromString,
                     response_serializer=txguard_dot_v1_dot_service__pb2.SubmitTransactionsResponse.SerializeToString,
+            ),
+            'SubmitTransactionBatches': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitTransactionBatches,
+                    request_deserializer=txguard_dot_v1_dot_service__pb2.SubmitTransactionBatch.FromString,
+                    response_serializer=txguard_dot_v1_dot_service__pb2.SubmitTransactionBatchResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +202,33 @@ class TransactionService:
             '/txguard.v1.TransactionService/SubmitTransactions',
             txguard_dot_v1_dot_service__pb2.SubmitTransactionsRequest.SerializeToString,
             txguard_dot_v1_dot_service__pb2.SubmitTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTransactionBatches(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/txguard.v1.TransactionService/SubmitTransactionBatches',
+            txguard_dot_v1_dot_service__pb2.SubmitTransactionBatch.SerializeToString,
+            txguard_dot_v1_dot_service__pb2.SubmitTransactionBatchResult.FromString,
             options,
             channel_credentials,
             insecure,

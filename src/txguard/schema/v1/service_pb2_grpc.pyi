@@ -45,6 +45,11 @@ class TransactionServiceStub:
     """Bulk ingestion: each request is handled like CreateTransaction; a failed item is reported in
     the response stream and the stream goes on.
     """
+    SubmitTransactionBatches: _grpc.StreamStreamMultiCallable[_service_pb2.SubmitTransactionBatch, _service_pb2.SubmitTransactionBatchResult]
+    """Bulk ingestion with many items per message: each item is handled like CreateTransaction and
+    every batch is answered by one result holding one answer per item, in the batch's order. A
+    failed item is reported in its answer and neither the batch nor the stream fails.
+    """
 
 @_typing.type_check_only
 class TransactionServiceAsyncStub(TransactionServiceStub):
@@ -62,6 +67,11 @@ class TransactionServiceAsyncStub(TransactionServiceStub):
     SubmitTransactions: _aio.StreamStreamMultiCallable[_service_pb2.SubmitTransactionsRequest, _service_pb2.SubmitTransactionsResponse]  # type: ignore[assignment]
     """Bulk ingestion: each request is handled like CreateTransaction; a failed item is reported in
     the response stream and the stream goes on.
+    """
+    SubmitTransactionBatches: _aio.StreamStreamMultiCallable[_service_pb2.SubmitTransactionBatch, _service_pb2.SubmitTransactionBatchResult]  # type: ignore[assignment]
+    """Bulk ingestion with many items per message: each item is handled like CreateTransaction and
+    every batch is answered by one result holding one answer per item, in the batch's order. A
+    failed item is reported in its answer and neither the batch nor the stream fails.
     """
 
 class TransactionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -95,6 +105,17 @@ class TransactionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_service_pb2.SubmitTransactionsResponse], _abc.AsyncIterator[_service_pb2.SubmitTransactionsResponse]]:
         """Bulk ingestion: each request is handled like CreateTransaction; a failed item is reported in
         the response stream and the stream goes on.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitTransactionBatches(
+        self,
+        request_iterator: _MaybeAsyncIterator[_service_pb2.SubmitTransactionBatch],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.SubmitTransactionBatchResult], _abc.AsyncIterator[_service_pb2.SubmitTransactionBatchResult]]:
+        """Bulk ingestion with many items per message: each item is handled like CreateTransaction and
+        every batch is answered by one result holding one answer per item, in the batch's order. A
+        failed item is reported in its answer and neither the batch nor the stream fails.
         """
 
 def add_TransactionServiceServicer_to_server(servicer: TransactionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
