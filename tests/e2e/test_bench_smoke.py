@@ -87,7 +87,14 @@ def test_smoke_run_writes_sane_results(
 
     e2e = results["end_to_end"]
     runs = [*e2e["fixed"].values(), *e2e["step_up"]["steps"]]
-    assert {run["mode"] for run in runs} == {"unary", "stream"}
+    assert {run["mode"] for run in runs} == {"unary", "stream", "batch"}
+    assert all(run["items_per_batch"] for run in runs if run["mode"] == "batch")
+    # The run of the latency target's mode was profiled, every service of it.
+    profiled = [run for run in e2e["fixed"].values() if "profiles" in run]
+    assert [run["mode"] for run in profiled] == [e2e["step_up"]["mode"]]
+    services = {profile["process"]: profile for profile in profiled[0]["profiles"]}
+    assert {"transactions", "detector", "applier", "terminal-risk"} <= set(services)
+    assert all("error" not in profile for profile in services.values()), services
     for run in runs:
         assert run["accepted"] > 0
         assert run["missing"] == 0

@@ -31,6 +31,7 @@ import numpy as np
 from txguard.bench.detector_bench import count_decisions
 from txguard.bench.kafka_io import end_offsets
 from txguard.bench.machine import UsageMeter, broker_pid, own_usage
+from txguard.bench.profile import StackSampler
 from txguard.bench.stats import percentiles, rate
 from txguard.bench.workload import BenchError, namespaced, service_env
 from txguard.clock import now_us
@@ -60,6 +61,8 @@ SUSTAINED_DRAIN_SHARE = 0.15
 STREAMS = 4
 STREAM_IN_FLIGHT = 1024
 MODES = ("unary", "stream", "batch")
+# The offered load of the end-to-end latency target: its run is the one profiled.
+PROFILED_RATE = 2_000.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class Pipeline:
             TXGUARD_MODEL_DIR=str(model_dir),
         )
         self.services: list[ServiceProcess] = []
+        self.work_dir = work_dir
 
     def start(self) -> None:
         ensure_topics(self.bootstrap, self.settings)
@@ -309,7 +313,8 @@ class EndToEnd:
         if result["missing"]:
             raise BenchError(f"warm-up: {result['missing']} of {count} transactions undecided")
 
-    def measure(self, run: LoadRun) -> dict[str, Any]:
+    def measure(self, run: LoadRun, *, profile: bool = False) -> dict[str, Any]:
+        """One load run; with `profile`, py-spy samples every service while the load runs."""
         pipeline = self.pipeline
         if self.store is None:
             self.store = StoreReader(pipeline.store_path)
@@ -318,11 +323,24 @@ class EndToEnd:
         baseline = end_offsets(pipeline.bootstrap, decisions_topic)
         meter = UsageMeter(pipeline.pids())
         meter.start()
+        samplers = [
+            StackSampler(
+                service.name,
+                service.process.pid,
+                pipeline.work_dir / "profiles" / f"{run.name}-{service.name}.txt",
+            )
+            for service in (pipeline.services if profile else [])
+        ]
+        for sampler in samplers:
+            sampler.start()
         own_before = own_usage().cpu_seconds
         since_us = now_us()
-        outcome = asyncio.run(
-            _drive(run, pipeline.grpc_addr, self.factory, store, since_us, pipeline.check_alive)
-        )
+        try:
+            outcome = asyncio.run(
+                _drive(run, pipeline.grpc_addr, self.factory, store, since_us, pipeline.check_alive)
+            )
+        finally:
+            profiles = [sampler.stop() for sampler in samplers]
         usage = meter.stop(outcome.load_seconds)
         usage["load-generator"] = {
             "cpu_seconds": round(own_usage().cpu_seconds - own_before, 2),
@@ -369,6 +387,7 @@ class EndToEnd:
             "accepted_to_decided_ms": percentiles((decided_us - accepted_us) / 1000),
             "accepted_to_applied_ms": percentiles((applied_us - accepted_us) / 1000),
             "usage": usage,
+            **({"profiles": profiles} if profiles else {}),
         }
 
     def close(self) -> None:
@@ -414,10 +433,13 @@ def run_end_to_end(
     try:
         pipeline.start()
         bench.warm_up()
+        # Where the time goes is sampled in one run: the latency target's load in the step-up's
+        # mode (or the highest fixed load there is).
+        profiled = (step_mode, PROFILED_RATE if PROFILED_RATE in fixed_rates else max(fixed_rates))
         for mode in modes:
             for offered in fixed_rates:
                 run = LoadRun(mode, offered, fixed_seconds)
-                fixed[run.name] = bench.measure(run)
+                fixed[run.name] = bench.measure(run, profile=(mode, offered) == profiled)
         for offered in step_rates:
             result = bench.measure(LoadRun(step_mode, offered, step_seconds))
             result["sustained"] = sustained(result)

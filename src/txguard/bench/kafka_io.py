@@ -85,6 +85,14 @@ def delete_topics(bootstrap: str, matches: Callable[[str], bool]) -> list[str]:
     return names
 
 
+LEADERSHIP_WAIT_SECONDS = 30.0
+_LEADERSHIP_ERRORS = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
+
+
 class OffsetWatcher:
     """End offsets of a topic, asked of the broker each time (no subscription, no fetching)."""
 
@@ -96,11 +104,25 @@ class OffsetWatcher:
     def ends(self) -> Offsets:
         ends: Offsets = {}
         for partition in range(self.partitions):
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=10
-            )
-            ends[partition] = int(high)
+            ends[partition] = self._end(partition)
         return ends
+
+    def _end(self, partition: int) -> int:
+        """The partition's high watermark; a freshly created topic's leader can take a moment
+        to be known everywhere, so leadership errors are retried for a while."""
+        deadline = time.monotonic() + LEADERSHIP_WAIT_SECONDS
+        while True:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=10
+                )
+                return int(high)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                transient = isinstance(error, KafkaError) and error.code() in _LEADERSHIP_ERRORS
+                if not transient or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def records_since(self, baseline: Offsets) -> int:
         return sum(end - baseline.get(p, 0) for p, end in self.ends().items())

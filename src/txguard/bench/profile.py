@@ -58,8 +58,8 @@ class StackSampler:
             "--output",
             str(self.output),
         ]
-        log = self.output.with_suffix(".log").open("wb")
-        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        with self.output.with_suffix(".log").open("wb") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> dict[str, Any]:
         """Stop sampling; the summary of what was sampled (or why nothing was)."""
