@@ -18,6 +18,11 @@ from txguard.observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
 
+# GIL switch interval of `serve transactions` (Python's default: 5 ms). Its writer and relay
+# threads take the GIL back after every SQLite statement, and the writer holds the store's write
+# lock meanwhile: behind a busy event loop each take-back waited up to the interval.
+TRANSACTIONS_SWITCH_INTERVAL_SECONDS = 0.001
+
 
 def run_service(name: str, settings: Settings, *, relay: bool = True) -> int:
     """Run until stopped; exit code 0 after a clean stop, 2 for a configuration mistake."""
@@ -82,6 +87,7 @@ def _applier(settings: Settings, stop: threading.Event) -> None:
 def _run_transactions(settings: Settings, *, relay: bool) -> int:
     from txguard.transactions.server import serve
 
+    sys.setswitchinterval(TRANSACTIONS_SWITCH_INTERVAL_SECONDS)
     relay_stop = threading.Event()
     relay_thread: threading.Thread | None = None
     if relay:

@@ -276,3 +276,35 @@ def test_a_rejected_event_stays_unpublished_and_the_rest_of_its_round_is_marked(
     assert relay.stats.published == 2
     assert relay.stats.failed_deliveries == 1
     assert [p.event for p in store.pending_outbox(10)] == [too_big.outbox_event]
+
+
+def test_with_a_writer_attached_the_relay_hands_acknowledged_events_over_and_reads_past_them(
+    kafka_broker: KafkaBroker, settings: Settings, store: SqliteStore
+) -> None:
+    items = [new_transaction(f"handed-{uuid.uuid4().hex[:8]}") for _ in range(4)]
+    store.record_transactions(items[:3])
+    handoff = store.published_handoff()
+    wakes: list[bool] = []
+    assert handoff.attach(lambda: wakes.append(True))  # stands in for the API's writer
+    relay = OutboxRelay(settings, store=store, bootstrap=kafka_broker.bootstrap)
+    try:
+        assert relay.publish_pending() == 3
+        seqs = [p.seq for p in store.pending_outbox(10)]
+        # Handed over, not written: the relay took no write lock, and the events are still
+        # unpublished in the store until the writer's next batch.
+        (handed,) = handoff.take()
+        assert list(handed.seqs) == seqs
+        assert wakes == [True]
+        # The next round reads past them instead of publishing them again.
+        store.record_transactions(items[3:])
+        assert relay.publish_pending() == 1
+        (later,) = handoff.take()
+        assert len(later.seqs) == 1 and later.seqs[0] > seqs[-1]
+        # Once the writer is gone the relay marks by itself.
+        assert handoff.detach() == []
+        store.record_transactions([new_transaction("handed-after")])
+        assert relay.publish_pending() == 1
+    finally:
+        relay.close()
+        handoff.detach()
+    assert [p.seq for p in store.pending_outbox(10)] == [*seqs, later.seqs[0]]

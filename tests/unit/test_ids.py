@@ -2,6 +2,9 @@ import os
 import re
 import uuid
 
+import pytest
+
+from txguard.observability.logging import mask_card_numbers
 from txguard.schema.ids import new_random_id, new_random_ids, new_transaction_and_event_ids
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -49,3 +52,22 @@ def test_ids_in_a_forked_child_are_not_the_parents() -> None:
     with os.fdopen(read) as child:
         child_ids = child.read()
     assert child_ids and child_ids != "".join(new_transaction_and_event_ids(1_700_000_000_000_000))
+
+
+def test_no_identifier_holds_a_run_of_12_digits_that_log_masking_would_replace() -> None:
+    # About 3% of random UUIDs hold such a run; 20,000 of each kind would show dozens.
+    ids = new_random_ids(20_000) + [new_random_id() for _ in range(2_000)]
+    ids += [i for _ in range(10_000) for i in new_transaction_and_event_ids(1_700_000_000_000_000)]
+    assert not [i for i in ids if re.search(r"[0-9]{12}", i)]
+    assert all(mask_card_numbers(i) == i for i in ids)
+
+
+def test_a_draw_with_a_digit_run_is_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    clean = bytes.fromhex("abcdef0123abcdef0123abcdef0123ab")
+    draws = iter([bytes.fromhex("12345678901234567890123456789012"), clean])
+    monkeypatch.setattr(os, "urandom", lambda count: next(draws))
+    assert new_random_id() == _v4_hex(clean)
+
+
+def _v4_hex(raw: bytes) -> str:
+    return str(uuid.UUID(bytes=raw, version=4)).replace("-", "")

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import new_transaction
-from txguard.store.interface import IdempotencyKeyReused, RecordOutcome
+from txguard.clock import now_us, timestamp_from_us
+from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
+from txguard.schema.v1.transaction_pb2 import TransactionStatus
+from txguard.store.interface import (
+    DecisionApplied,
+    IdempotencyKeyReused,
+    PublishedEvents,
+    RecordOutcome,
+    StoreLocked,
+)
 from txguard.store.sqlite import ROWS_PER_STATEMENT, SqliteStore
 
 
@@ -149,3 +160,126 @@ def test_checkpoint_moves_the_write_ahead_log_into_the_database(tmp_path: Path) 
     finally:
         writer.close()
         checkpointer.close()
+
+
+def hold_write_lock(path: Path) -> sqlite3.Connection:
+    """A second connection inside BEGIN IMMEDIATE: it holds the write lock until it ends."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_a_write_waits_for_the_lock_and_goes_through_once_it_is_free(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SqliteStore(path)
+    holder = hold_write_lock(path)
+    releaser = threading.Timer(0.2, holder.execute, ("COMMIT",))
+    try:
+        releaser.start()
+        # Waits (more than SQLite's 1 ms per attempt, many retries) and then writes.
+        store.record_transactions([new_transaction("acct-l")])
+        assert store.outbox_backlog().count == 1
+    finally:
+        releaser.join()
+        holder.close()
+        store.close()
+
+
+def test_a_write_gives_up_with_store_locked_after_the_lock_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SqliteStore(path, lock_timeout_seconds=0.3)
+    holder = hold_write_lock(path)
+    try:
+        with pytest.raises(StoreLocked, match=r"write lock of store .*stayed taken") as raised:
+            store.record_transactions([new_transaction("acct-t")])
+        assert raised.value.waited_seconds >= 0.3
+        assert str(path) in str(raised.value)
+        holder.execute("ROLLBACK")
+        # Nothing of the failed batch was kept, and the connection is usable again.
+        assert store.outbox_backlog().count == 0
+        store.mark_published([1], 1)
+    finally:
+        holder.close()
+        store.close()
+
+
+def test_published_events_are_marked_in_the_batch_transaction(store: SqliteStore) -> None:
+    store.record_transactions([new_transaction("acct-h") for _ in range(4)])
+    first, second, third, fourth = (p.seq for p in store.pending_outbox(10))
+    later = new_transaction("acct-h")
+
+    store.record_transactions(
+        [later], [PublishedEvents((first, second), 11), PublishedEvents((fourth,), 12)]
+    )
+    # Marks alone, without any transaction to record.
+    store.record_transactions([], [PublishedEvents((third,), 13)])
+
+    assert [p.event for p in store.pending_outbox(10)] == [later.outbox_event]
+    rows = store.connection.execute(
+        "SELECT seq, published_at_us FROM outbox WHERE published_at_us IS NOT NULL ORDER BY seq"
+    ).fetchall()
+    assert rows == [(first, 11), (second, 11), (third, 13), (fourth, 12)]
+
+
+def test_pending_outbox_reads_after_the_given_seq(store: SqliteStore) -> None:
+    items = [new_transaction("acct-a") for _ in range(5)]
+    store.record_transactions(items)
+    seqs = [p.seq for p in store.pending_outbox(10)]
+
+    assert [p.event for p in store.pending_outbox(10, after_seq=seqs[1])] == [
+        item.outbox_event for item in items[2:]
+    ]
+    assert store.pending_outbox(10, after_seq=seqs[-1]) == []
+
+
+def _decision(transaction_id: str, outcome: Outcome.ValueType, score: float) -> FraudDecision:
+    return FraudDecision(
+        decision_id=str(uuid.uuid4()),
+        transaction_id=transaction_id,
+        score=score,
+        outcome=outcome,
+        decided_at=timestamp_from_us(now_us()),
+    )
+
+
+def test_apply_decisions_first_decision_wins_across_and_within_batches(store: SqliteStore) -> None:
+    # More than one statement's worth, so that the chunking is exercised too.
+    items = [new_transaction(f"acct-{i}") for i in range(300)]
+    store.record_transactions(items)
+    ids = [item.transaction.transaction_id for item in items]
+    already = _decision(ids[0], Outcome.OUTCOME_DECLINE, 0.9)
+    assert store.apply_decisions([already], 100) == [DecisionApplied(ids[0], "applied")]
+    batch = [
+        _decision(ids[0], Outcome.OUTCOME_APPROVE, 0.1),  # decided in an earlier batch
+        *(_decision(tx_id, Outcome.OUTCOME_REVIEW, 0.6) for tx_id in ids[1:]),
+        _decision(ids[1], Outcome.OUTCOME_APPROVE, 0.2),  # a second one in this batch
+        _decision("no-such-transaction", Outcome.OUTCOME_APPROVE, 0.1),
+        _decision("no-such-transaction", Outcome.OUTCOME_APPROVE, 0.1),
+    ]
+
+    results = store.apply_decisions(batch, 200)
+
+    assert [r.result for r in results] == (
+        ["duplicate"] + ["applied"] * (len(ids) - 1) + ["duplicate", "unknown", "unknown"]
+    )
+    assert [r.transaction_id for r in results] == [d.transaction_id for d in batch]
+    first = store.get_transaction(ids[0])
+    assert first is not None
+    assert first.status == TransactionStatus.TRANSACTION_STATUS_DECLINED
+    assert first.decision == already
+    second = store.get_transaction(ids[1])
+    assert second is not None
+    assert second.status == TransactionStatus.TRANSACTION_STATUS_IN_REVIEW
+    assert second.decision == batch[1]
+    row = store.connection.execute(
+        "SELECT score, outcome, decided_at_us, applied_at_us, decision_id FROM transactions "
+        "WHERE transaction_id = ?",
+        (ids[-1],),
+    ).fetchone()
+    assert row == (
+        0.6,
+        Outcome.OUTCOME_REVIEW,
+        batch[len(ids) - 1].decided_at.ToMicroseconds(),
+        200,
+        batch[len(ids) - 1].decision_id,
+    )

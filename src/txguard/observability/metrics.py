@@ -87,7 +87,8 @@ TRANSACTION_FIELD_VIOLATIONS: Final = Counter(
 )
 API_REQUEST_DURATION: Final = Histogram(
     "txguard_api_request_duration_seconds",
-    "Server-side time to answer one API request (one item of a SubmitTransactions stream or of a batch)",
+    "Server-side time to answer one API request "
+    "(one item of a SubmitTransactions stream or of a batch)",
     ["method", "code"],
     buckets=API_LATENCY_BUCKETS,
 )

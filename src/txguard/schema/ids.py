@@ -1,13 +1,16 @@
 """Identifiers: UUIDs written as 32 hex digits, without dashes.
 
-The last group of a dashed UUID is 12 hex characters, now and then all decimal digits and then
-one time in ten Luhn-valid: a data-loss scanner would flag it as a card number. Without dashes an
-identifier is never a standalone run of 12-19 digits.
+Hex digits are decimal digits more often than not, so a random UUID now and then holds a run of
+12 or more decimal digits, one time in ten Luhn-valid: log masking would replace it (it masks such
+runs wherever they stand) and a data-loss scanner would flag it as a card number. An identifier
+made here never holds such a run: the random bits are drawn again in the rare case (about 3%)
+they would.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Final
 
@@ -42,6 +45,12 @@ class _RandomPool:
 
 
 _random = _RandomPool()
+# What a card number could be made of: 12 or more decimal digits in a row.
+_DIGIT_RUN: Final = re.compile(r"[0-9]{12,}")
+
+
+def _card_like(identifier: str) -> bool:
+    return _DIGIT_RUN.search(identifier) is not None
 
 
 def _v4(raw: bytearray) -> bytearray:
@@ -59,13 +68,16 @@ def _v7(unix_ms: bytes, rand: bytes) -> str:
 
 def new_random_id() -> str:
     """A random (version 4) UUID."""
-    return _v4(bytearray(os.urandom(16))).hex()
+    while _card_like(identifier := _v4(bytearray(os.urandom(16))).hex()):
+        pass
+    return identifier
 
 
 def new_random_ids(count: int) -> list[str]:
     """`count` random (version 4) UUIDs, from one call for random bytes."""
     raw = bytearray(os.urandom(16 * count))
-    return [_v4(raw[start : start + 16]).hex() for start in range(0, 16 * count, 16)]
+    identifiers = [_v4(raw[start : start + 16]).hex() for start in range(0, 16 * count, 16)]
+    return [new_random_id() if _card_like(i) else i for i in identifiers]
 
 
 def new_transaction_and_event_ids(now_us: int) -> tuple[str, str]:
@@ -77,5 +89,10 @@ def new_transaction_and_event_ids(now_us: int) -> tuple[str, str]:
     are unique by their 74 random bits.
     """
     unix_ms = ((now_us // 1000) & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
-    rand = _random.take(20)
-    return _v7(unix_ms, rand[:10]), _v7(unix_ms, rand[10:])
+    return _new_v7(unix_ms), _new_v7(unix_ms)
+
+
+def _new_v7(unix_ms: bytes) -> str:
+    while _card_like(identifier := _v7(unix_ms, _random.take(10))):
+        pass
+    return identifier

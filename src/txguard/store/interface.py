@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -12,6 +13,19 @@ from txguard.schema.v1.transaction_pb2 import Transaction
 
 class StoreError(Exception):
     """Base class of store failures."""
+
+
+class StoreLocked(StoreError):
+    """The store's write lock stayed held by other connections until the lock deadline passed."""
+
+    def __init__(self, location: str, waited_seconds: float) -> None:
+        super().__init__(
+            f"the write lock of store {location} stayed taken for {waited_seconds:.1f} s: another "
+            "connection holds a write transaction open (a stuck txguard service, or a sqlite3 "
+            "shell inside BEGIN); end it, then retry"
+        )
+        self.location = location
+        self.waited_seconds = waited_seconds
 
 
 class IdempotencyKeyReused(StoreError):
@@ -78,6 +92,69 @@ class DecisionApplied:
 
 
 @dataclass(frozen=True)
+class PublishedEvents:
+    """Outbox events Kafka acknowledged, to be marked published (`seqs` in any order)."""
+
+    seqs: tuple[int, ...]
+    published_at_us: int
+
+
+class PublishedHandoff:
+    """Acknowledged outbox events handed from a relay to the group-commit writer of the same
+    store in the same process, which marks them in its next batch transaction: the relay then
+    writes nothing itself, and the writer does not wait for the write lock behind it.
+
+    Only events Kafka acknowledged are ever offered, so marking them later (or never, after a
+    crash: they are published again and consumers drop the duplicates) loses nothing. A relay
+    whose offer is refused (no writer attached: `txguard serve relay`, or the writer has closed)
+    marks the events itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake: Callable[[], None] | None = None
+        self._offered: list[PublishedEvents] = []
+
+    def attach(self, wake: Callable[[], None]) -> bool:
+        """Become the writer that marks offered events; `wake()` is called (from the offering
+        thread) at each offer. False if another writer is attached."""
+        with self._lock:
+            if self._wake is not None:
+                return False
+            self._wake = wake
+            return True
+
+    def detach(self) -> list[PublishedEvents]:
+        """Stop taking offers; returns those not taken yet, for the leaving writer to mark."""
+        with self._lock:
+            self._wake = None
+            offered, self._offered = self._offered, []
+            return offered
+
+    def offer(self, events: PublishedEvents) -> bool:
+        """Hand `events` to the attached writer; False (nothing taken) when there is none."""
+        with self._lock:
+            wake = self._wake
+            if wake is None:
+                return False
+            self._offered.append(events)
+        wake()
+        return True
+
+    def take(self) -> list[PublishedEvents]:
+        """Everything offered so far, oldest first; the writer marks it in its next batch."""
+        with self._lock:
+            offered, self._offered = self._offered, []
+            return offered
+
+    def give_back(self, events: Sequence[PublishedEvents]) -> None:
+        """Events taken for a batch that failed: they go into the next batch again."""
+        if events:
+            with self._lock:
+                self._offered[:0] = events
+
+
+@dataclass(frozen=True)
 class OutboxBacklog:
     count: int
     oldest_created_at_us: int | None
@@ -87,13 +164,15 @@ class TransactionStore(Protocol):
     """Storage of transactions, idempotency records, the outbox and applied decisions."""
 
     def record_transactions(
-        self, batch: Sequence[NewTransaction]
+        self, batch: Sequence[NewTransaction], published: Sequence[PublishedEvents] = ()
     ) -> list[RecordOutcome | IdempotencyKeyReused]:
         """Record each item in one database transaction (group commit).
 
         Per item, the transaction row, its idempotency record and its outbox event are written
         together or not at all. A replay of a known key with the same fingerprint yields the
         stored response (`created=False`); with another fingerprint, `IdempotencyKeyReused`.
+        `published` (events a relay handed over) is marked in the same transaction; `batch` may
+        then be empty.
         """
         ...
 
@@ -101,11 +180,19 @@ class TransactionStore(Protocol):
         """The transaction with its current status and applied decision, or None."""
         ...
 
-    def pending_outbox(self, limit: int) -> list[PendingOutboxEvent]:
-        """Unpublished outbox events in commit order, oldest first."""
+    def pending_outbox(self, limit: int, after_seq: int = 0) -> list[PendingOutboxEvent]:
+        """Unpublished outbox events after `after_seq` in commit order, oldest first.
+
+        A relay that handed acknowledged events to the writer reads past them (`after_seq`)
+        until they are marked; seqs follow commit order, so nothing committed later is skipped.
+        """
         ...
 
     def mark_published(self, seqs: Sequence[int], published_at_us: int) -> None: ...
+
+    def published_handoff(self) -> PublishedHandoff:
+        """The one handoff of this store in this process, shared by all its connections."""
+        ...
 
     def wait_for_outbox(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for new outbox events; True if told of a commit.

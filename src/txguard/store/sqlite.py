@@ -5,6 +5,10 @@ and must take it back afterwards; while another thread of the process (the API's
 runs Python, each take-back can wait up to the interpreter's switch interval (5 ms). So the hot
 paths here write a whole batch with one multi-row statement per table and read a relay round as
 one row: a few steps per batch instead of several per transaction.
+
+The write lock is taken by `_write_transaction`: BEGIN IMMEDIATE with a 1 ms wait inside SQLite
+(its busy handler, which would otherwise sleep up to 100 ms between tries once a wait grows, long
+after the lock came free), retried from Python with short sleeps until the lock deadline.
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from txguard.store.interface import (
     OutboxBacklog,
     OutboxEvent,
     PendingOutboxEvent,
+    PublishedEvents,
+    PublishedHandoff,
     RecordOutcome,
+    StoreLocked,
 )
 
 SCHEMA = """
@@ -94,6 +101,15 @@ _CACHE_KIB = 64 * 1024
 # bound parameters, and the few statement shapes this gives all fit the statement cache.
 ROWS_PER_STATEMENT = 64
 _STATEMENT_CACHE_SIZE = 512
+# 7 columns x 128 rows (+1) stays under 999 bound parameters.
+_DECISION_ROWS_PER_STATEMENT = 128
+# How long one attempt at the write lock waits inside SQLite: its busy handler sleeps 1 ms (without
+# the GIL) and tries once more. Longer waits there grow to 100 ms sleeps, far longer than any hold.
+_LOCK_ATTEMPT_WAIT_MS = 1
+# Python-level sleeps between attempts (the last repeats until the deadline): a waiter retries
+# within about 1-3 ms of the lock coming free, and at most some hundred times a second.
+_LOCK_RETRY_SLEEPS = (0.0002, 0.0005, 0.001, 0.002)
+DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
 
 
 def status_for_outcome(outcome: Outcome.ValueType) -> TransactionStatus.ValueType:
@@ -125,6 +141,7 @@ class OutboxSignal:
 
 
 _signals: weakref.WeakValueDictionary[str, OutboxSignal] = weakref.WeakValueDictionary()
+_handoffs: weakref.WeakValueDictionary[str, PublishedHandoff] = weakref.WeakValueDictionary()
 _signals_lock = threading.Lock()
 
 
@@ -139,6 +156,17 @@ def outbox_signal(path: Path) -> OutboxSignal:
         return signal
 
 
+def published_handoff(path: Path) -> PublishedHandoff:
+    """The one published-events handoff of the store at `path` in this process."""
+    key = str(path.resolve())
+    with _signals_lock:
+        handoff = _handoffs.get(key)
+        if handoff is None:
+            handoff = PublishedHandoff()
+            _handoffs[key] = handoff
+        return handoff
+
+
 class SqliteStore:
     """One connection; not shared between threads (open one store per thread)."""
 
@@ -146,27 +174,34 @@ class SqliteStore:
         self,
         path: Path,
         *,
-        busy_timeout_ms: int = 30_000,
+        lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
         autocheckpoint_pages: int = DEFAULT_AUTOCHECKPOINT_PAGES,
     ) -> None:
+        """`lock_timeout_seconds`: how long a write waits for the write lock before it fails
+        with StoreLocked."""
         self.path = path
+        self._lock_timeout = lock_timeout_seconds
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
+        # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE. While
+        # opening, SQLite's own busy handler waits up to the whole lock timeout (a new database's
+        # schema, a crashed one's recovery).
         self._db = sqlite3.connect(
             str(path),
             isolation_level=None,
-            timeout=busy_timeout_ms / 1000,
+            timeout=lock_timeout_seconds,
             cached_statements=_STATEMENT_CACHE_SIZE,
         )
-        self._enable_wal(busy_timeout_ms / 1000)
+        self._enable_wal(lock_timeout_seconds)
         # FULL: a committed transaction survives power loss, not only a process crash.
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         self._db.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint_pages)}")
         self._db.executescript(SCHEMA)
+        # From now on writes wait for the lock in `_begin_immediate`; reads never wait in WAL.
+        self._db.execute(f"PRAGMA busy_timeout={_LOCK_ATTEMPT_WAIT_MS}")
         self._outbox_signal = outbox_signal(path)
+        self._handoff = published_handoff(path)
 
     def _enable_wal(self, timeout_seconds: float) -> None:
         """Switch a new database to WAL. Two connections switching at once (the API's writer and
@@ -185,13 +220,38 @@ class SqliteStore:
     @contextmanager
     def _write_transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE takes the write lock up front, so check-then-insert cannot race."""
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin_immediate()
         try:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _begin_immediate(self) -> None:
+        """Take the write lock, retrying with short sleeps; StoreLocked after the lock timeout."""
+        begin = self._db.execute
+        try:
+            begin("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        started = time.monotonic()
+        deadline = started + self._lock_timeout
+        attempt = 0
+        while True:
+            time.sleep(_LOCK_RETRY_SLEEPS[min(attempt, len(_LOCK_RETRY_SLEEPS) - 1)])
+            attempt += 1
+            try:
+                begin("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = time.monotonic()
+                if now >= deadline:
+                    raise StoreLocked(str(self.path), now - started) from exc
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -202,11 +262,13 @@ class SqliteStore:
         self._db.close()
 
     def record_transactions(
-        self, batch: Sequence[NewTransaction]
+        self, batch: Sequence[NewTransaction], published: Sequence[PublishedEvents] = ()
     ) -> list[RecordOutcome | IdempotencyKeyReused]:
         results: list[RecordOutcome | IdempotencyKeyReused] = []
         new: list[NewTransaction] = []
         with self._write_transaction():
+            for events in published:
+                self._mark(events.seqs, events.published_at_us)
             stored = self._stored_requests(batch)
             for item in batch:
                 request = (item.client_id, item.idempotency_key)
@@ -299,9 +361,9 @@ class SqliteStore:
             tx.decision.ParseFromString(bytes(row[2]))
         return tx
 
-    def pending_outbox(self, limit: int) -> list[PendingOutboxEvent]:
+    def pending_outbox(self, limit: int, after_seq: int = 0) -> list[PendingOutboxEvent]:
         # One row for the whole round (blobs as hex inside JSON): one step instead of one per event.
-        (round_json,) = self._db.execute(_PENDING_OUTBOX_SQL, (limit,)).fetchone()
+        (round_json,) = self._db.execute(_PENDING_OUTBOX_SQL, (after_seq, limit)).fetchone()
         pending = [
             PendingOutboxEvent(
                 seq=seq,
@@ -323,13 +385,20 @@ class SqliteStore:
     def mark_published(self, seqs: Sequence[int], published_at_us: int) -> None:
         if not seqs:
             return
-        db = self._db
-        # One UPDATE per run of consecutive seqs: a whole round is usually one run.
         with self._write_transaction():
-            db.executemany(
-                "UPDATE outbox SET published_at_us = ? WHERE seq BETWEEN ? AND ?",
-                [(published_at_us, first, last) for first, last in _runs(seqs)],
-            )
+            self._mark(seqs, published_at_us)
+
+    def _mark(self, seqs: Sequence[int], published_at_us: int) -> None:
+        if not seqs:
+            return
+        # One UPDATE per run of consecutive seqs: a whole round is usually one run.
+        self._db.executemany(
+            "UPDATE outbox SET published_at_us = ? WHERE seq BETWEEN ? AND ?",
+            [(published_at_us, first, last) for first, last in _runs(seqs)],
+        )
+
+    def published_handoff(self) -> PublishedHandoff:
+        return self._handoff
 
     def wait_for_outbox(self, timeout: float) -> bool:
         return self._outbox_signal.wait(timeout)
@@ -339,10 +408,11 @@ class SqliteStore:
         self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def prune_published(self, published_before_us: int) -> int:
-        cursor = self._db.execute(
-            "DELETE FROM outbox WHERE published_at_us IS NOT NULL AND published_at_us < ?",
-            (published_before_us,),
-        )
+        with self._write_transaction():
+            cursor = self._db.execute(
+                "DELETE FROM outbox WHERE published_at_us IS NOT NULL AND published_at_us < ?",
+                (published_before_us,),
+            )
         return cursor.rowcount
 
     def outbox_backlog(self) -> OutboxBacklog:
@@ -354,34 +424,48 @@ class SqliteStore:
     def apply_decisions(
         self, decisions: Sequence[FraudDecision], applied_at_us: int
     ) -> list[DecisionApplied]:
-        results: list[DecisionApplied] = []
+        # Everything but the statements is prepared before the write lock is taken.
+        first: dict[str, list[object]] = {}
+        for decision in decisions:
+            if decision.transaction_id not in first:
+                first[decision.transaction_id] = [
+                    decision.transaction_id,
+                    int(status_for_outcome(decision.outcome)),
+                    decision.decision_id,
+                    decision.SerializeToString(),
+                    decision.score,
+                    int(decision.outcome),
+                    decision.decided_at.ToMicroseconds(),
+                ]
+        rows = list(first.values())
+        applied: set[str] = set()
+        known: set[str] = set()
         db = self._db
         with self._write_transaction():
-            for decision in decisions:
-                cursor = db.execute(
-                    "UPDATE transactions SET status = ?, decision_id = ?, decision = ?, "
-                    "score = ?, outcome = ?, decided_at_us = ?, applied_at_us = ? "
-                    "WHERE transaction_id = ? AND decision_id IS NULL",
-                    (
-                        int(status_for_outcome(decision.outcome)),
-                        decision.decision_id,
-                        decision.SerializeToString(),
-                        decision.score,
-                        int(decision.outcome),
-                        decision.decided_at.ToMicroseconds(),
-                        applied_at_us,
-                        decision.transaction_id,
-                    ),
-                )
-                if cursor.rowcount == 1:
-                    result = "applied"
-                else:
-                    exists = db.execute(
-                        "SELECT 1 FROM transactions WHERE transaction_id = ?",
-                        (decision.transaction_id,),
-                    ).fetchone()
-                    result = "duplicate" if exists else "unknown"
-                results.append(DecisionApplied(decision.transaction_id, result))
+            for start in range(0, len(rows), _DECISION_ROWS_PER_STATEMENT):
+                chunk = rows[start : start + _DECISION_ROWS_PER_STATEMENT]
+                params: list[object] = [applied_at_us]
+                for row in chunk:
+                    params += row
+                cursor = db.execute(_apply_decisions_sql(len(chunk)), params)
+                applied.update(transaction_id for (transaction_id,) in cursor)
+            missed = [transaction_id for transaction_id in first if transaction_id not in applied]
+            for start in range(0, len(missed), _DECISION_ROWS_PER_STATEMENT):
+                chunk_ids = missed[start : start + _DECISION_ROWS_PER_STATEMENT]
+                cursor = db.execute(_known_transactions_sql(len(chunk_ids)), chunk_ids)
+                known.update(transaction_id for (transaction_id,) in cursor)
+        results: list[DecisionApplied] = []
+        for decision in decisions:
+            transaction_id = decision.transaction_id
+            if transaction_id in applied:
+                # Only the batch's first decision of a transaction was written; later ones are
+                # duplicates, as they would be in a later batch.
+                applied.discard(transaction_id)
+                known.add(transaction_id)
+                result = "applied"
+            else:
+                result = "duplicate" if transaction_id in known else "unknown"
+            results.append(DecisionApplied(transaction_id, result))
         return results
 
 
@@ -444,14 +528,37 @@ _INSERT_REQUESTS = (
 _INSERT_EVENTS = (
     "INSERT INTO outbox (event_id, topic, key, payload, headers, created_at_us) VALUES "
 )
+_APPLY_DECISIONS_HEAD = (
+    "UPDATE transactions SET status = v.column2, decision_id = v.column3, decision = v.column4, "
+    "score = v.column5, outcome = v.column6, decided_at_us = v.column7, applied_at_us = ?1 FROM "
+    "(VALUES "
+)
+_KNOWN_TRANSACTIONS_HEAD = "SELECT transaction_id FROM transactions WHERE transaction_id IN ("
 _STORED_REQUESTS_HEAD = (
     "SELECT i.client_id, i.idempotency_key, i.request_fingerprint, i.response FROM (VALUES "
 )
 _PENDING_OUTBOX_SQL = (
     "SELECT json_group_array(json_array(seq, event_id, topic, hex(key), hex(payload), "
     "json(headers), created_at_us)) FROM (SELECT * FROM outbox WHERE published_at_us IS NULL "
-    "ORDER BY seq LIMIT ?)"
+    "AND seq > ? ORDER BY seq LIMIT ?)"
 )
+
+
+@cache
+def _apply_decisions_sql(rows: int) -> str:
+    # One statement for the whole chunk, joined from the literal rows by primary key; RETURNING
+    # names the transactions it decided (those without a decision yet).
+    return (
+        _APPLY_DECISIONS_HEAD
+        + ",".join(["(?,?,?,?,?,?,?)"] * rows)
+        + ") AS v WHERE transactions.transaction_id = v.column1 "
+        "AND transactions.decision_id IS NULL RETURNING transactions.transaction_id"
+    )
+
+
+@cache
+def _known_transactions_sql(rows: int) -> str:
+    return _KNOWN_TRANSACTIONS_HEAD + ",".join("?" * rows) + ")"
 
 
 @cache
@@ -469,6 +576,11 @@ def _stored_requests_sql(rows: int) -> str:
         + ") AS v CROSS JOIN idempotency_keys AS i "
         "ON i.client_id = v.column1 AND i.idempotency_key = v.column2"
     )
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    # The primary code: SQLITE_BUSY_* extended codes are busy too.
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def _by_seq(item: PendingOutboxEvent) -> int:

@@ -1,6 +1,8 @@
 """The decision applier: writes fraud decisions back to the store, then commits their offsets.
 
-Per batch: decode -> `apply_decisions` in one database transaction -> asynchronous offset commit.
+Per batch: decode -> `apply_decisions` in one database transaction (one multi-row UPDATE per
+128 decisions, everything else prepared before the write lock is taken) -> asynchronous offset
+commit.
 Applying is idempotent (the first decision of a transaction wins), so a batch reprocessed after a
 crash only yields "duplicate" results. "unknown" (no such transaction in this store) is normal
 when several stores share the decisions topic. An undecodable decision is logged, counted and
@@ -36,7 +38,7 @@ from txguard.kafka.consumer_loop import (
 from txguard.kafka.serde import InvalidEvent, decode_decision
 from txguard.observability import metrics
 from txguard.schema.v1.decision_pb2 import FraudDecision
-from txguard.store.interface import DecisionApplied, TransactionStore
+from txguard.store.interface import DecisionApplied, StoreLocked, TransactionStore
 from txguard.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -183,8 +185,8 @@ class DecisionApplier:
         while True:
             try:
                 return store.apply_decisions(decisions, now_us())
-            except sqlite3.OperationalError as exc:
-                # "database is locked" after the busy timeout: another writer held it too long.
+            except (StoreLocked, sqlite3.OperationalError) as exc:
+                # The write lock stayed taken past its deadline: another writer held it too long.
                 if time.monotonic() >= deadline:
                     raise DecisionApplyError(f"store kept failing: {exc}") from exc
                 self.stats.retries += 1

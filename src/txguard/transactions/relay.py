@@ -8,6 +8,12 @@ oldest unpublished event. Duplicates are fine downstream (consumers deduplicate 
 reordering is not, so there is no message timeout: during a broker outage librdkafka keeps retrying
 in order and the round waits.
 
+Marking: inside `txguard serve transactions` the relay hands the acknowledged events to the API's
+group-commit writer (the store's `PublishedHandoff`), which marks them in its next batch
+transaction, so the relay takes no write lock; the relay reads past them (`after_seq`) meanwhile.
+A relay in its own process marks them itself. Either way an event is only ever marked after Kafka
+acknowledged it, and a crash before the mark only publishes it again.
+
 Between rounds the relay waits for the store to tell it of a commit (the API's writer in the same
 process), or at most IDLE_POLL_SECONDS (a relay in its own process, `txguard serve relay`).
 """
@@ -37,7 +43,13 @@ from txguard.kafka.consumer_loop import (
     wait_for_kafka,
 )
 from txguard.observability import metrics
-from txguard.store.interface import OutboxBacklog, PendingOutboxEvent, RelayLock, TransactionStore
+from txguard.store.interface import (
+    OutboxBacklog,
+    PendingOutboxEvent,
+    PublishedEvents,
+    RelayLock,
+    TransactionStore,
+)
 from txguard.store.sqlite import SqliteRelayLock, SqliteStore
 
 log = logging.getLogger(__name__)
@@ -69,7 +81,7 @@ class RelayDeliveryFailed(RuntimeError):
 
 @dataclass
 class RelayStats:
-    published: int = 0  # events acknowledged by Kafka and marked published
+    published: int = 0  # events acknowledged by Kafka and marked (or handed over to mark)
     failed_deliveries: int = 0  # delivery reports with an error (the events are resent)
     retries: int = 0  # full local queue, or a round restarted after failed deliveries
     pruned: int = 0  # published events deleted after the retention period
@@ -190,6 +202,9 @@ class OutboxRelay:
         self._producer: Producer | None = None
         self._pruned_at = 0.0
         self._metrics = _RelayMetrics()
+        # Every unpublished event up to this seq was acknowledged and handed over to be marked:
+        # the next round reads after it. 0 after any failure: read from the oldest unpublished.
+        self._acknowledged_through = 0
 
     def run(self, stop: threading.Event) -> None:
         """Publish until `stop` is set; then finish the round in flight (bounded) and release."""
@@ -254,7 +269,14 @@ class OutboxRelay:
                 raise RelayLockHeld(f"another relay publishes the outbox of {self._store_path()}")
             self._lock_held = True
         store = self._open_store()
-        pending = store.pending_outbox(self.settings.relay_batch_size)
+        try:
+            return self._publish_round(store, stop)
+        except BaseException:
+            self._acknowledged_through = 0
+            raise
+
+    def _publish_round(self, store: TransactionStore, stop: threading.Event | None) -> int:
+        pending = store.pending_outbox(self.settings.relay_batch_size, self._acknowledged_through)
         if not pending:
             return 0
         producer = self._get_producer()
@@ -278,7 +300,12 @@ class OutboxRelay:
         delivered = failures.acknowledged(pending)
         if delivered:
             marked_at_us = now_us()
-            store.mark_published([item.seq for item in delivered], marked_at_us)
+            acknowledged = PublishedEvents(tuple(item.seq for item in delivered), marked_at_us)
+            # Only after every report is in: nothing unacknowledged is ever marked.
+            if not store.published_handoff().offer(acknowledged):
+                store.mark_published(acknowledged.seqs, marked_at_us)
+            if not failures.errors:
+                self._acknowledged_through = pending[-1].seq
             self.stats.published += len(delivered)
             self._metrics.count_published(delivered, marked_at_us)
         if failures.errors:

@@ -6,6 +6,11 @@ transaction, and hands each result back to the event loop. While one commit is i
 next batch accumulates, so the batch size follows the load and an idle server commits at once.
 Reads go through `TransactionReader`, a second connection on its own thread.
 
+The writer also marks outbox events published for a relay in the same process: the relay hands
+what Kafka acknowledged to the store's `PublishedHandoff`, and the writer's next batch transaction
+marks it (a batch of marks only, when no transaction is queued). So one connection of the process
+writes, and the relay never takes the write lock from under it.
+
 With `checkpoint_seconds`, a third connection on a thread of its own checkpoints the store's
 write-ahead log at that interval, so that commits do not (SQLite's auto-checkpoint runs inside
 the COMMIT that crosses its threshold, stalling every request of that batch).
@@ -34,6 +39,8 @@ from txguard.store.interface import (
     IdempotencyKeyReused,
     NewTransaction,
     OutboxEvent,
+    PublishedEvents,
+    PublishedHandoff,
     RecordOutcome,
     TransactionStore,
 )
@@ -116,6 +123,13 @@ def accepted_transaction(
 _Pending: TypeAlias = tuple[NewTransaction, OnRecorded]
 
 
+class _Wake:
+    """Queued by the published-events handoff: marks are waiting, write a batch."""
+
+
+_WAKE: Final = _Wake()
+
+
 class TransactionWriter:
     """Group commit of `NewTransaction`s through one store connection on one thread.
 
@@ -142,7 +156,7 @@ class TransactionWriter:
             target=self._checkpoint_loop, name="txguard-wal-checkpoint", daemon=True
         )
         # None is the stop marker, queued by close() behind everything submitted before it.
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | _Wake | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, name="txguard-transaction-writer", daemon=True
         )
@@ -203,6 +217,8 @@ class TransactionWriter:
             self._startup_error = exc
             self._ready.set()
             return
+        handoff = store.published_handoff()
+        attached = handoff.attach(self._wake)
         self._ready.set()
         try:
             stopping = False
@@ -210,7 +226,7 @@ class TransactionWriter:
                 first = self._queue.get()
                 if first is None:
                     break
-                batch = [first]
+                batch: list[_Pending] = [] if isinstance(first, _Wake) else [first]
                 while len(batch) < self._max_batch:
                     try:
                         item = self._queue.get_nowait()
@@ -219,10 +235,26 @@ class TransactionWriter:
                     if item is None:
                         stopping = True
                         break
-                    batch.append(item)
-                self._write(store, batch)
+                    if not isinstance(item, _Wake):
+                        batch.append(item)
+                self._write(store, batch, handoff if attached else None)
         finally:
+            if attached:
+                self._mark_left_over(store, handoff)
             store.close()
+
+    def _wake(self) -> None:
+        self._queue.put(_WAKE)
+
+    @staticmethod
+    def _mark_left_over(store: TransactionStore, handoff: PublishedHandoff) -> None:
+        """After the last batch: stop taking the relay's events and mark what it left."""
+        for events in handoff.detach():
+            try:
+                store.mark_published(events.seqs, events.published_at_us)
+            except Exception as exc:
+                # Acknowledged, so only published again after a restart: consumers dedupe.
+                log.warning("marking %d published outbox events failed: %s", len(events.seqs), exc)
 
     def _checkpoint_loop(self) -> None:
         interval = self._checkpoint_seconds
@@ -245,21 +277,35 @@ class TransactionWriter:
             if store is not None:
                 store.close()
 
-    def _write(self, store: TransactionStore, batch: Sequence[_Pending]) -> None:
+    def _write(
+        self,
+        store: TransactionStore,
+        batch: Sequence[_Pending],
+        handoff: PublishedHandoff | None,
+    ) -> None:
+        published: list[PublishedEvents] = handoff.take() if handoff is not None else []
+        if not batch and not published:
+            return
         results: Sequence[WriteResult]
         started = time.perf_counter()
         try:
-            results = store.record_transactions([record for record, _ in batch])
+            results = store.record_transactions([record for record, _ in batch], published)
         except Exception:
             log.exception("storing a batch of %d transactions failed", len(batch))
             failure = StoreWriteFailed("the transaction could not be stored")
             results = [failure] * len(batch)
             metrics.STORE_COMMIT_FAILURES.inc()
+            if handoff is not None:
+                # Marked with the next batch (and until then read past by the relay).
+                handoff.give_back(published)
         else:
-            self.batches_written += 1
-            self.records_written += len(batch)
+            if batch:
+                self.batches_written += 1
+                self.records_written += len(batch)
+                metrics.STORE_COMMIT_BATCH_RECORDS.observe(len(batch))
             metrics.STORE_COMMIT_DURATION.observe(time.perf_counter() - started)
-            metrics.STORE_COMMIT_BATCH_RECORDS.observe(len(batch))
+        if not batch:
+            return
         callbacks = [callback for _, callback in batch]
         try:
             self._loop.call_soon_threadsafe(_deliver, callbacks, results)
