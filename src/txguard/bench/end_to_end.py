@@ -226,20 +226,7 @@ async def _drive(
     stats = LoadStats()
     stop = asyncio.Event()
     started = time.monotonic()
-    if run.mode == "unary":
-        load = asyncio.create_task(
-            generate_load(
-                target,
-                factory,
-                rate_per_second=run.rate_per_second,
-                duration_seconds=run.duration_seconds,
-                stop=stop,
-                stats=stats,
-                client_id=CLIENT_ID,
-                max_in_flight=STREAM_IN_FLIGHT,
-            )
-        )
-    elif run.mode == "stream":
+    if run.mode == "stream":
         load = asyncio.create_task(
             submit_load(
                 target,
@@ -250,8 +237,9 @@ async def _drive(
             )
         )
     else:
+        generate = generate_load if run.mode == "unary" else generate_batched_load
         load = asyncio.create_task(
-            generate_batched_load(
+            generate(
                 target,
                 factory,
                 rate_per_second=run.rate_per_second,

@@ -108,14 +108,7 @@ class AccountHistory:
         self.hashes.insert(position, id_hash)
         self.amounts_minor.insert(position, amount_minor)
         self.last_event_time_ms = max(self.last_event_time_ms, event_time_ms)
-        expired = bisect.bisect_right(times, self.last_event_time_ms - limits.history_ms)
-        expired = max(expired, len(times) - limits.max_events)
-        if expired > 0:
-            del times[:expired]
-            del self.hashes[:expired]
-            del self.amounts_minor[:expired]
-            position -= expired
-        return position
+        return position - self.expire(limits)
 
     def append_in_order(self, id_hash: int, event_time_ms: int, amount_minor: int) -> None:
         """Remember an event no older than any remembered one, without forgetting anything yet.
@@ -128,8 +121,9 @@ class AccountHistory:
         self.amounts_minor.append(amount_minor)
         self.last_event_time_ms = max(self.last_event_time_ms, event_time_ms)
 
-    def expire(self, limits: StateLimits) -> None:
-        """Forget what fell out of the limits (older than `history_ms`, beyond `max_events`)."""
+    def expire(self, limits: StateLimits) -> int:
+        """Forget what fell out of the limits (older than `history_ms`, beyond `max_events`);
+        how many events were forgotten (all of them the oldest)."""
         times = self.times_ms
         expired = bisect.bisect_right(times, self.last_event_time_ms - limits.history_ms)
         expired = max(expired, len(times) - limits.max_events)
@@ -137,6 +131,7 @@ class AccountHistory:
             del times[:expired]
             del self.hashes[:expired]
             del self.amounts_minor[:expired]
+        return max(expired, 0)
 
     def count_in_window(self, event_time_ms: int, window_ms: int) -> int:
         """Events timed in (event_time - window, event_time]: the window ending at the event."""

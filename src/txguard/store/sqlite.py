@@ -20,11 +20,12 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
@@ -147,24 +148,26 @@ _signals_lock = threading.Lock()
 
 def outbox_signal(path: Path) -> OutboxSignal:
     """The one signal of the store at `path` in this process, shared by all its connections."""
-    key = str(path.resolve())
-    with _signals_lock:
-        signal = _signals.get(key)
-        if signal is None:
-            signal = OutboxSignal()
-            _signals[key] = signal
-        return signal
+    return _one_per_store(_signals, path, OutboxSignal)
 
 
 def published_handoff(path: Path) -> PublishedHandoff:
     """The one published-events handoff of the store at `path` in this process."""
+    return _one_per_store(_handoffs, path, PublishedHandoff)
+
+
+_Shared = TypeVar("_Shared")
+
+
+def _one_per_store(
+    registry: weakref.WeakValueDictionary[str, _Shared], path: Path, make: Callable[[], _Shared]
+) -> _Shared:
     key = str(path.resolve())
     with _signals_lock:
-        handoff = _handoffs.get(key)
-        if handoff is None:
-            handoff = PublishedHandoff()
-            _handoffs[key] = handoff
-        return handoff
+        shared = registry.get(key)
+        if shared is None:
+            shared = registry[key] = make()
+        return shared
 
 
 class SqliteStore:
