@@ -13,14 +13,14 @@ deploy/prometheus/prometheus.yml in which only the targets (the test's ports) an
    its 30 s busy timeout, or the relay held up): their series are checked, at 0; and the decline
    ratio of the hour before, which needs five minutes of history: its rule's expression is
    checked without the offset.
-2. Lag seconds of a live consumer, exactly: the store is locked, so the applier is stuck inside a
-   batch while its endpoint answers. Its committed offsets are then the first records of that
-   batch and do not move; the age of the record at each committed offset, at the timestamp of
-   Prometheus' last scrape, must equal the value of that scrape. A partition with no record in
-   the stuck batch reports its last processed record instead (the documented upper bound), or 0
-   when its records arrived after the loop last read its high watermark: a loop stuck in a batch
-   reads no watermarks, so such a partition under-reports until the loop moves on (a limit of
-   measuring lag inside the consumer, accepted here and not hidden).
+2. Lag seconds of a live consumer, exactly: the store is locked and a decision sent, so the applier
+   is stuck inside a batch while its endpoint answers. Its committed offsets are then the first
+   records of that batch and do not move; the age of the record at each committed offset, at the
+   timestamp of Prometheus' last scrape, must equal the value of that scrape. A partition with no
+   record in the stuck batch reports its last processed record instead (the documented upper
+   bound), or 0 when its records arrived after the loop last read its high watermark: a loop stuck
+   in a batch reads no watermarks, so such a partition under-reports until the loop moves on (a
+   limit of measuring lag inside the consumer, accepted here and not hidden).
 3. A stopped detector (SIGTERM: it commits what it processed, so its committed offsets are its
    position) makes TxguardConsumerLagHigh's expression true within its threshold, and the lag
    Prometheus then holds for it (the lag it last reported plus the time since its last poll)
@@ -58,8 +58,10 @@ from txguard.clock import now_us
 from txguard.config import Settings, TopicNames
 from txguard.demo.processes import ServiceProcess, start_service, wait_for_grpc_serving
 from txguard.kafka.clients import make_admin, make_producer
+from txguard.kafka.serde import encode_decision
 from txguard.kafka.topics import ensure_topics
 from txguard.replay.events import watermark_records
+from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest
 from txguard.schema.v1.service_pb2_grpc import TransactionServiceStub
 from txguard.simulate.load_generator import LoadStats, TransactionFactory, generate_load
@@ -476,6 +478,24 @@ def partition_numbers(bootstrap: str, topic: str) -> list[int]:
         return sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
 
 
+def send_decision(bootstrap: str, topic: str) -> None:
+    """One decision (for a transaction the store does not hold) on the decisions topic."""
+    decision = FraudDecision(
+        decision_id=uuid.uuid4().hex,
+        event_id=uuid.uuid4().hex,
+        transaction_id=uuid.uuid4().hex,
+        account_id="acct-prometheus-test",
+        score=0.1,
+        outcome=Outcome.OUTCOME_APPROVE,
+    )
+    decision.decided_at.GetCurrentTime()
+    decision.accepted_at.GetCurrentTime()
+    record = encode_decision(decision)
+    producer = make_producer(bootstrap, client_id="prometheus-test-decision")
+    producer.produce(topic, key=record.key, value=record.value, headers=list(record.headers))
+    assert producer.flush(30) == 0
+
+
 @contextmanager
 def store_write_locked(path: Path) -> Iterator[None]:
     """Hold the store's write lock: its writers (API, relay, applier) wait in SQLite's busy wait."""
@@ -643,6 +663,9 @@ def check_live_lag_of_a_stuck_applier(
         return bool(samples) and min(t for t, _ in samples.values()) > moment
 
     with store_write_locked(Path(services.env["TXGUARD_STORE_PATH"])):
+        # A decision arriving now certainly finds the store locked: the pipeline may have
+        # applied everything accepted before the lock already.
+        send_decision(bootstrap, topic)
         poll(
             lambda: max(values(prometheus.query(lag)), default=0.0) > 2.0,
             timeout=30,
