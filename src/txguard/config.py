@@ -95,6 +95,8 @@ class Settings:
     # How long the detector waits for the terminal table to reach a transaction's event time
     # before scoring with the table as it is; None waits as long as it takes (replays).
     terminal_table_max_wait_ms: int | None
+    # How far behind the table's watermark an entry is kept (days); None keeps every entry.
+    terminal_table_retention_days: int | None
     model_dir: Path | None
     shadow_model_dir: Path | None
     model_poll_seconds: int
@@ -165,6 +167,12 @@ class Settings:
             terminal_risk_group=reader.text("TXGUARD_TERMINAL_RISK_GROUP", "txguard-terminal-risk"),
             terminal_table_max_wait_ms=reader.optional_integer(
                 "TXGUARD_TERMINAL_TABLE_MAX_WAIT_MS", minimum=0, unbounded="unbounded", default=0
+            ),
+            terminal_table_retention_days=reader.optional_integer(
+                "TXGUARD_TERMINAL_TABLE_RETENTION_DAYS",
+                minimum=37,
+                unbounded="unbounded",
+                default=60,
             ),
             model_dir=reader.path("TXGUARD_MODEL_DIR"),
             shadow_model_dir=reader.path("TXGUARD_SHADOW_MODEL_DIR"),

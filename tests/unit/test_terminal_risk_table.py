@@ -7,7 +7,6 @@ from confluent_kafka import Message
 from txguard.config import Settings
 from txguard.fraud.terminal_risk import (
     DAY_MS,
-    TABLE_RETENTION_MS,
     TerminalTableBuilder,
     _PartitionTable,
 )
@@ -23,8 +22,8 @@ from txguard.schema.v1.terminal_risk_pb2 import (
 START_MS = 1_530_000_000_000
 
 
-def builder() -> TerminalTableBuilder:
-    settings = Settings.from_env({})
+def builder(**env: str) -> TerminalTableBuilder:
+    settings = Settings.from_env(env)
     stage = TerminalTableBuilder(settings)
     stage._source_partitions = {settings.topics.transactions: 1, settings.topics.labels: 1}
     stage._tables[0] = _PartitionTable()
@@ -69,7 +68,7 @@ def test_entries_behind_the_retention_are_deleted_once_and_the_rest_kept() -> No
     stage.apply([message(TerminalEvent(label=label))])
     now = START_MS + 89 * DAY_MS
     output = stage.apply(watermarks(stage, now))
-    horizon = now - TABLE_RETENTION_MS
+    horizon = now - 60 * DAY_MS  # the default retention
     deleted = [record.key for record in output if record.value is None]
     expected = [entry_key("t", tid) for tid, t in times.items() if t < horizon]
     assert deleted == expected
@@ -81,3 +80,13 @@ def test_entries_behind_the_retention_are_deleted_once_and_the_rest_kept() -> No
     assert last.watermark.transactions_complete_until_ms == now
     # Nothing more to delete at the same horizon.
     assert not [r for r in stage.apply(watermarks(stage, now + 1)) if r.value is None]
+
+
+def test_an_unbounded_retention_deletes_nothing() -> None:
+    """What a replay needs, whose detector starts at the first transaction once the table is
+    complete: far more than 60 days behind the table's watermark."""
+    stage = builder(TXGUARD_TERMINAL_TABLE_RETENTION_DAYS="unbounded")
+    stage.apply([transaction(f"tx-{day}", START_MS + day * DAY_MS) for day in range(0, 90, 3)])
+    output = stage.apply(watermarks(stage, START_MS + 89 * DAY_MS))
+    assert not [record for record in output if record.value is None]
+    assert len(stage._tables[0].entries) == 30

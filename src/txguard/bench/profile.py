@@ -20,6 +20,8 @@ from typing import Any
 
 SAMPLES_PER_SECOND = 100
 TOP_FUNCTIONS = 12
+# A function in at least this share of the samples is an entry point or the service's loop.
+ENTRY_SHARE = 0.95
 STOP_TIMEOUT_SECONDS = 30.0
 
 
@@ -104,11 +106,12 @@ def summarise(collapsed: str, *, top: int = TOP_FUNCTIONS) -> dict[str, Any]:
         return {"samples": 0, "inclusive": [], "self": []}
 
     def shares(counter: Counter[str]) -> list[dict[str, Any]]:
-        # Inclusive: txguard's own functions, without the entry points every sample passes.
+        # Inclusive: txguard's own functions, without the entry points and the service's loop,
+        # which (nearly) every sample passes.
         return [
             {"function": name, "share": round(count / total, 4)}
             for name, count in counter.most_common()
-            if counter is innermost or ("txguard/" in name and count < total)
+            if counter is innermost or ("txguard/" in name and count < ENTRY_SHARE * total)
         ][:top]
 
     return {"samples": total, "inclusive": shares(inclusive), "self": shares(innermost)}

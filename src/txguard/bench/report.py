@@ -446,8 +446,9 @@ def _profiles_section(results: Mapping[str, Any]) -> list[str]:
         "",
         "py-spy samples of each process while the scenario ran (100 per second, the process never"
         " paused). Inclusive: share of samples whose stack passes through the function (txguard's"
-        " own functions, without the entry points every sample passes); self: share in which it"
-        " is the innermost frame (any code, C extensions show as their Python caller's line).",
+        " own functions, without the entry points and loops in 95% or more of the samples);"
+        " self: share in which it is the innermost frame (any code, C extensions show as their"
+        " Python caller's line).",
         "",
     ]
     for where, profile in taken:

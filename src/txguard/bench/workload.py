@@ -140,7 +140,9 @@ def prefill(
     started = time.monotonic()
     labels = _produce(bootstrap, settings, dataset)
     produced = time.monotonic() - started
-    env = service_env(bootstrap, settings)
+    # The whole table is built before any detector starts at the first transaction: nothing may
+    # be deleted for being far behind the table's watermark.
+    env = service_env(bootstrap, settings, TXGUARD_TERMINAL_TABLE_RETENTION_DAYS="unbounded")
     aggregator = start_service("terminal-risk", env=env, log_dir=log_dir)
     meter = UsageMeter({"terminal-risk": aggregator.process.pid})
     meter.start()

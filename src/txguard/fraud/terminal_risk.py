@@ -68,9 +68,10 @@ CONSUME_TIMEOUT_SECONDS = 0.05
 # every partition, so a stage batches over time (the detector never waits for the table live).
 BATCH_LINGER_SECONDS = 0.05
 DAY_MS = 86_400_000
-# Entries older than this behind the table's watermark are deleted (tombstoned): features reach
-# back 37 days (7-day delay + 30-day window); the rest is slack for detectors running behind.
-TABLE_RETENTION_MS = 60 * DAY_MS
+# Entries older than TXGUARD_TERMINAL_TABLE_RETENTION_DAYS (default 60) behind the table's
+# watermark are deleted (tombstoned): features reach back 37 days (7-day delay + 30-day window);
+# the rest is slack for detectors running behind. A detector further behind than that (a replay
+# whose table was built first) needs the retention `unbounded`.
 PRUNE_EVERY_MS = DAY_MS // 24
 
 
@@ -406,8 +407,11 @@ class TerminalTableBuilder(_Stage):
             return output
         transactions_ms = max(transactions_ms, published.transactions_complete_until_ms)
         labels_ms = max(labels_ms, published.labels_complete_until_ms)
-        horizon = transactions_ms - TABLE_RETENTION_MS
-        if horizon - table.pruned_until_ms >= PRUNE_EVERY_MS:
+        retention_days = self.settings.terminal_table_retention_days
+        horizon = (
+            NOT_STARTED_MS if retention_days is None else transactions_ms - retention_days * DAY_MS
+        )
+        if retention_days is not None and horizon - table.pruned_until_ms >= PRUNE_EVERY_MS:
             table.pruned_until_ms = horizon
             expired = table.expire(horizon)
             for key in expired:

@@ -132,6 +132,9 @@ def _replay_on(
         "TXGUARD_TERMINAL_RISK_GROUP": settings.terminal_risk_group,
         # Scores must not depend on speed: wait for the terminal table, however long it takes.
         "TXGUARD_TERMINAL_TABLE_MAX_WAIT_MS": "unbounded",
+        # The aggregator runs ahead of the detector: it must not delete entries the detector
+        # has yet to read (a replay's topics are deleted afterwards anyway).
+        "TXGUARD_TERMINAL_TABLE_RETENTION_DAYS": "unbounded",
         "TXGUARD_DECISION_FEATURES": "true",
         "TXGUARD_METRICS_PORT": "0",
     }
