@@ -44,6 +44,7 @@ from txguard.simulate.load_generator import (
     TransactionFactory,
     generate_batched_load,
     generate_load,
+    paced,
 )
 from txguard.transactions.client import TransactionClient
 
@@ -190,26 +191,14 @@ async def submit_load(
                     stats.errors[f"code-{response.error.code}"] += 1
 
         readers = [asyncio.create_task(read(call)) for call in calls]
-        interval = 1.0 / rate_per_second
-        start = time.monotonic()
-        deadline = start + duration_seconds
-        sent = 0
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            due = start + sent * interval
-            if due > now:
-                await asyncio.sleep(due - now)
-                continue
+        async for index in paced(rate_per_second, duration_seconds):
             await slots.acquire()
-            request_id = str(sent)
+            request_id = str(index)
             sent_at[request_id] = time.perf_counter()
-            await calls[sent % streams].write(
+            await calls[index % streams].write(
                 SubmitTransactionsRequest(request_id=request_id, transaction=factory.next_request())
             )
-            sent += 1
-            stats.sent = sent
+            stats.sent = index + 1
         for call in calls:
             await call.done_writing()
         await asyncio.gather(*readers)

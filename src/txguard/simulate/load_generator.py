@@ -9,6 +9,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -120,6 +121,28 @@ class LoadStats:
     batches: int = 0
 
 
+async def paced(
+    rate_per_second: float, duration_seconds: float, stop: asyncio.Event | None = None
+) -> AsyncIterator[int]:
+    """0, 1, 2, ...: request n when it falls due (n / rate after the start), until
+    `duration_seconds` have passed or `stop` is set. A consumer that falls behind gets the due
+    requests back to back."""
+    interval = 1.0 / rate_per_second
+    start = time.monotonic()
+    deadline = start + duration_seconds
+    index = 0
+    while stop is None or not stop.is_set():
+        now = time.monotonic()
+        if now >= deadline:
+            return
+        due = start + index * interval
+        if due > now:
+            await asyncio.sleep(due - now)
+            continue
+        yield index
+        index += 1
+
+
 async def generate_load(
     target: str,
     factory: TransactionFactory,
@@ -160,24 +183,12 @@ async def generate_load(
             finally:
                 slots.release()
 
-        interval = 1.0 / rate_per_second
-        start = time.monotonic()
-        deadline = start + duration_seconds
-        sent = 0
-        while not stop.is_set():
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            due = start + sent * interval
-            if due > now:
-                await asyncio.sleep(due - now)
-                continue
+        async for index in paced(rate_per_second, duration_seconds, stop):
             await slots.acquire()
             task = asyncio.create_task(send(factory.next_request()))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            sent += 1
-            stats.sent = sent
+            stats.sent = index + 1
         if tasks:
             await asyncio.gather(*tasks)
 
