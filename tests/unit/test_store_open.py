@@ -1,8 +1,10 @@
-"""Opening a new SQLite store from several connections at once (the API's writer and its relay
-do) never fails with "database is locked" while the database switches to WAL."""
+"""Opening a SQLite store: from several connections at once (the API's writer and its relay do)
+it never fails with "database is locked" while the database switches to WAL, and a store made by
+an earlier version is brought up to date."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -28,3 +30,31 @@ def test_concurrent_first_opens_of_a_new_store_all_succeed(tmp_path: Path) -> No
         for thread in threads:
             thread.join()
     assert failures == []
+
+
+def test_a_store_made_with_the_unused_account_index_loses_it_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE INDEX transactions_by_account ON transactions (account_id, occurred_at_us)"
+        )
+        db.execute(
+            "INSERT INTO transactions (transaction_id, client_id, idempotency_key, account_id, "
+            "status, occurred_at_us, accepted_at_us, record) "
+            "VALUES ('t', 'c', 'k', 'a', 1, 0, 0, x'')"
+        )
+    db.close()
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    try:
+        indexes = {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert "transactions_by_account" not in indexes
+        assert "transactions_by_applied" in indexes
+        assert db.execute("SELECT transaction_id FROM transactions").fetchall() == [("t",)]
+    finally:
+        db.close()
