@@ -115,7 +115,9 @@ def in_batches(
         start += len(chunk)
         if not chunk:
             continue
-        observed = observe_batch(state, table, chunk, velocity_window_ms=velocity_ms)
+        observed = observe_batch(
+            state, table, chunk, velocity_window_ms=velocity_ms, columnwise_min_rows=1
+        )
         values.append(observed.features.values)
         in_velocity.extend(observed.features.in_velocity_window.tolist())
         duplicates += observed.duplicates
@@ -199,17 +201,30 @@ def test_batches_give_the_features_of_one_by_one(
             assert mine.last_event_time_ms == history.last_event_time_ms
 
 
-def test_a_redelivery_inside_one_batch_is_dropped_once_and_counted() -> None:
+@pytest.mark.parametrize("columnwise_min_rows", [1, 1000], ids=["column-wise", "one-by-one"])
+def test_a_redelivery_inside_one_batch_is_dropped_once_and_counted(
+    columnwise_min_rows: int,
+) -> None:
     state = DetectorState()
     state.assign(0, [])
     first = row(0, partition=0, account="a", time_ms=START_MS, amount=100, terminal="t")
     second = row(1, partition=0, account="a", time_ms=START_MS + 1, amount=200, terminal="t")
     observed = observe_batch(
-        state, TerminalTable(), [first, second, first], velocity_window_ms=60_000
+        state,
+        TerminalTable(),
+        [first, second, first],
+        velocity_window_ms=60_000,
+        columnwise_min_rows=columnwise_min_rows,
     )
     assert observed.duplicates == 1
     assert [r.event_id for r in observed.features.rows] == ["event-0", "event-1"]
-    again = observe_batch(state, TerminalTable(), [second], velocity_window_ms=60_000)
+    again = observe_batch(
+        state,
+        TerminalTable(),
+        [second],
+        velocity_window_ms=60_000,
+        columnwise_min_rows=columnwise_min_rows,
+    )
     assert again.duplicates == 1 and len(again.features) == 0
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from txguard.fraud import terminal_table
 from txguard.fraud.terminal_table import (
     NOT_STARTED_MS,
     Completeness,
     TerminalTable,
+    _TerminalEntries,
     entry_key,
     watermark_key,
 )
@@ -70,3 +78,52 @@ def test_completeness_is_the_least_advanced_partition_and_never_goes_back() -> N
     assert table.complete_until() == Completeness(1_000, 1_800)
     assert table.complete_until().covers(1_000, 1_800)
     assert not table.complete_until().covers(1_001, 1_800)
+
+
+# (kind, transaction id, occurred, known): few ids, times and labels, so that re-puts of an id,
+# removals of absent ids and equal (time, known) pairs are common. Reads take the ids as unused.
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "put", "remove", "read_arrays", "read_view"]),
+        st.sampled_from([f"tx-{i}" for i in range(8)]),
+        st.integers(-2, 5),
+        st.sampled_from([0, 0, 1, 3, 4]),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=operations, incremental_changes=st.sampled_from([0, 2, 64]))
+def test_sorted_views_kept_on_put_and_remove_equal_a_fresh_sort(
+    ops: list[tuple[str, str, int, int]], incremental_changes: int
+) -> None:
+    # A small limit on changes between reads also exercises the fall back to one sort.
+    with mock.patch.object(terminal_table, "_INCREMENTAL_CHANGES", incremental_changes):
+        entries = _TerminalEntries()
+        model: dict[str, tuple[int, int]] = {}
+        for kind, transaction_id, occurred, known in [*ops, ("read_arrays", "", 0, 0)]:
+            if kind == "put":
+                entries.put(transaction_id, occurred, known)
+                model[transaction_id] = (occurred, known)
+            elif kind == "remove":
+                entries.remove(transaction_id)
+                model.pop(transaction_id, None)
+            else:
+                assert entries.entries == model
+                ordered = sorted(model.values())
+                times = [t for t, _ in ordered]
+                knowns = [k for _, k in ordered]
+                fraud_times = [t for t, k in ordered if k > 0]
+                fraud_knowns = [k for _, k in ordered if k > 0]
+                if kind == "read_arrays":
+                    arrays = entries.sorted_arrays()
+                    view = entries.sorted_view()
+                else:
+                    view = entries.sorted_view()
+                    arrays = entries.sorted_arrays()
+                assert view == (times, knowns)
+                assert (entries.fraud_times, entries.fraud_known) == (fraud_times, fraud_knowns)
+                for array, expected in zip(arrays, (times, fraud_times, fraud_knowns), strict=True):
+                    assert array.dtype == np.int64
+                    assert array.tolist() == expected

@@ -60,37 +60,96 @@ class TerminalArrays(NamedTuple):
     fraud_known: npt.NDArray[np.int64]
 
 
+# Changes between two reads that are applied to the sorted lists one by one (a bisect and a list
+# insert or delete each, O(n)); past this many, as when the table is loaded, the lists are dropped
+# and sorted once on the next read, so a bulk load costs one sort, not a quadratic run of inserts.
+_INCREMENTAL_CHANGES = 64
+
+
 class _TerminalEntries:
     """One terminal's transactions: id -> (event time, fraud known at or 0), and sorted views:
-    every transaction's time, and apart the frauds (few) with the time each became known."""
+    every transaction's time, and apart the frauds (few) with the time each became known.
 
-    __slots__ = ("arrays", "entries", "fraud_known", "fraud_times", "known", "times")
+    The views are kept sorted by (time, known) as entries change; `times` is None while they are
+    out of date (see _INCREMENTAL_CHANGES), and `fraud_times`/`fraud_known` are then stale too
+    until the next `sorted_view()`. `arrays` is built on demand, reusing the frauds' arrays while
+    no fraud changed: most changes are new transactions not known as fraud.
+    """
+
+    __slots__ = (
+        "_fraud_arrays",
+        "_unread_changes",
+        "arrays",
+        "entries",
+        "fraud_known",
+        "fraud_times",
+        "known",
+        "times",
+    )
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, int]] = {}
-        self.times: list[int] | None = None
-        self.known: list[int] | None = None
+        self.times: list[int] | None = []
+        self.known: list[int] | None = []
         self.fraud_times: list[int] = []
         self.fraud_known: list[int] = []
         self.arrays: TerminalArrays | None = None
+        self._fraud_arrays: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
+        self._unread_changes = 0
 
     def put(self, transaction_id: str, occurred_ms: int, fraud_known_ms: int) -> None:
-        if self.entries.get(transaction_id) != (occurred_ms, fraud_known_ms):
-            self.entries[transaction_id] = (occurred_ms, fraud_known_ms)
-            self.times = self.known = self.arrays = None
+        previous = self.entries.get(transaction_id)
+        if previous == (occurred_ms, fraud_known_ms):
+            return
+        self.entries[transaction_id] = (occurred_ms, fraud_known_ms)
+        if fraud_known_ms > 0 or (previous is not None and previous[1] > 0):
+            self._fraud_arrays = None
+        if self._keeps_sorted_after_change():
+            if previous is not None:
+                self._unsort(*previous)
+            self._insort(occurred_ms, fraud_known_ms)
 
     def remove(self, transaction_id: str) -> None:
-        if self.entries.pop(transaction_id, None) is not None:
-            self.times = self.known = self.arrays = None
+        previous = self.entries.pop(transaction_id, None)
+        if previous is None:
+            return
+        if previous[1] > 0:
+            self._fraud_arrays = None
+        if self._keeps_sorted_after_change():
+            self._unsort(*previous)
+
+    def _keeps_sorted_after_change(self) -> bool:
+        """Count one change to the entries; whether the sorted lists are to follow it."""
+        self.arrays = None
+        if self.times is None:
+            return False
+        self._unread_changes += 1
+        if self._unread_changes > _INCREMENTAL_CHANGES:
+            self.times = self.known = None
+            return False
+        return True
+
+    def _insort(self, occurred_ms: int, fraud_known_ms: int) -> None:
+        assert self.times is not None and self.known is not None
+        _insert_pair(self.times, self.known, occurred_ms, fraud_known_ms)
+        if fraud_known_ms > 0:
+            _insert_pair(self.fraud_times, self.fraud_known, occurred_ms, fraud_known_ms)
+
+    def _unsort(self, occurred_ms: int, fraud_known_ms: int) -> None:
+        assert self.times is not None and self.known is not None
+        _delete_pair(self.times, self.known, occurred_ms, fraud_known_ms)
+        if fraud_known_ms > 0:
+            _delete_pair(self.fraud_times, self.fraud_known, occurred_ms, fraud_known_ms)
 
     def sorted_arrays(self) -> TerminalArrays:
         if self.arrays is None:
             times, _ = self.sorted_view()
-            self.arrays = TerminalArrays(
-                np.array(times, dtype=np.int64),
-                np.array(self.fraud_times, dtype=np.int64),
-                np.array(self.fraud_known, dtype=np.int64),
-            )
+            if self._fraud_arrays is None:
+                self._fraud_arrays = (
+                    np.array(self.fraud_times, dtype=np.int64),
+                    np.array(self.fraud_known, dtype=np.int64),
+                )
+            self.arrays = TerminalArrays(np.array(times, dtype=np.int64), *self._fraud_arrays)
         return self.arrays
 
     def sorted_view(self) -> tuple[list[int], list[int]]:
@@ -101,7 +160,28 @@ class _TerminalEntries:
             frauds = [(occurred, known) for occurred, known in ordered if known > 0]
             self.fraud_times = [occurred for occurred, _ in frauds]
             self.fraud_known = [known for _, known in frauds]
+        self._unread_changes = 0
         return self.times, self.known
+
+
+def _pair_index(firsts: list[int], seconds: list[int], first: int, second: int) -> int:
+    """Where (first, second) goes in the pairs zip(firsts, seconds), sorted, before its equals."""
+    lo = bisect.bisect_left(firsts, first)
+    hi = bisect.bisect_right(firsts, first, lo)
+    return bisect.bisect_left(seconds, second, lo, hi)
+
+
+def _insert_pair(firsts: list[int], seconds: list[int], first: int, second: int) -> None:
+    at = _pair_index(firsts, seconds, first, second)
+    firsts.insert(at, first)
+    seconds.insert(at, second)
+
+
+def _delete_pair(firsts: list[int], seconds: list[int], first: int, second: int) -> None:
+    at = _pair_index(firsts, seconds, first, second)
+    # The pair is there: every entry's pair went in when it was put or at the last sort.
+    del firsts[at]
+    del seconds[at]
 
 
 class TerminalTable:
