@@ -408,15 +408,14 @@ class TerminalTableBuilder(_Stage):
         transactions_ms = max(transactions_ms, published.transactions_complete_until_ms)
         labels_ms = max(labels_ms, published.labels_complete_until_ms)
         retention_days = self.settings.terminal_table_retention_days
-        horizon = (
-            NOT_STARTED_MS if retention_days is None else transactions_ms - retention_days * DAY_MS
-        )
-        if retention_days is not None and horizon - table.pruned_until_ms >= PRUNE_EVERY_MS:
-            table.pruned_until_ms = horizon
-            expired = table.expire(horizon)
-            for key in expired:
-                output.append(OutgoingRecord(topic, key, None, partition=partition))
-            self.stats.entries_deleted += len(expired)
+        if retention_days is not None:
+            horizon = transactions_ms - retention_days * DAY_MS
+            if horizon - table.pruned_until_ms >= PRUNE_EVERY_MS:
+                table.pruned_until_ms = horizon
+                expired = table.expire(horizon)
+                for key in expired:
+                    output.append(OutgoingRecord(topic, key, None, partition=partition))
+                self.stats.entries_deleted += len(expired)
         table.published = TerminalTableWatermark(
             partition=partition,
             transactions_complete_until_ms=transactions_ms,

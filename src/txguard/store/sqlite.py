@@ -97,8 +97,7 @@ _STATUS_BY_OUTCOME = {
 # another thread raises it, keeping it only as a bound on the WAL should that thread fall behind.
 DEFAULT_AUTOCHECKPOINT_PAGES = 1000
 # Page cache per connection (KiB; grows only as pages are used): the random-order index of
-# idempotency keys is re-read from the OS on every insert with the 2 MiB
-# default.
+# idempotency keys is re-read from the OS on every insert with the 2 MiB default.
 _CACHE_KIB = 64 * 1024
 # Rows per multi-row statement: 8 columns x 64 rows stays under SQLite's historical limit of 999
 # bound parameters, and the few statement shapes this gives all fit the statement cache.
