@@ -40,8 +40,10 @@ def run_service(name: str, settings: Settings, *, relay: bool = True) -> int:
 
 
 def _run(name: str, settings: Settings, *, relay: bool) -> int:
+    from txguard.gc_policy import set_service_collector
     from txguard.observability.exporter import start_metrics_endpoint
 
+    set_service_collector()
     # First, so the target is up (and shows what the service waits for) before Kafka answers.
     start_metrics_endpoint(name, settings.metrics_port)
     if name == "transactions":

@@ -132,6 +132,10 @@ def test_decision_ids_are_fresh_uuids() -> None:
 def test_varint_matches_the_protobuf_encoding() -> None:
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    for value in (0, 1, 127, 128, 300, 2**31, 2**62, -1, -(2**40)):
+    # Every length the encoder writes out by hand, at both ends, and the general case.
+    lengths = [(1 << (7 * size)) - 1 for size in range(1, 6)] + [
+        1 << (7 * size) for size in range(1, 6)
+    ]
+    for value in (0, 1, 300, 2**31, 2**62, 2**63 - 1, -1, -(2**40), *lengths):
         encoded = Timestamp(seconds=value).SerializeToString()
         assert encoded == (b"\x08" + varint(value) if value else b"")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from txguard.fraud.state import (
@@ -112,3 +114,33 @@ def test_memory_per_account_is_a_few_bytes_per_event() -> None:
         record(history, f"e{index}", index * 1_000)
     # Three packed 8-byte arrays: about 24 bytes per event, plus array over-allocation.
     assert 24 * 100 <= history.memory_bytes() - empty <= 40 * 100
+
+
+def test_has_seen_matches_whole_hashes_only() -> None:
+    history = AccountHistory("acct")
+    first, second = 0x1122334455667788, 0x99AABBCCDDEEFF00
+    history.append_in_order(first, 1, 100)
+    history.append_in_order(second, 2, 100)
+    packed = history.hashes.tobytes()
+    # The last four bytes of one hash and the first four of the next, read as one hash.
+    straddling = int.from_bytes(packed[4:12], sys.byteorder)
+    assert not history.has_seen(straddling)
+    assert not history.has_seen_any([straddling, 7])
+    assert history.has_seen(first) and history.has_seen(second)
+    # A straddling match before the real one does not hide it.
+    history.append_in_order(straddling, 3, 100)
+    assert history.has_seen(straddling) and history.has_seen_any([7, straddling])
+
+
+def test_amount_bound_covers_every_remembered_amount_and_tightens_after_expiry() -> None:
+    history = AccountHistory("acct")
+    record(history, "big", 0, amount=1 << 40, history_ms=1_000)
+    record(history, "small", 500, amount=7, history_ms=1_000)
+    assert history.amount_bound_minor == 1 << 40
+    record(history, "later", 1_200, amount=9, history_ms=1_000)  # "big" expires
+    assert list(history.amounts_minor) == [7, 9]
+    assert history.amount_bound_minor == 1 << 40  # Still a bound, no longer tight.
+    assert history.largest_amount_minor() == 9
+    assert history.amount_bound_minor == 9
+    restored = AccountHistory.from_proto(history.to_proto())
+    assert restored.amount_bound_minor == 9

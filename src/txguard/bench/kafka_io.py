@@ -142,8 +142,19 @@ def end_offsets(bootstrap: str, topic: str) -> Offsets:
         return watcher.ends()
 
 
-def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int:
-    """Records of `topics` the consumer group has not committed yet (all of them if none)."""
+# The group's coordinator is moving or loading (a young broker): ask again later.
+_COORDINATOR_NOT_READY = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
+)
+
+
+def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int | None:
+    """Records of `topics` the consumer group has not committed yet (all of them if none);
+    None while the group's coordinator cannot answer yet."""
     consumer = make_consumer(bootstrap, group_id=group, client_id="txguard-bench-lag")
     try:
         lag = 0
@@ -151,7 +162,13 @@ def group_lag(bootstrap: str, group: str, topics: Sequence[str]) -> int:
             partitions = [
                 TopicPartition(topic, p) for p in range(partition_count(bootstrap, topic))
             ]
-            committed = consumer.committed(partitions, timeout=30)
+            try:
+                committed = consumer.committed(partitions, timeout=30)
+            except KafkaException as exc:
+                if exc.args[0].code() in _COORDINATOR_NOT_READY:
+                    log.info("group %s: coordinator not ready (%s)", group, exc.args[0])
+                    return None
+                raise
             for position in committed:
                 low, high = consumer.get_watermark_offsets(position, timeout=10)
                 start = position.offset if position.offset >= 0 else low

@@ -61,6 +61,25 @@ def varint(value: int) -> bytes:
     """Base-128 varint; a negative int64 as its 64-bit two's complement (10 bytes)."""
     if 0 <= value < 0x80:
         return _SMALL_VARINTS[value]
+    # Up to five bytes written out: lengths, and the seconds and nanos of timestamps.
+    if 0 < value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if 0 < value < 0x20_0000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if 0 < value < 0x1000_0000:
+        return bytes(
+            (value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21)
+        )
+    if 0 < value < 0x8_0000_0000:
+        return bytes(
+            (
+                value & 0x7F | 0x80,
+                value >> 7 & 0x7F | 0x80,
+                value >> 14 & 0x7F | 0x80,
+                value >> 21 & 0x7F | 0x80,
+                value >> 28,
+            )
+        )
     value &= 0xFFFF_FFFF_FFFF_FFFF
     out = bytearray()
     while value > 0x7F:
@@ -97,10 +116,20 @@ def _reason(code: str, description: str, contribution: float) -> bytes:
     encoded_code = _REASON_CODES.get(code)
     if encoded_code is None:
         encoded_code = _REASON_CODES[code] = _string(_FIELD_1_BYTES, code)
-    body = encoded_code + _string(_FIELD_2_BYTES, description)
+    text = description.encode()
+    size = len(text)
+    body = (
+        encoded_code
+        + _FIELD_2_BYTES
+        + (_SMALL_VARINTS[size] if size < 0x80 else varint(size))
+        + text
+        if size
+        else encoded_code
+    )
     if contribution:
         body += _FIELD_3_DOUBLE + _DOUBLE.pack(contribution)
-    return _REASON + varint(len(body)) + body
+    size = len(body)
+    return _REASON + (_SMALL_VARINTS[size] if size < 0x80 else varint(size)) + body
 
 
 _FEATURE_KEYS = [_string(_FIELD_1_BYTES, name) for name in ALL_FEATURES]

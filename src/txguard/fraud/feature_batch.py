@@ -280,9 +280,9 @@ def _appendable(account: _Account, times: list[int], amounts: list[int], longest
     if first < longest_ms or previous >= _MAX_TIME_MS:
         return False
     hashes = account.hashes
-    if len(set(hashes)) < len(hashes) or any(history.has_seen(h) for h in hashes):
+    if len(set(hashes)) < len(hashes) or history.has_seen_any(hashes):
         return False
-    return not history.amounts_minor or max(history.amounts_minor) < _MAX_AMOUNT
+    return history.amount_bound_minor < _MAX_AMOUNT or history.largest_amount_minor() < _MAX_AMOUNT
 
 
 def _appended_features(
