@@ -52,9 +52,10 @@ prometheus-tools:
 		{ echo "installing Debian's prometheus package failed (see apt-get's message above)" >&2; exit 1; }; \
 	command -v $(PROMTOOL) >/dev/null 2>&1 || { echo "promtool is still not on PATH after installing prometheus" >&2; exit 1; }
 
-# Scrape config and alert rules are valid, and every alert's unit tests pass.
+# Scrape configs (local and compose) and alert rules are valid, and every alert's unit tests pass.
 promtool: prometheus-tools
 	$(PROMTOOL) check config deploy/prometheus/prometheus.yml
+	$(PROMTOOL) check config deploy/prometheus/prometheus-compose.yml
 	$(PROMTOOL) check rules deploy/prometheus/alerts.yml
 	$(PROMTOOL) test rules deploy/prometheus/alerts_test.yml
 
