@@ -3,13 +3,12 @@ saying where it came from (topic, partition, offset) and why (error kind and mes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from confluent_kafka import Message
 
-from txguard.kafka.serde import InvalidEvent, dead_letter_headers
+from txguard.kafka.serde import InvalidEvent, ReceivedHeaders, dead_letter_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +24,7 @@ class DeadLetter:
 
 def dead_letter_for(message: Message, error: InvalidEvent, *, topic: str) -> DeadLetter:
     """The DLQ record for a consumed record that failed decoding or validation."""
-    original = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
+    original = cast(ReceivedHeaders, message.headers())
     partition, offset = message.partition(), message.offset()
     return DeadLetter(
         key=message.key(),

@@ -48,6 +48,7 @@ from txguard.kafka.consumer_loop import (
 from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
 from txguard.kafka.serde import (
     InvalidEvent,
+    ReceivedHeaders,
     is_stream_watermark,
     parse_transaction_created,
 )
@@ -290,7 +291,7 @@ class FraudDetector:
 
     def _decode(self, message: Message, output: BatchOutput) -> TransactionRow | None:
         """The transaction, or None when the record is poison and was set aside for the DLQ."""
-        headers = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
+        headers = cast(ReceivedHeaders, message.headers())
         if is_stream_watermark(headers):
             return None  # Event-time progress for the terminal-risk aggregator, not a transaction.
         try:

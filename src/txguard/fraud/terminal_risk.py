@@ -46,6 +46,7 @@ from txguard.kafka.consumer_loop import (
 from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
 from txguard.kafka.serde import (
     InvalidEvent,
+    ReceivedHeaders,
     decode_fraud_label,
     decode_stream_watermark,
     decode_transaction_created,
@@ -213,7 +214,7 @@ class TerminalEventRekeyer(_Stage):
     def _forward(
         self, message: Message, source: tuple[str, int]
     ) -> tuple[str, TerminalEvent] | None:
-        headers = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
+        headers = cast(ReceivedHeaders, message.headers())
         try:
             if is_stream_watermark(headers):
                 mark = decode_stream_watermark(message.value(), headers)

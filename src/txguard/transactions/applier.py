@@ -35,7 +35,7 @@ from txguard.kafka.consumer_loop import (
     subscribe,
     wait_for_kafka,
 )
-from txguard.kafka.serde import InvalidEvent, decode_decision
+from txguard.kafka.serde import InvalidEvent, ReceivedHeaders, decode_decision
 from txguard.observability import metrics
 from txguard.schema.v1.decision_pb2 import FraudDecision
 from txguard.store.interface import DecisionApplied, StoreLocked, TransactionStore
@@ -155,7 +155,7 @@ class DecisionApplier:
         decisions: list[FraudDecision] = []
         for message in records:
             self.stats.consumed += 1
-            headers = cast(Sequence[tuple[str, bytes | None]] | None, message.headers())
+            headers = cast(ReceivedHeaders, message.headers())
             try:
                 decisions.append(decode_decision(message.value(), headers))
             except InvalidEvent as exc:
