@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # The consumer's positions and watermarks are read at most this often for the lag metrics.
 LAG_REFRESH_SECONDS = 0.5
 RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
+# What produce() takes as headers; per-record casts name it (a spelt-out type is rebuilt per call).
+_ProduceHeaders = list[tuple[str, str | bytes | None]]
 
 # Commit rejected because the group moved on: the partition's next owner resumes from the last
 # committed offset and its restored dedup state drops what was already handled.
@@ -333,7 +335,7 @@ def produce_with_backpressure(
     """produce(); while librdkafka's local queue is full, serve delivery reports and try again."""
     # produce() takes a list (not a tuple) of headers.
     headers = cast(
-        list[tuple[str, str | bytes | None]],
+        _ProduceHeaders,
         record.headers if isinstance(record.headers, list) else list(record.headers),
     )
     while True:
