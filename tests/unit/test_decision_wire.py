@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from txguard.fraud.decision_wire import DecisionWriter, varint
+from txguard.fraud.decision_wire import DecisionWriter
 from txguard.fraud.decisions import DecisionThresholds, build_decision
 from txguard.fraud.feature_batch import TransactionRow
 from txguard.fraud.features import ALL_FEATURES
@@ -14,6 +14,7 @@ from txguard.fraud.scoring import ReasonScore, ScoreResult
 from txguard.kafka.serde import HEADER_EVENT_ID, HEADER_SCHEMA, decode_decision
 from txguard.schema.v1.decision_pb2 import FraudDecision
 from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.wire import varint
 
 THRESHOLDS = DecisionThresholds(review=0.5, decline=0.8)
 text = st.text(max_size=40)

@@ -26,9 +26,10 @@ from txguard.kafka.serde import (
 )
 from txguard.schema.ids import new_random_ids
 from txguard.schema.v1.decision_pb2 import FraudDecision
+from txguard.schema.wire import SMALL_VARINTS as _SMALL_VARINTS
+from txguard.schema.wire import varint
 
 _DOUBLE = struct.Struct("<d")
-_SMALL_VARINTS = [bytes([n]) for n in range(0x80)]
 _SCHEMA = FraudDecision.DESCRIPTOR.full_name.encode()
 
 # Tags: field number << 3 | wire type (0 varint, 1 64-bit, 2 length-delimited).
@@ -55,38 +56,6 @@ _FIELD_3_DOUBLE = b"\x19"
 _FIELD_1_VARINT = b"\x08"
 _FIELD_2_VARINT = b"\x10"
 _FIELD_2_DOUBLE = b"\x11"
-
-
-def varint(value: int) -> bytes:
-    """Base-128 varint; a negative int64 as its 64-bit two's complement (10 bytes)."""
-    if 0 <= value < 0x80:
-        return _SMALL_VARINTS[value]
-    # Up to five bytes written out: lengths, and the seconds and nanos of timestamps.
-    if 0 < value < 0x4000:
-        return bytes((value & 0x7F | 0x80, value >> 7))
-    if 0 < value < 0x20_0000:
-        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
-    if 0 < value < 0x1000_0000:
-        return bytes(
-            (value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21)
-        )
-    if 0 < value < 0x8_0000_0000:
-        return bytes(
-            (
-                value & 0x7F | 0x80,
-                value >> 7 & 0x7F | 0x80,
-                value >> 14 & 0x7F | 0x80,
-                value >> 21 & 0x7F | 0x80,
-                value >> 28,
-            )
-        )
-    value &= 0xFFFF_FFFF_FFFF_FFFF
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _string(tag: bytes, text: str) -> bytes:

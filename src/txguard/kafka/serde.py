@@ -12,6 +12,7 @@ from txguard.schema.v1.decision_pb2 import FraudDecision
 from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.labels_pb2 import FraudLabel
 from txguard.schema.v1.watermark_pb2 import StreamWatermark
+from txguard.schema.wire import length_delimited
 
 HEADER_EVENT_ID = "txguard-event-id"
 HEADER_SCHEMA = "txguard-schema"
@@ -65,6 +66,24 @@ def encode_transaction_created(event: TransactionCreated) -> EncodedRecord:
         key=event.transaction.account_id.encode(),
         value=event.SerializeToString(),
         headers=_headers(event.event_id, schema_name(TransactionCreated)),
+    )
+
+
+# TransactionCreated's fields: event_id = 1 (string), transaction = 2 (message).
+_CREATED_EVENT_ID = b"\x0a"
+_CREATED_TRANSACTION = b"\x12"
+
+
+def encode_transaction_created_from(
+    event_id: str, account_id: str, serialized_transaction: bytes
+) -> EncodedRecord:
+    """`encode_transaction_created` of an event whose Transaction is already serialized: the
+    same bytes, written around it (a sub-message is its own serialization, length-prefixed)."""
+    return EncodedRecord(
+        key=account_id.encode(),
+        value=length_delimited(_CREATED_EVENT_ID, event_id.encode())
+        + length_delimited(_CREATED_TRANSACTION, serialized_transaction),
+        headers=_headers(event_id, schema_name(TransactionCreated)),
     )
 
 

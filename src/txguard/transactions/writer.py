@@ -29,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeAlias
 
 from txguard.clock import set_timestamp_us
-from txguard.kafka.serde import encode_transaction_created
+from txguard.kafka.serde import encode_transaction_created_from
 from txguard.observability import metrics
 from txguard.schema.ids import new_transaction_and_event_ids
-from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest, CreateTransactionResponse
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
+from txguard.schema.wire import length_delimited
 from txguard.store.interface import (
     IdempotencyKeyReused,
     NewTransaction,
@@ -65,6 +65,11 @@ class WriterClosed(RuntimeError):
 WriteResult: TypeAlias = RecordOutcome | IdempotencyKeyReused | StoreWriteFailed
 OnRecorded: TypeAlias = Callable[[WriteResult], None]
 StoreFactory: TypeAlias = Callable[[], TransactionStore]
+
+
+_PENDING: Final = TransactionStatus.TRANSACTION_STATUS_PENDING
+# CreateTransactionResponse's one field: transaction = 1 (message).
+_RESPONSE_TRANSACTION: Final = b"\x0a"
 
 
 def accepted_transaction(
@@ -101,14 +106,16 @@ def accepted_transaction(
     tx.occurred_at.CopyFrom(
         request.occurred_at if request.HasField("occurred_at") else tx.accepted_at
     )
-    tx.status = TransactionStatus.TRANSACTION_STATUS_PENDING
-    encoded = encode_transaction_created(TransactionCreated(event_id=event_id, transaction=tx))
+    tx.status = _PENDING
+    # Serialized once: the response and the event are both written around these bytes.
+    serialized = tx.SerializeToString()
+    encoded = encode_transaction_created_from(event_id, tx.account_id, serialized)
     record = NewTransaction(
         client_id=client_id,
         idempotency_key=request.idempotency_key,
         request_fingerprint=fingerprint,
         transaction=tx,
-        response=response.SerializeToString(),
+        response=length_delimited(_RESPONSE_TRANSACTION, serialized),
         outbox_event=OutboxEvent(
             event_id=event_id,
             topic=topic,
