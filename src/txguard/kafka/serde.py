@@ -78,7 +78,8 @@ def encode_transaction_created_from(
     event_id: str, account_id: str, serialized_transaction: bytes
 ) -> EncodedRecord:
     """`encode_transaction_created` of an event whose Transaction is already serialized: the
-    same bytes, written around it (a sub-message is its own serialization, length-prefixed)."""
+    same bytes, written around it (a sub-message is its own serialization, length-prefixed).
+    The event id is written even when empty, which the library would leave out: ids never are."""
     return EncodedRecord(
         key=account_id.encode(),
         value=length_delimited(_CREATED_EVENT_ID, event_id.encode())
