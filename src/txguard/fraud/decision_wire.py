@@ -27,7 +27,7 @@ from txguard.kafka.serde import (
 from txguard.schema.ids import new_random_ids
 from txguard.schema.v1.decision_pb2 import FraudDecision
 from txguard.schema.wire import SMALL_VARINTS as _SMALL_VARINTS
-from txguard.schema.wire import varint
+from txguard.schema.wire import length_delimited, varint
 
 _DOUBLE = struct.Struct("<d")
 _SCHEMA = FraudDecision.DESCRIPTOR.full_name.encode()
@@ -62,8 +62,7 @@ def _string(tag: bytes, text: str) -> bytes:
     """A string field, or nothing for the empty string (proto3's default)."""
     if not text:
         return b""
-    data = text.encode()
-    return tag + varint(len(data)) + data
+    return length_delimited(tag, text.encode())
 
 
 def _double(tag: bytes, number: float) -> bytes:
@@ -74,7 +73,7 @@ def _timestamp(tag: bytes, seconds: int, nanos: int) -> bytes:
     body = (_FIELD_1_VARINT + varint(seconds) if seconds else b"") + (
         _FIELD_2_VARINT + varint(nanos) if nanos else b""
     )
-    return tag + varint(len(body)) + body
+    return length_delimited(tag, body)
 
 
 _REASON_CODES: dict[str, bytes] = {}
@@ -86,19 +85,10 @@ def _reason(code: str, description: str, contribution: float) -> bytes:
     if encoded_code is None:
         encoded_code = _REASON_CODES[code] = _string(_FIELD_1_BYTES, code)
     text = description.encode()
-    size = len(text)
-    body = (
-        encoded_code
-        + _FIELD_2_BYTES
-        + (_SMALL_VARINTS[size] if size < 0x80 else varint(size))
-        + text
-        if size
-        else encoded_code
-    )
+    body = encoded_code + length_delimited(_FIELD_2_BYTES, text) if text else encoded_code
     if contribution:
         body += _FIELD_3_DOUBLE + _DOUBLE.pack(contribution)
-    size = len(body)
-    return _REASON + (_SMALL_VARINTS[size] if size < 0x80 else varint(size)) + body
+    return length_delimited(_REASON, body)
 
 
 _FEATURE_KEYS = [_string(_FIELD_1_BYTES, name) for name in ALL_FEATURES]
@@ -109,7 +99,7 @@ def _features(values: Sequence[float]) -> bytes:
     parts = []
     for key, value in zip(_FEATURE_KEYS, values, strict=True):
         body = key + _FIELD_2_DOUBLE + _DOUBLE.pack(value)
-        parts.append(_FEATURE + varint(len(body)) + body)
+        parts.append(length_delimited(_FEATURE, body))
     return b"".join(parts)
 
 
@@ -144,10 +134,10 @@ class DecisionWriter:
             decision_id = decision_ids[index]
             account_id = row.account_id.encode()
             parts = [
-                _DECISION_ID + varint(len(decision_id)) + decision_id.encode(),
+                length_delimited(_DECISION_ID, decision_id.encode()),
                 _string(_EVENT_ID, row.event_id),
                 _string(_TRANSACTION_ID, row.transaction_id),
-                _ACCOUNT_ID + varint(len(account_id)) + account_id if account_id else b"",
+                length_delimited(_ACCOUNT_ID, account_id) if account_id else b"",
                 _double(_SCORE, result.score),
                 _OUTCOME + _SMALL_VARINTS[outcome] if outcome else b"",
                 *[_reason(*reason) for reason in result.reasons],

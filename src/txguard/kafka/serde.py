@@ -96,9 +96,7 @@ def encode_decision(decision: FraudDecision) -> EncodedRecord:
     )
 
 
-def decode_transaction_created(
-    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
-) -> TransactionCreated:
+def decode_transaction_created(value: bytes | None, headers: ReceivedHeaders) -> TransactionCreated:
     """Decode and check a transactions-topic record; raises InvalidEvent for a poison record."""
     event = parse_transaction_created(value, headers)
     tx = event.transaction
@@ -113,9 +111,7 @@ def decode_transaction_created(
     return event
 
 
-def parse_transaction_created(
-    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
-) -> TransactionCreated:
+def parse_transaction_created(value: bytes | None, headers: ReceivedHeaders) -> TransactionCreated:
     """Decode only: a reader that takes the fields out itself checks them with
     `check_transaction` (reading a field twice costs more than parsing the record)."""
     return _parse(TransactionCreated, value, headers)
@@ -171,22 +167,18 @@ def encode_stream_watermark(watermark: StreamWatermark) -> EncodedRecord:
     )
 
 
-def is_stream_watermark(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+def is_stream_watermark(headers: ReceivedHeaders) -> bool:
     return header_value(headers, HEADER_SCHEMA) == _WATERMARK_SCHEMA
 
 
-def decode_stream_watermark(
-    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
-) -> StreamWatermark:
+def decode_stream_watermark(value: bytes | None, headers: ReceivedHeaders) -> StreamWatermark:
     watermark = _parse(StreamWatermark, value, headers)
     if not watermark.HasField("complete_until"):
         raise InvalidEvent("invalid", "watermark lacks complete_until")
     return watermark
 
 
-def decode_fraud_label(
-    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
-) -> FraudLabel:
+def decode_fraud_label(value: bytes | None, headers: ReceivedHeaders) -> FraudLabel:
     label = _parse(FraudLabel, value, headers)
     if not label.transaction_id or not label.terminal_id:
         raise InvalidEvent("invalid", "label lacks transaction_id or terminal_id")
@@ -195,16 +187,14 @@ def decode_fraud_label(
     return label
 
 
-def decode_decision(
-    value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
-) -> FraudDecision:
+def decode_decision(value: bytes | None, headers: ReceivedHeaders) -> FraudDecision:
     decision = _parse(FraudDecision, value, headers)
     if not decision.decision_id or not decision.transaction_id:
         raise InvalidEvent("invalid", "decision lacks decision_id or transaction_id")
     return decision
 
 
-def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> bytes | None:
+def header_value(headers: ReceivedHeaders, name: str) -> bytes | None:
     for key, value in headers or ():
         if key == name:
             return value
@@ -212,7 +202,7 @@ def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) 
 
 
 def dead_letter_headers(
-    original: Sequence[tuple[str, bytes | None]] | None,
+    original: ReceivedHeaders,
     *,
     topic: str,
     partition: int,
@@ -239,9 +229,7 @@ def _headers(event_id: str, schema: str) -> Headers:
     )
 
 
-def _parse(
-    message_type: type[M], value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
-) -> M:
+def _parse(message_type: type[M], value: bytes | None, headers: ReceivedHeaders) -> M:
     """The record's message, once its schema headers name `message_type`."""
     _require_schema(headers, schema_name(message_type))
     message = message_type()
@@ -252,7 +240,7 @@ def _parse(
     return message
 
 
-def _require_schema(headers: Sequence[tuple[str, bytes | None]] | None, expected: str) -> None:
+def _require_schema(headers: ReceivedHeaders, expected: str) -> None:
     found = header_value(headers, HEADER_SCHEMA)
     if found is None:
         raise InvalidEvent("missing-schema", f"record has no {HEADER_SCHEMA} header")
