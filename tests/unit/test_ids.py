@@ -34,6 +34,15 @@ def test_transaction_and_event_ids_are_time_ordered_version_7() -> None:
     assert uuid.UUID(earlier_event).bytes[:6] == (1_700_000_000_000).to_bytes(6, "big")
 
 
+def test_a_millisecond_written_in_decimal_digits_only_moves_to_the_next_one_with_a_letter() -> None:
+    # 0x019012345678 ms (June 2024): every id of it would hold a run of 13 decimal digits.
+    for unix_ms, expected_ms in ((0x0190_1234_5678, 0x0190_1234_567A), (0, 0xA)):
+        for text in new_transaction_and_event_ids(unix_ms * 1000 + 999):
+            assert uuid.UUID(text).bytes[:6] == expected_ms.to_bytes(6, "big")
+            assert uuid.UUID(text).version == 7
+            assert mask_card_numbers(text) == text
+
+
 def test_transaction_and_event_ids_differ_and_never_repeat() -> None:
     pairs = [new_transaction_and_event_ids(1_700_000_000_000_000) for _ in range(1000)]
     ids = [text for pair in pairs for text in pair]

@@ -59,13 +59,6 @@ def _v4(raw: bytearray) -> bytearray:
     return raw
 
 
-def _v7(unix_ms: bytes, rand: bytes) -> str:
-    raw = bytearray(unix_ms + rand)
-    raw[6] = 0x70 | (raw[6] & 0x0F)
-    raw[8] = 0x80 | (raw[8] & 0x3F)
-    return raw.hex()
-
-
 def new_random_id() -> str:
     """A random (version 4) UUID."""
     while _card_like(identifier := _v4(bytearray(os.urandom(16))).hex()):
@@ -88,11 +81,28 @@ def new_transaction_and_event_ids(now_us: int) -> tuple[str, str]:
     scattering over them as random UUIDs do. Within one millisecond the order is random; the ids
     are unique by their 74 random bits.
     """
-    unix_ms = ((now_us // 1000) & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
-    return _new_v7(unix_ms), _new_v7(unix_ms)
+    unix_ms = (now_us // 1000) & 0xFFFF_FFFF_FFFF
+    # The 48-bit milliseconds and the version digit, shared by both. When all 12 digits of the
+    # milliseconds are decimal (2.3% of the milliseconds from mid-2024 to mid-2025, again from
+    # 2039), no random bits could make an id that is not card-like: the ids take the next
+    # millisecond written with a letter, at most ten later.
+    head = format(unix_ms, "012x") + "7"
+    while _card_like(head):
+        unix_ms = (unix_ms + 1) & 0xFFFF_FFFF_FFFF
+        head = format(unix_ms, "012x") + "7"
+    return _new_v7(head), _new_v7(head)
 
 
-def _new_v7(unix_ms: bytes) -> str:
-    while _card_like(identifier := _v7(unix_ms, _random.take(10))):
-        pass
-    return identifier
+# The variant digit (binary 10xx) from two random bits.
+_VARIANT_DIGITS: Final = "89ab"
+
+
+def _new_v7(head: str) -> str:
+    """`head` and 74 random bits, written as hex directly (10 random bytes: the version digit
+    replaces the high half of the first, the variant bits the top two of the third)."""
+    while True:
+        rand = _random.take(10)
+        digits = rand.hex()
+        identifier = head + digits[1:4] + _VARIANT_DIGITS[(rand[2] >> 4) & 3] + digits[5:]
+        if not _card_like(identifier):
+            return identifier
