@@ -68,7 +68,6 @@ def new_transaction(account_id: str, amount_minor: int = 1_000) -> NewTransactio
         idempotency_key=tx.idempotency_key,
         request_fingerprint=b"fp",
         transaction=tx,
-        response=b"",
         outbox_event=OutboxEvent(
             event_id=event.event_id,
             topic=TRANSACTIONS_TOPIC,

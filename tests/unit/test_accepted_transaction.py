@@ -1,4 +1,4 @@
-"""The stored response and the outbox event of an accepted transaction are the bytes the protobuf
+"""The replayed response and the outbox event of an accepted transaction are the bytes the protobuf
 library writes for them, although they are written around one serialization of the transaction."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txguard.kafka.serde import encode_transaction_created, parse_transaction_created
+from txguard.schema.responses import create_transaction_response
 from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest, CreateTransactionResponse
 from txguard.transactions.card import CardToken
@@ -51,8 +52,10 @@ def test_response_and_event_are_the_library_bytes(
         now_us=now_us,
         topic="txguard.transactions.v1",
     )
-    assert record.response == response.SerializeToString()
-    assert CreateTransactionResponse.FromString(record.response) == response
+    # What the store answers a replay with, from the record it keeps.
+    replayed = create_transaction_response(record.transaction.SerializeToString())
+    assert replayed == response.SerializeToString()
+    assert CreateTransactionResponse.FromString(replayed) == response
     event = record.outbox_event
     expected = encode_transaction_created(
         TransactionCreated(event_id=event.event_id, transaction=response.transaction)

@@ -10,6 +10,7 @@ from typing import Any, cast
 import grpc
 
 from txguard.schema.luhn import with_check_digit
+from txguard.schema.responses import create_transaction_response
 from txguard.schema.v1.service_pb2 import (
     CreateTransactionRequest,
     SubmitTransactionBatch,
@@ -38,7 +39,8 @@ class HeldWriter:
     def complete_all(self) -> None:
         pending, self.pending = self.pending, []
         for record, on_recorded in pending:
-            on_recorded(RecordOutcome(created=True, response=record.response))
+            response = create_transaction_response(record.transaction.SerializeToString())
+            on_recorded(RecordOutcome(created=True, response=response))
 
 
 class Context:

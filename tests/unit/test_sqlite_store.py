@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import threading
 import uuid
@@ -10,19 +11,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.support import new_transaction
 from txguard.clock import now_us, timestamp_from_us
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
+from txguard.schema.v1.service_pb2 import CreateTransactionResponse
 from txguard.schema.v1.transaction_pb2 import TransactionStatus
 from txguard.store.interface import (
     DecisionApplied,
     IdempotencyKeyReused,
+    NewTransaction,
     PublishedEvents,
     RecordOutcome,
     StoreLocked,
 )
-from txguard.store.sqlite import ROWS_PER_STATEMENT, SqliteStore
+from txguard.store.sqlite import (
+    ROWS_PER_STATEMENT,
+    SqliteStore,
+    _decode_headers,
+    _encode_headers,
+)
 
 
 @pytest.fixture
@@ -39,7 +49,7 @@ def test_a_batch_larger_than_one_statement_is_stored_in_batch_order(store: Sqlit
 
     results = store.record_transactions(items)
 
-    assert results == [RecordOutcome(created=True, response=item.response) for item in items]
+    assert results == [RecordOutcome(created=True, response=_response(item)) for item in items]
     pending = store.pending_outbox(len(items) + 10)
     assert [p.event for p in pending] == [item.outbox_event for item in items]
     assert [p.seq for p in pending] == sorted(p.seq for p in pending)
@@ -55,18 +65,21 @@ def test_a_batch_larger_than_one_statement_is_stored_in_batch_order(store: Sqlit
     )
 
 
+def _response(item: NewTransaction) -> bytes:
+    return CreateTransactionResponse(transaction=item.transaction).SerializeToString()
+
+
 def test_replays_reuses_and_repeats_within_one_batch(store: SqliteStore) -> None:
-    stored = dataclasses.replace(new_transaction("acct-a"), response=b"first answer")
+    stored = new_transaction("acct-a")
     store.record_transactions([stored])
-    fresh = dataclasses.replace(new_transaction("acct-b"), response=b"fresh answer")
+    fresh = new_transaction("acct-b")
     same_key_other_payload = dataclasses.replace(
         new_transaction("acct-c"),
         idempotency_key=stored.idempotency_key,
         request_fingerprint=b"another request",
     )
-    fresh_retried = dataclasses.replace(new_transaction("acct-b"), response=b"retry's answer")
     fresh_retried = dataclasses.replace(
-        fresh_retried,
+        new_transaction("acct-b"),
         idempotency_key=fresh.idempotency_key,
         request_fingerprint=fresh.request_fingerprint,
     )
@@ -76,11 +89,13 @@ def test_replays_reuses_and_repeats_within_one_batch(store: SqliteStore) -> None
         [stored, same_key_other_payload, fresh, fresh_retried, fresh_changed]
     )
 
-    assert results[0] == RecordOutcome(created=False, response=b"first answer")
+    # A replay is answered with the stored transaction as it was accepted, not the retry's.
+    assert results[0] == RecordOutcome(created=False, response=_response(stored))
     assert isinstance(results[1], IdempotencyKeyReused)
-    assert results[2] == RecordOutcome(created=True, response=b"fresh answer")
+    assert results[2] == RecordOutcome(created=True, response=_response(fresh))
     # A repeat of a key earlier in the same batch is answered as a replay of that item.
-    assert results[3] == RecordOutcome(created=False, response=b"fresh answer")
+    assert results[3] == RecordOutcome(created=False, response=_response(fresh))
+    assert _response(fresh_retried) != _response(fresh)
     assert isinstance(results[4], IdempotencyKeyReused)
     # Only the two new transactions were written, each once.
     assert [p.event for p in store.pending_outbox(10)] == [
@@ -283,3 +298,64 @@ def test_apply_decisions_first_decision_wins_across_and_within_batches(store: Sq
         200,
         batch[len(ids) - 1].decision_id,
     )
+
+
+@given(st.lists(st.tuples(st.text(), st.binary())).map(tuple))
+def test_stored_headers_are_the_json_the_library_writes_and_read_back_unchanged(
+    headers: tuple[tuple[str, bytes], ...],
+) -> None:
+    # Stores written before the direct encoding hold json.dumps' text: both must read alike.
+    assert _encode_headers(headers) == json.dumps([[name, value.hex()] for name, value in headers])
+    assert _decode_headers(_encode_headers(headers)) == headers
+
+
+# The idempotency table of stores made before the response was written from the record.
+_LEGACY_IDEMPOTENCY_TABLE = """
+CREATE TABLE idempotency_keys (
+    client_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_fingerprint BLOB NOT NULL,
+    transaction_id TEXT NOT NULL,
+    response BLOB NOT NULL,
+    created_at_us INTEGER NOT NULL,
+    PRIMARY KEY (client_id, idempotency_key)
+) WITHOUT ROWID;
+"""
+
+
+def test_a_store_with_the_old_response_column_still_records_and_replays(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(_LEGACY_IDEMPOTENCY_TABLE)
+    old = new_transaction("acct-old")
+    store = SqliteStore(path)
+    try:
+        # A row as the earlier version wrote it, response included.
+        store.record_transactions([old])
+        store.connection.execute(
+            "UPDATE idempotency_keys SET response = ? WHERE idempotency_key = ?",
+            (_response(old), old.idempotency_key),
+        )
+        new = new_transaction("acct-new")
+
+        results = store.record_transactions([old, new])
+
+        assert results == [
+            RecordOutcome(created=False, response=_response(old)),
+            RecordOutcome(created=True, response=_response(new)),
+        ]
+        assert store.record_transactions([new]) == [
+            RecordOutcome(created=False, response=_response(new))
+        ]
+        written = store.connection.execute(
+            "SELECT response FROM idempotency_keys WHERE idempotency_key = ?",
+            (new.idempotency_key,),
+        ).fetchone()
+        assert written == (b"",)
+    finally:
+        store.close()
+
+
+def test_a_new_store_keeps_no_second_copy_of_the_response(store: SqliteStore) -> None:
+    columns = {row[1] for row in store.connection.execute("PRAGMA table_info(idempotency_keys)")}
+    assert "response" not in columns

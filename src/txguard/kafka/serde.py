@@ -40,7 +40,7 @@ class InvalidEvent(ValueError):
         self.kind = kind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EncodedRecord:
     key: bytes
     value: bytes

@@ -40,7 +40,7 @@ class IdempotencyKeyReused(StoreError):
         self.idempotency_key = idempotency_key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutboxEvent:
     """An event to publish, written in the same database transaction as the row it describes."""
 
@@ -51,7 +51,7 @@ class OutboxEvent:
     headers: tuple[tuple[str, bytes], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PendingOutboxEvent:
     """An outbox event not yet acknowledged by Kafka; `seq` is its commit order."""
 
@@ -60,7 +60,7 @@ class PendingOutboxEvent:
     created_at_us: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewTransaction:
     """Everything written atomically for one accepted transaction."""
 
@@ -68,13 +68,13 @@ class NewTransaction:
     idempotency_key: str
     # Hash of the canonical request (with the card already tokenized): detects key reuse.
     request_fingerprint: bytes
+    # Stored as the transaction's record; a replay is answered with it, byte for byte, as the
+    # create was (`txguard.schema.responses`).
     transaction: Transaction
-    # The serialized response, returned byte for byte when the request is replayed.
-    response: bytes
     outbox_event: OutboxEvent
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RecordOutcome:
     """Result of recording one transaction: `created` is False for an idempotent replay."""
 
@@ -82,7 +82,7 @@ class RecordOutcome:
     response: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DecisionApplied:
     """Result of applying one decision."""
 
@@ -91,7 +91,7 @@ class DecisionApplied:
     result: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PublishedEvents:
     """Outbox events Kafka acknowledged, to be marked published (`seqs` in any order)."""
 
@@ -154,7 +154,7 @@ class PublishedHandoff:
                 self._offered[:0] = events
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutboxBacklog:
     count: int
     oldest_created_at_us: int | None

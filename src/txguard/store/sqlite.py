@@ -27,6 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
+from txguard.schema.responses import create_transaction_response
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
 from txguard.store.interface import (
@@ -64,12 +65,15 @@ CREATE TABLE IF NOT EXISTS transactions (
 DROP INDEX IF EXISTS transactions_by_account;
 CREATE INDEX IF NOT EXISTS transactions_by_applied ON transactions (applied_at_us)
     WHERE applied_at_us IS NOT NULL;
+-- A replay's response is written from the transaction's record, not stored here a second time:
+-- client keys are random, so each insert lands on a page of its own, and a small row keeps
+-- the pages that a commit writes few and the table's hot part in cache. Stores made before
+-- have a `response` column; it is written empty.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     client_id TEXT NOT NULL,
     idempotency_key TEXT NOT NULL,
     request_fingerprint BLOB NOT NULL,
     transaction_id TEXT NOT NULL,
-    response BLOB NOT NULL,
     created_at_us INTEGER NOT NULL,
     PRIMARY KEY (client_id, idempotency_key)
 ) WITHOUT ROWID;
@@ -205,6 +209,12 @@ class SqliteStore:
         self._db.execute("PRAGMA temp_store=MEMORY")
         self._db.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint_pages)}")
         self._db.executescript(SCHEMA)
+        # A store made before the response column was dropped gets it written empty.
+        self._insert_requests = (
+            (_INSERT_REQUESTS_WITH_RESPONSE, ",x''")
+            if self._has_response_column()
+            else (_INSERT_REQUESTS, "")
+        )
         # From now on writes wait for the lock in `_begin_immediate`; reads never wait in WAL.
         self._db.execute(f"PRAGMA busy_timeout={_LOCK_ATTEMPT_WAIT_MS}")
         self._outbox_signal = outbox_signal(path)
@@ -223,6 +233,10 @@ class SqliteStore:
                 if "locked" not in str(exc) or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.05)
+
+    def _has_response_column(self) -> bool:
+        columns = self._db.execute("PRAGMA table_info(idempotency_keys)").fetchall()
+        return any(column[1] == "response" for column in columns)
 
     @contextmanager
     def _write_transaction(self) -> Iterator[None]:
@@ -272,7 +286,8 @@ class SqliteStore:
         self, batch: Sequence[NewTransaction], published: Sequence[PublishedEvents] = ()
     ) -> list[RecordOutcome | IdempotencyKeyReused]:
         results: list[RecordOutcome | IdempotencyKeyReused] = []
-        new: list[NewTransaction] = []
+        # Each new item with its transaction's record.
+        new: list[tuple[NewTransaction, bytes]] = []
         with self._write_transaction():
             for events in published:
                 self._mark(events.seqs, events.published_at_us)
@@ -287,10 +302,12 @@ class SqliteStore:
                     else:
                         results.append(RecordOutcome(created=False, response=response))
                     continue
+                record = item.transaction.SerializeToString()
+                response = create_transaction_response(record)
                 # A later item of this batch with the same key replays this one.
-                stored[request] = (item.request_fingerprint, item.response)
-                new.append(item)
-                results.append(RecordOutcome(created=True, response=item.response))
+                stored[request] = (item.request_fingerprint, response)
+                new.append((item, record))
+                results.append(RecordOutcome(created=True, response=response))
             for start in range(0, len(new), ROWS_PER_STATEMENT):
                 self._insert_new(new[start : start + ROWS_PER_STATEMENT])
         if new:
@@ -308,17 +325,20 @@ class SqliteStore:
             for item in chunk:
                 params += (item.client_id, item.idempotency_key)
             rows = self._db.execute(_stored_requests_sql(len(chunk)), params).fetchall()
-            for client_id, key, fingerprint, response in rows:
-                stored[(client_id, key)] = (bytes(fingerprint), bytes(response))
+            for client_id, key, fingerprint, record in rows:
+                stored[(client_id, key)] = (
+                    bytes(fingerprint),
+                    create_transaction_response(bytes(record)),
+                )
         return stored
 
-    def _insert_new(self, chunk: Sequence[NewTransaction]) -> None:
+    def _insert_new(self, chunk: Sequence[tuple[NewTransaction, bytes]]) -> None:
         """The transaction rows, idempotency records and outbox events of `chunk`, in its order
         (the outbox's seq, the relay's publishing order, follows it)."""
         transactions: list[object] = []
         requests: list[object] = []
         events: list[object] = []
-        for item in chunk:
+        for item, record in chunk:
             tx = item.transaction
             accepted_at_us = tx.accepted_at.seconds * 1_000_000 + tx.accepted_at.nanos // 1000
             occurred_at_us = tx.occurred_at.seconds * 1_000_000 + tx.occurred_at.nanos // 1000
@@ -330,14 +350,13 @@ class SqliteStore:
                 int(tx.status),
                 occurred_at_us,
                 accepted_at_us,
-                tx.SerializeToString(),
+                record,
             )
             requests += (
                 item.client_id,
                 item.idempotency_key,
                 item.request_fingerprint,
                 tx.transaction_id,
-                item.response,
                 accepted_at_us,
             )
             event = item.outbox_event
@@ -352,7 +371,8 @@ class SqliteStore:
         rows = len(chunk)
         db = self._db
         db.execute(_insert_sql(_INSERT_TRANSACTIONS, 8, rows), transactions)
-        db.execute(_insert_sql(_INSERT_REQUESTS, 6, rows), requests)
+        requests_head, requests_tail = self._insert_requests
+        db.execute(_insert_sql(requests_head, 5, rows, requests_tail), requests)
         db.execute(_insert_sql(_INSERT_EVENTS, 6, rows), events)
 
     def get_transaction(self, transaction_id: str) -> Transaction | None:
@@ -476,7 +496,7 @@ class SqliteStore:
         return results
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AppliedDecisionRow:
     transaction_id: str
     accepted_at_us: int
@@ -530,7 +550,10 @@ _INSERT_TRANSACTIONS = (
 )
 _INSERT_REQUESTS = (
     "INSERT INTO idempotency_keys (client_id, idempotency_key, request_fingerprint, "
-    "transaction_id, response, created_at_us) VALUES "
+    "transaction_id, created_at_us) VALUES "
+)
+_INSERT_REQUESTS_WITH_RESPONSE = _INSERT_REQUESTS.replace(
+    "created_at_us)", "created_at_us, response)"
 )
 _INSERT_EVENTS = (
     "INSERT INTO outbox (event_id, topic, key, payload, headers, created_at_us) VALUES "
@@ -542,7 +565,7 @@ _APPLY_DECISIONS_HEAD = (
 )
 _KNOWN_TRANSACTIONS_HEAD = "SELECT transaction_id FROM transactions WHERE transaction_id IN ("
 _STORED_REQUESTS_HEAD = (
-    "SELECT i.client_id, i.idempotency_key, i.request_fingerprint, i.response FROM (VALUES "
+    "SELECT i.client_id, i.idempotency_key, i.request_fingerprint, t.record FROM (VALUES "
 )
 _PENDING_OUTBOX_SQL = (
     "SELECT json_group_array(json_array(seq, event_id, topic, hex(key), hex(payload), "
@@ -569,8 +592,9 @@ def _known_transactions_sql(rows: int) -> str:
 
 
 @cache
-def _insert_sql(head: str, columns: int, rows: int) -> str:
-    row = "(" + ",".join("?" * columns) + ")"
+def _insert_sql(head: str, columns: int, rows: int, tail: str = "") -> str:
+    """`head` and `rows` rows of `columns` parameters each, then `tail` (literals) in each row."""
+    row = "(" + ",".join("?" * columns) + tail + ")"
     return head + ",".join([row] * rows)
 
 
@@ -581,7 +605,8 @@ def _stored_requests_sql(rows: int) -> str:
         _STORED_REQUESTS_HEAD
         + ",".join(["(?,?)"] * rows)
         + ") AS v CROSS JOIN idempotency_keys AS i "
-        "ON i.client_id = v.column1 AND i.idempotency_key = v.column2"
+        "ON i.client_id = v.column1 AND i.idempotency_key = v.column2 "
+        "JOIN transactions AS t ON t.transaction_id = i.transaction_id"
     )
 
 
@@ -609,7 +634,16 @@ def _runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def _encode_headers(headers: tuple[tuple[str, bytes], ...]) -> str:
-    return json.dumps([[name, value.hex()] for name, value in headers])
+    """`json.dumps([[name, value.hex()], ...])`, character for character, written directly:
+    hex needs no escaping, and the few header names are JSON-encoded once each."""
+    return (
+        "[" + ", ".join([f'[{_json_name(name)}, "{value.hex()}"]' for name, value in headers]) + "]"
+    )
+
+
+@cache
+def _json_name(name: str) -> str:
+    return json.dumps(name)
 
 
 def _decode_headers(raw: str) -> tuple[tuple[str, bytes], ...]:

@@ -34,7 +34,6 @@ from txguard.observability import metrics
 from txguard.schema.ids import new_transaction_and_event_ids
 from txguard.schema.v1.service_pb2 import CreateTransactionRequest, CreateTransactionResponse
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
-from txguard.schema.wire import length_delimited
 from txguard.store.interface import (
     IdempotencyKeyReused,
     NewTransaction,
@@ -68,8 +67,6 @@ StoreFactory: TypeAlias = Callable[[], TransactionStore]
 
 
 _PENDING: Final = TransactionStatus.TRANSACTION_STATUS_PENDING
-# CreateTransactionResponse's one field: transaction = 1 (message).
-_RESPONSE_TRANSACTION: Final = b"\x0a"
 
 
 def accepted_transaction(
@@ -115,7 +112,6 @@ def accepted_transaction(
         idempotency_key=request.idempotency_key,
         request_fingerprint=fingerprint,
         transaction=tx,
-        response=length_delimited(_RESPONSE_TRANSACTION, serialized),
         outbox_event=OutboxEvent(
             event_id=event_id,
             topic=topic,
