@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ TOP_FUNCTIONS = 12
 # A function in at least this share of the samples is an entry point or the service's loop.
 ENTRY_SHARE = 0.95
 STOP_TIMEOUT_SECONDS = 30.0
+# How long `start()` waits for py-spy to say it samples. Until then py-spy has no SIGINT handler:
+# a stop that came first would kill it before it wrote anything.
+READY_TIMEOUT_SECONDS = 10.0
+# What py-spy prints once it samples.
+_READY_LINE = b"Sampling process"
 
 
 def py_spy_path() -> str | None:
@@ -60,8 +66,14 @@ class StackSampler:
             "--output",
             str(self.output),
         ]
-        with self.output.with_suffix(".log").open("wb") as log:
+        log_path = self.output.with_suffix(".log")
+        with log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while self._process.poll() is None and time.monotonic() < deadline:
+            if _READY_LINE in log_path.read_bytes():
+                return
+            time.sleep(0.02)
 
     def stop(self) -> dict[str, Any]:
         """Stop sampling; the summary of what was sampled (or why nothing was)."""

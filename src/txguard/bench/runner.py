@@ -119,7 +119,8 @@ FULL = BenchSizes(
 SMOKE = BenchSizes(
     ceiling_records=20_000,
     customers=300,
-    days=20,
+    # About 22,000 transactions: two seconds of detector work, so that its profile has samples.
+    days=40,
     scaling_instances=(2,),
     scaling_window_seconds=5.0,
     peer_time_limit_seconds=None,
