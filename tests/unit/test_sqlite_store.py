@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -325,7 +326,7 @@ CREATE TABLE idempotency_keys (
 
 def test_a_store_with_the_old_response_column_still_records_and_replays(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         db.executescript(_LEGACY_IDEMPOTENCY_TABLE)
     old = new_transaction("acct-old")
     store = SqliteStore(path)

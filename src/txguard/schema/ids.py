@@ -86,10 +86,8 @@ def new_transaction_and_event_ids(now_us: int) -> tuple[str, str]:
     # milliseconds are decimal (2.3% of the milliseconds from mid-2024 to mid-2025, again from
     # 2039), no random bits could make an id that is not card-like: the ids take the next
     # millisecond written with a letter, at most ten later.
-    head = format(unix_ms, "012x") + "7"
-    while _card_like(head):
+    while _card_like(head := format(unix_ms, "012x") + "7"):
         unix_ms = (unix_ms + 1) & 0xFFFF_FFFF_FFFF
-        head = format(unix_ms, "012x") + "7"
     return _new_v7(head), _new_v7(head)
 
 

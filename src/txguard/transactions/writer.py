@@ -104,7 +104,7 @@ def accepted_transaction(
         request.occurred_at if request.HasField("occurred_at") else tx.accepted_at
     )
     tx.status = _PENDING
-    # Serialized once: the response and the event are both written around these bytes.
+    # The event is written around these bytes instead of serializing a TransactionCreated copy.
     serialized = tx.SerializeToString()
     encoded = encode_transaction_created_from(event_id, tx.account_id, serialized)
     record = NewTransaction(
