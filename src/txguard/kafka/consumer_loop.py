@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -329,25 +329,31 @@ def produce_with_backpressure(
     producer: Producer,
     record: OutgoingRecord,
     *,
-    on_delivery: Callable[[KafkaError | None, Message], None],
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     on_retry: Callable[[], None],
 ) -> None:
-    """produce(); while librdkafka's local queue is full, serve delivery reports and try again."""
+    """produce(); while librdkafka's local queue is full, serve delivery reports and try again.
+
+    Without `on_delivery`, the producer's own `on_delivery` setting reports the delivery.
+    """
     # produce() takes a list (not a tuple) of headers.
     headers = cast(
         _ProduceHeaders,
         record.headers if isinstance(record.headers, list) else list(record.headers),
     )
+    # Topic, value and key by position, and only the keywords needed: produce() parses its
+    # keywords for each record, which costs about as much as librdkafka's own work.
+    extra: dict[str, Any] = {}
+    if record.partition >= 0:
+        extra["partition"] = record.partition
+    if on_delivery is not None:
+        extra["on_delivery"] = on_delivery
     while True:
         try:
-            producer.produce(
-                record.topic,
-                value=record.value,
-                key=record.key,
-                partition=record.partition,
-                headers=headers,
-                on_delivery=on_delivery,
-            )
+            if extra:
+                producer.produce(record.topic, record.value, record.key, headers=headers, **extra)
+            else:
+                producer.produce(record.topic, record.value, record.key, headers=headers)
             return
         except BufferError:
             on_retry()

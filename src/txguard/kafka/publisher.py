@@ -76,9 +76,7 @@ class ConfirmedPublisher:
     def send(self, records: Sequence[OutgoingRecord]) -> None:
         producer = self._current()
         for record in records:
-            produce_with_backpressure(
-                producer, record, on_delivery=self._failures, on_retry=self._on_retry
-            )
+            produce_with_backpressure(producer, record, on_retry=self._on_retry)
         self._pending.extend(records)
         producer.poll(0)
 
@@ -127,10 +125,14 @@ class ConfirmedPublisher:
 
     def _current(self) -> Producer:
         if self._producer is None:
-            self._producer = make_producer(
-                self._bootstrap, client_id=self._client_id, **self._overrides
-            )
+            # The producer's own delivery callback: no callback object travels with each record.
             self._failures = FailedDeliveries()
+            self._producer = make_producer(
+                self._bootstrap,
+                client_id=self._client_id,
+                on_delivery=self._failures,
+                **self._overrides,
+            )
         return self._producer
 
     def _discard_producer(self) -> None:
