@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,8 @@ text = st.text(max_size=40)
 identifier = st.text(min_size=1, max_size=40)
 seconds = st.integers(-(2**40), 2**40)
 nanos = st.integers(0, 999_999_999)
+# A Timestamp as an event holds it, in protobuf's wire format (the zero one is empty).
+timestamp = st.builds(Timestamp, seconds=seconds, nanos=nanos).map(Timestamp.SerializeToString)
 unit = st.floats(0.0, 1.0)
 
 
@@ -29,8 +32,8 @@ def event_of(row: TransactionRow) -> TransactionCreated:
     tx = event.transaction
     tx.transaction_id = row.transaction_id
     tx.account_id = row.account_id
-    tx.accepted_at.seconds, tx.accepted_at.nanos = row.accepted_at
-    tx.occurred_at.seconds, tx.occurred_at.nanos = row.occurred_at
+    tx.accepted_at.MergeFromString(row.accepted_at)
+    tx.occurred_at.MergeFromString(row.occurred_at)
     return event
 
 
@@ -44,8 +47,9 @@ rows = st.builds(
     currency=st.just("EUR"),
     terminal_id=st.just(""),
     occurred_ms=st.just(0),
-    occurred_at=st.tuples(seconds, nanos),
-    accepted_at=st.tuples(seconds, nanos),
+    accepted_seconds=st.just(0.0),
+    occurred_at=timestamp,
+    accepted_at=timestamp,
 )
 results = st.builds(
     ScoreResult,
@@ -115,7 +119,8 @@ def test_records_parse_into_the_decision_build_decision_makes(
 
 
 def test_decision_ids_are_fresh_uuids() -> None:
-    row = TransactionRow(0, "e", "t", "a", 1, "EUR", "", 0, (1, 0), (1, 0))
+    stamp = Timestamp(seconds=1).SerializeToString()
+    row = TransactionRow(0, "e", "t", "a", 1, "EUR", "", 0, 1.0, stamp, stamp)
     records = DecisionWriter("d").records(
         [row] * 50,
         [ScoreResult(0.1)] * 50,
@@ -131,8 +136,6 @@ def test_decision_ids_are_fresh_uuids() -> None:
 
 
 def test_varint_matches_the_protobuf_encoding() -> None:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
     # Every length the encoder writes out by hand, at both ends, and the general case.
     lengths = [(1 << (7 * size)) - 1 for size in range(1, 6)] + [
         1 << (7 * size) for size in range(1, 6)

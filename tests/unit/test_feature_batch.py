@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +37,7 @@ def row(
     currency: str = "EUR",
 ) -> TransactionRow:
     seconds, millis = divmod(time_ms, 1000)
+    stamp = Timestamp(seconds=seconds, nanos=millis * 1_000_000).SerializeToString()
     return TransactionRow(
         partition=partition,
         event_id=event_id or f"event-{index}",
@@ -45,8 +47,9 @@ def row(
         currency=currency,
         terminal_id=terminal,
         occurred_ms=time_ms,
-        occurred_at=(seconds, millis * 1_000_000),
-        accepted_at=(seconds, millis * 1_000_000),
+        accepted_seconds=time_ms / 1000,
+        occurred_at=stamp,
+        accepted_at=stamp,
     )
 
 

@@ -80,3 +80,17 @@ def test_a_draw_with_a_digit_run_is_drawn_again(monkeypatch: pytest.MonkeyPatch)
 
 def _v4_hex(raw: bytes) -> str:
     return str(uuid.UUID(bytes=raw, version=4)).replace("-", "")
+
+
+def test_a_batch_draw_redraws_each_id_a_digit_run_touches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Three ids: the first all digits, the second and third joined by a run across their border
+    # (neither holds 12 digits alone; redrawing both is allowed), then clean redraws.
+    first = bytes.fromhex("12345678901234567890123456789012")
+    second = bytes.fromhex("abcdef0123abcdef0123abcdef123456")
+    third = bytes.fromhex("789012abcdefabcdefabcdefabcdefab")
+    clean = [bytes.fromhex(f"abcdef0123abcdef0123abcdef0123a{n}") for n in "bcd"]
+    draws = iter([first + second + third, *clean])
+    monkeypatch.setattr(os, "urandom", lambda count: next(draws))
+    ids = new_random_ids(3)
+    assert ids == [_v4_hex(raw) for raw in clean]
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)

@@ -24,9 +24,8 @@ from txguard.kafka.serde import (
     HEADER_SCHEMA_VERSION,
     SCHEMA_VERSION,
 )
-from txguard.schema.ids import new_random_ids
+from txguard.schema.ids import new_random_ascii_ids
 from txguard.schema.v1.decision_pb2 import FraudDecision
-from txguard.schema.wire import SMALL_VARINTS as _SMALL_VARINTS
 from txguard.schema.wire import length_delimited, varint
 
 _DOUBLE = struct.Struct("<d")
@@ -77,6 +76,8 @@ def _timestamp(tag: bytes, seconds: int, nanos: int) -> bytes:
 
 
 _REASON_CODES: dict[str, bytes] = {}
+# A whole reason in one step: its tag and length, code, description and contribution.
+_REASON_FORMAT = _REASON + b"%c%b" + _FIELD_2_BYTES + b"%c%b" + _FIELD_3_DOUBLE + b"%b"
 
 
 def _reason(code: str, description: str, contribution: float) -> bytes:
@@ -85,6 +86,11 @@ def _reason(code: str, description: str, contribution: float) -> bytes:
     if encoded_code is None:
         encoded_code = _REASON_CODES[code] = _string(_FIELD_1_BYTES, code)
     text = description.encode()
+    # The body: the code, 2 + len(text) bytes of description, 9 of contribution.
+    size = len(encoded_code) + len(text) + 11
+    if contribution and text and size < 0x80:
+        # The usual reason: every part present, every length one byte.
+        return _REASON_FORMAT % (size, encoded_code, len(text), text, _DOUBLE.pack(contribution))
     body = encoded_code + length_delimited(_FIELD_2_BYTES, text) if text else encoded_code
     if contribution:
         body += _FIELD_3_DOUBLE + _DOUBLE.pack(contribution)
@@ -101,6 +107,36 @@ def _features(values: Sequence[float]) -> bytes:
         body = key + _FIELD_2_DOUBLE + _DOUBLE.pack(value)
         parts.append(length_delimited(_FEATURE, body))
     return b"".join(parts)
+
+
+# Fields 1 to 12 of a decision: its id (32 characters), the transaction's ids, the score, the
+# outcome, the reasons, the versions and decision time, and the transaction's two Timestamps
+# (at most 17 bytes each, so their lengths are one byte).
+_DECISION_FORMAT = (
+    _DECISION_ID + b"\x20%b%b%b%b%b%b" + _ACCEPTED_AT + b"%c%b" + _OCCURRED_AT + b"%c%b"
+)
+
+
+def _ids(event_id: bytes, transaction_id: bytes, account_id: bytes) -> bytes:
+    """Fields 2 to 4: the event, transaction and account ids (empty ones left out)."""
+    if 0 < len(event_id) < 0x80 and 0 < len(transaction_id) < 0x80 and 0 < len(account_id) < 0x80:
+        return b"\x12%c%b\x1a%c%b\x22%c%b" % (
+            len(event_id),
+            event_id,
+            len(transaction_id),
+            transaction_id,
+            len(account_id),
+            account_id,
+        )
+    return b"".join(
+        length_delimited(tag, value)
+        for tag, value in (
+            (_EVENT_ID, event_id),
+            (_TRANSACTION_ID, transaction_id),
+            (_ACCOUNT_ID, account_id),
+        )
+        if value
+    )
 
 
 class DecisionWriter:
@@ -123,40 +159,43 @@ class DecisionWriter:
     ) -> list[OutgoingRecord]:
         """One record per row: key = account id, value = the FraudDecision, txguard headers."""
         decided_seconds, decided_micros = divmod(decided_at_us, 1_000_000)
-        versions = _string(_MODEL_VERSION, model_version) + _string(_RULES_VERSION, rules_version)
-        decided_at = _timestamp(_DECIDED_AT, decided_seconds, decided_micros * 1000)
+        # Fields 8 to 10, the same for the whole batch.
+        versions_and_time = (
+            _string(_MODEL_VERSION, model_version)
+            + _string(_RULES_VERSION, rules_version)
+            + _timestamp(_DECIDED_AT, decided_seconds, decided_micros * 1000)
+        )
         shadow_version = _string(_SHADOW_MODEL_VERSION, shadow_model_version)
         topic = self.topic
-        headers_after_id = ((HEADER_SCHEMA, _SCHEMA), (HEADER_SCHEMA_VERSION, SCHEMA_VERSION))
+        schema_headers = ((HEADER_SCHEMA, _SCHEMA), (HEADER_SCHEMA_VERSION, SCHEMA_VERSION))
+        outcome_fields = {
+            outcome: _OUTCOME + varint(outcome) for outcome in set(outcomes) if outcome
+        }
         records: list[OutgoingRecord] = []
-        decision_ids = new_random_ids(len(rows))
+        decision_ids = new_random_ascii_ids(len(rows))
         for index, (row, result, outcome) in enumerate(zip(rows, results, outcomes, strict=True)):
             decision_id = decision_ids[index]
             account_id = row.account_id.encode()
-            parts = [
-                length_delimited(_DECISION_ID, decision_id.encode()),
-                _string(_EVENT_ID, row.event_id),
-                _string(_TRANSACTION_ID, row.transaction_id),
-                length_delimited(_ACCOUNT_ID, account_id) if account_id else b"",
-                _double(_SCORE, result.score),
-                _OUTCOME + _SMALL_VARINTS[outcome] if outcome else b"",
-                *[_reason(*reason) for reason in result.reasons],
-                versions,
-                decided_at,
-                _timestamp(_ACCEPTED_AT, *row.accepted_at),
-                _timestamp(_OCCURRED_AT, *row.occurred_at),
-            ]
+            score = result.score
+            value = _DECISION_FORMAT % (
+                decision_id,
+                _ids(row.event_id.encode(), row.transaction_id.encode(), account_id),
+                _SCORE + _DOUBLE.pack(score) if score else b"",
+                outcome_fields[outcome] if outcome else b"",
+                b"".join([_reason(*reason) for reason in result.reasons]),
+                versions_and_time,
+                len(row.accepted_at),
+                row.accepted_at,
+                len(row.occurred_at),
+                row.occurred_at,
+            )
             if features is not None:
-                parts.append(_features(features[index]))
+                value += _features(features[index])
             if result.shadow_score is not None:
-                parts.append(_double(_SHADOW_SCORE, result.shadow_score))
-                parts.append(shadow_version)
+                value += _double(_SHADOW_SCORE, result.shadow_score) + shadow_version
             records.append(
                 OutgoingRecord(
-                    topic,
-                    account_id,
-                    b"".join(parts),
-                    [(HEADER_EVENT_ID, decision_id.encode()), *headers_after_id],
+                    topic, account_id, value, [(HEADER_EVENT_ID, decision_id), *schema_headers]
                 )
             )
         return records

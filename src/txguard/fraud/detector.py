@@ -49,8 +49,7 @@ from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTim
 from txguard.kafka.serde import (
     InvalidEvent,
     ReceivedHeaders,
-    is_stream_watermark,
-    parse_transaction_created,
+    parse_transactions_topic_record,
 )
 from txguard.kafka.topics import ensure_topics
 from txguard.observability import metrics
@@ -271,19 +270,13 @@ class FraudDetector:
             self.decision_metrics.set_model(self.scorer.model_version, self.scorer.model_kind)
         for outcome, count in Counter(outcomes).items():
             self.decision_metrics.outcomes[_OUTCOME_LABELS.get(outcome, "approve")].inc(count)
-        rule_hits = Counter(
-            reason.code
-            for result in results
-            for reason in result.reasons
-            if reason.code.startswith("rule.")
-        )
-        for code, count in rule_hits.items():
-            self.decision_metrics.rule_hits[code].inc(count)
+        # Every reason counted at once (in C), then only the rules' kept: few distinct codes.
+        reasons = Counter([reason.code for result in results for reason in result.reasons])
+        for code, count in reasons.items():
+            if code.startswith("rule."):
+                self.decision_metrics.rule_hits[code].inc(count)
         metrics.observe_many(metrics.FRAUD_SCORE, scores)
-        accepted = np.array(
-            [seconds + nanos / 1e9 for seconds, nanos in (row.accepted_at for row in rows)],
-            dtype=np.float64,
-        )
+        accepted = np.array([row.accepted_seconds for row in rows], dtype=np.float64)
         metrics.observe_many(
             self.decision_metrics.decided_latency,
             np.maximum(0.0, decided_at_us / 1e6 - accepted),
@@ -291,11 +284,12 @@ class FraudDetector:
 
     def _decode(self, message: Message, output: BatchOutput) -> TransactionRow | None:
         """The transaction, or None when the record is poison and was set aside for the DLQ."""
-        headers = cast(ReceivedHeaders, message.headers())
-        if is_stream_watermark(headers):
-            return None  # Event-time progress for the terminal-risk aggregator, not a transaction.
         try:
-            event = parse_transaction_created(message.value(), headers)
+            event = parse_transactions_topic_record(
+                message.value(), cast(ReceivedHeaders, message.headers())
+            )
+            if event is None:
+                return None  # A watermark: event-time progress for the terminal-risk aggregator.
             return TransactionRow.of(cast(int, message.partition()), event)
         except InvalidEvent as exc:
             output.dead_letters.append(

@@ -49,6 +49,8 @@ _TERMINAL_DELAY_MS = TERMINAL_DELAY_DAYS * DAY_MS
 _LONGEST_WINDOW_MS = _WINDOWS_MS[-1]
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
 _COLUMN = {name: index for index, name in enumerate(ALL_FEATURES)}
+# Minor units per major unit, by currency (an unknown currency counts 100, as in features.py).
+_SCALES = {currency: float(10**units) for currency, units in MINOR_UNITS.items()}
 _CUSTOMER_COLUMNS = np.array(
     [
         _COLUMN[f"CUSTOMER_ID_{kind}_{n}DAY_WINDOW"]
@@ -87,8 +89,12 @@ class TransactionRow(NamedTuple):
     currency: str
     terminal_id: str
     occurred_ms: int
-    occurred_at: tuple[int, int]  # (seconds, nanos)
-    accepted_at: tuple[int, int]
+    # When the API accepted it, in Unix seconds: the decision's latency metric.
+    accepted_seconds: float
+    # The event's occurred_at and accepted_at Timestamps as written (protobuf's wire format):
+    # the decision copies them byte for byte.
+    occurred_at: bytes
+    accepted_at: bytes
 
     @classmethod
     def of(cls, partition: int, event: TransactionCreated, *, check: bool = True) -> TransactionRow:
@@ -110,7 +116,6 @@ class TransactionRow(NamedTuple):
                 has_times=tx.HasField("occurred_at") and tx.HasField("accepted_at"),
             )
         occurred = tx.occurred_at
-        occurred_seconds, occurred_nanos = occurred.seconds, occurred.nanos
         accepted = tx.accepted_at
         return cls(
             partition,
@@ -120,9 +125,10 @@ class TransactionRow(NamedTuple):
             amount_minor,
             currency,
             tx.terminal_id,
-            occurred_seconds * 1000 + occurred_nanos // 1_000_000,
-            (occurred_seconds, occurred_nanos),
-            (accepted.seconds, accepted.nanos),
+            occurred.seconds * 1000 + occurred.nanos // 1_000_000,
+            accepted.seconds + accepted.nanos / 1e9,
+            occurred.SerializeToString(),
+            accepted.SerializeToString(),
         )
 
 
@@ -232,7 +238,7 @@ def observe_batch(
                 )
                 values[index] = features.values
                 in_velocity[index] = features.transactions_in_velocity_window
-        state.mark_changed(account.partition, history.account_id)
+    state.mark_all_changed(accounts)
     if appended:
         _appended_features(
             appended,
@@ -280,7 +286,7 @@ def _appendable(account: _Account, times: list[int], amounts: list[int], longest
     if first < longest_ms or previous >= _MAX_TIME_MS:
         return False
     hashes = account.hashes
-    if len(set(hashes)) < len(hashes) or history.has_seen_any(hashes):
+    if (len(hashes) > 1 and len(set(hashes)) < len(hashes)) or history.has_seen_any(hashes):
         return False
     return history.amount_bound_minor < _MAX_AMOUNT or history.largest_amount_minor() < _MAX_AMOUNT
 
@@ -305,29 +311,30 @@ def _appended_features(
     # Laid end to end in C (array.extend), then seen by numpy without a copy.
     joined_times = array("q")
     joined_amounts = array("q")
+    indices: list[int] = []
     for account in accounts:
         joined_times.extend(account.history.times_ms)
         joined_amounts.extend(account.history.amounts_minor)
+        indices.extend(account.rows)
     all_times = np.frombuffer(joined_times, dtype=np.int64)
     all_amounts = np.frombuffer(joined_amounts, dtype=np.int64)
     lengths = np.array([len(account.history) for account in accounts], dtype=np.int64)
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    keys = all_times + np.repeat(np.arange(len(accounts), dtype=np.int64) * _STRIDE, lengths)
+    new_events = np.array([len(account.rows) for account in accounts], dtype=np.int64)
+    account_strides = np.arange(len(accounts), dtype=np.int64) * _STRIDE
+    keys = all_times + np.repeat(account_strides, lengths)
     # Prefix sums: the sum of positions [s, e) is cum[e] - cum[s].
     cum_amounts = np.concatenate(([0], np.cumsum(all_amounts)))
     cum_squares = np.concatenate(([0], np.cumsum(all_amounts * all_amounts)))
 
-    indices: list[int] = []
-    positions: list[int] = []
-    strides: list[int] = []
-    for index, account in enumerate(accounts):
-        first = int(starts[index]) + int(lengths[index]) - len(account.rows)
-        indices.extend(account.rows)
-        positions.extend(range(first, first + len(account.rows)))
-        strides.extend([index * _STRIDE] * len(account.rows))
+    # Each account's batch events are the last of its stretch: event k of an account whose
+    # stretch ends at e and that has n batch events sits at position e - n + k.
     row = np.array(indices, dtype=np.int64)
-    position = np.array(positions, dtype=np.int64)
-    base = np.array(strides, dtype=np.int64)
+    firsts = np.cumsum(lengths) - new_events
+    ranks = np.arange(len(indices), dtype=np.int64) - np.repeat(
+        np.cumsum(new_events) - new_events, new_events
+    )
+    position = np.repeat(firsts, new_events) + ranks
+    base = np.repeat(account_strides, new_events)
     time_ms = all_times[position]
     end = position + 1
 
@@ -337,9 +344,7 @@ def _appended_features(
 
     limits = state.limits
     lowest = np.maximum(first_after(limits.history_ms), end - limits.max_events)
-    scale = np.array(
-        [10 ** MINOR_UNITS.get(rows[i].currency, 2) for i in indices], dtype=np.float64
-    )
+    scale = np.array([_SCALES.get(rows[i].currency, 100.0) for i in indices], dtype=np.float64)
     amount = all_amounts[position]
     customer = np.empty((len(indices), 2 * len(_WINDOWS_MS)), dtype=np.float64)
     start = lowest
@@ -450,13 +455,17 @@ def terminal_columns(
     ]
     counts = np.stack([end - start for start in starts], axis=1)
     frauds = np.zeros_like(counts)
-    # Only rows with a fraud in their longest window look at when each became known.
-    for position in np.flatnonzero(fraud_end > fraud_starts[-1]).tolist():
-        known_by = times[int(held[position])]
-        last = int(fraud_end[position])
+    # Only rows with a fraud in their longest window look at when each became known: their
+    # frauds of that window are laid end to end (the shorter windows' are the last of them).
+    busy = np.flatnonzero(fraud_end > fraud_starts[-1])
+    if len(busy):
+        lowest, sizes = fraud_starts[-1][busy], fraud_end[busy] - fraud_starts[-1][busy]
+        owner = np.repeat(np.arange(len(busy)), sizes)
+        fraud = np.repeat(lowest - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
+        known_in_time = fraud_known[fraud] <= times_ms[held[busy]][owner]
         for column, fraud_start in enumerate(fraud_starts):
-            known = fraud_known[int(fraud_start[position]) : last]
-            frauds[position, column] = int(np.count_nonzero(known <= known_by))
+            counted = known_in_time & (fraud >= fraud_start[busy][owner])
+            frauds[busy, column] = np.bincount(owner[counted], minlength=len(busy))
     safe = np.maximum(counts, 1)
     result[held, 0::2] = counts
     result[held, 1::2] = np.where(counts > 0, frauds / safe, 0.0)

@@ -57,10 +57,6 @@ def combine_scores(scores: Sequence[float]) -> float:
 _NOTHING_FIRED = ScoreResult(0.0)
 
 
-def _new_reason(fields: tuple[str, str, float]) -> ReasonScore:
-    return tuple.__new__(ReasonScore, fields)
-
-
 def rule_hits_by_row(rules: Sequence[Rule], batch: FeatureBatch) -> dict[int, list[RuleHit]]:
     """The rules that fired, per row of the batch (rows where none fired are absent)."""
     fired: dict[int, list[RuleHit]] = {}
@@ -152,42 +148,77 @@ class ModelScorer:
         top = np.argsort(-contributions, axis=1)[:, :TOP_FEATURE_REASONS]
         top_shares = np.take_along_axis(contributions, top, axis=1)
         positive = top_shares > 0
-        feature_totals = np.where(positive, top_shares, 0.0).sum(axis=1).tolist()
+        feature_totals = np.where(positive, top_shares, 0.0).sum(axis=1)
         top_values = np.take_along_axis(features, top, axis=1).tolist()
         fired = rule_hits_by_row(self.rules, batch)
         codes, labels = self._reason_codes, self._reason_labels
+        new_tuple = tuple.__new__
+        # Each reason's share of its row's positive total (rows where rules fired are redone;
+        # a row without a positive total names no feature).
+        top_fractions = (
+            top_shares / np.where(feature_totals > 0, feature_totals, 1.0)[:, None]
+        ).tolist()
         results: list[ScoreResult] = []
-        for row, (columns, shares, values, is_positive) in enumerate(
-            zip(top.tolist(), top_shares.tolist(), top_values, positive.tolist(), strict=True)
+        for row, (columns, fractions, values, is_positive) in enumerate(
+            zip(top.tolist(), top_fractions, top_values, positive.tolist(), strict=True)
         ):
             hits = fired.get(row)
-            total = feature_totals[row]
-            reasons: list[ReasonScore] = []
             if hits:
-                total += sum(hit.score for hit in hits)
-                reasons = [
-                    ReasonScore(hit.code, hit.description, hit.score / total if total else 0.0)
-                    for hit in sorted(hits, key=lambda hit: hit.score, reverse=True)
-                ]
-            for column, share, value, keep in zip(
-                columns, shares, values, is_positive, strict=True
-            ):
-                if keep:
-                    # tuple.__new__ skips the named tuple's Python-level constructor.
-                    reasons.append(
-                        _new_reason((codes[column], f"{labels[column]}{value:g}", share / total))
+                results.append(
+                    self._with_rules(
+                        float(model_scores[row]),
+                        hits,
+                        float(feature_totals[row]),
+                        [
+                            (codes[column], f"{labels[column]}{value:g}", share)
+                            for column, share, value, keep in zip(
+                                columns, top_shares[row].tolist(), values, is_positive, strict=True
+                            )
+                            if keep
+                        ],
+                        None if shadow_scores is None else shadow_scores[row],
                     )
-            score = scores[row]
-            if hits:
-                score = combine_scores([float(model_scores[row]), *(hit.score for hit in hits)])
+                )
+                continue
+            # tuple.__new__ skips the named tuples' Python-level constructors.
+            reasons = tuple(
+                [
+                    new_tuple(ReasonScore, (codes[column], f"{labels[column]}{value:g}", fraction))
+                    for column, fraction, value, keep in zip(
+                        columns, fractions, values, is_positive, strict=True
+                    )
+                    if keep
+                ]
+            )
             results.append(
-                ScoreResult(
-                    score,
-                    tuple(reasons),
-                    None if shadow_scores is None else shadow_scores[row],
+                new_tuple(
+                    ScoreResult,
+                    (scores[row], reasons, None if shadow_scores is None else shadow_scores[row]),
                 )
             )
         return results
+
+    @staticmethod
+    def _with_rules(
+        model_score: float,
+        hits: Sequence[RuleHit],
+        feature_total: float,
+        feature_reasons: Sequence[tuple[str, str, float]],
+        shadow_score: float | None,
+    ) -> ScoreResult:
+        """A row where rules fired: the rules and the model combine (noisy-OR), and each
+        reason's share is of the rules' and the features' total."""
+        total = feature_total + sum(hit.score for hit in hits)
+        reasons = [
+            ReasonScore(hit.code, hit.description, hit.score / total if total else 0.0)
+            for hit in sorted(hits, key=lambda hit: hit.score, reverse=True)
+        ]
+        reasons += [
+            ReasonScore(code, description, share / total)
+            for code, description, share in feature_reasons
+        ]
+        score = combine_scores([model_score, *(hit.score for hit in hits)])
+        return ScoreResult(score, tuple(reasons), shadow_score)
 
 
 def _columns_for(model: LoadedModel) -> list[int]:

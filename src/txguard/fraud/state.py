@@ -115,8 +115,13 @@ class AccountHistory:
         return _holds_hash(self.hashes.tobytes(), id_hash)
 
     def has_seen_any(self, id_hashes: Iterable[int]) -> bool:
+        if not self.hashes:
+            return False
         packed = self.hashes.tobytes()
-        return any(_holds_hash(packed, id_hash) for id_hash in id_hashes)
+        for id_hash in id_hashes:
+            if _holds_hash(packed, id_hash):
+                return True
+        return False
 
     def largest_amount_minor(self) -> int:
         """The largest remembered amount (0 without any); re-tightens `amount_bound_minor`."""
@@ -243,6 +248,15 @@ class DetectorState:
 
     def mark_changed(self, partition: int, account_id: str) -> None:
         self._partition(partition).changed.add(account_id)
+
+    def mark_all_changed(self, accounts: Iterable[tuple[int, str]]) -> None:
+        """`mark_changed` for each (partition, account id)."""
+        partitions = self._partitions
+        for partition, account_id in accounts:
+            part = partitions.get(partition)
+            if part is None:
+                raise StateNotRestored(partition)
+            part.changed.add(account_id)
 
     def take_changes(self) -> list[StateChange]:
         """The latest state of every account changed since the last call (one per account)."""

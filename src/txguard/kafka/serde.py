@@ -59,6 +59,7 @@ def schema_name(message_type: SchemaType) -> str:
 
 
 _WATERMARK_SCHEMA = schema_name(StreamWatermark).encode()
+_TRANSACTION_SCHEMA = schema_name(TransactionCreated).encode()
 
 
 def encode_transaction_created(event: TransactionCreated) -> EncodedRecord:
@@ -115,6 +116,30 @@ def parse_transaction_created(value: bytes | None, headers: ReceivedHeaders) -> 
     """Decode only: a reader that takes the fields out itself checks them with
     `check_transaction` (reading a field twice costs more than parsing the record)."""
     return _parse(TransactionCreated, value, headers)
+
+
+def parse_transactions_topic_record(
+    value: bytes | None, headers: ReceivedHeaders
+) -> TransactionCreated | None:
+    """A transactions-topic record: its TransactionCreated, or None for a stream watermark.
+
+    Raises InvalidEvent as `parse_transaction_created` does. The usual record (each header once,
+    the current TransactionCreated schema) is recognised by one dictionary of its headers instead
+    of a search per header.
+    """
+    named = dict(headers) if headers else {}
+    if (
+        named.get(HEADER_SCHEMA) == _TRANSACTION_SCHEMA
+        and named.get(HEADER_SCHEMA_VERSION) == SCHEMA_VERSION
+        and len(named) == len(headers or ())
+    ):
+        try:
+            return TransactionCreated.FromString(value or b"")
+        except DecodeError as exc:
+            raise InvalidEvent("undecodable", f"not a TransactionCreated message: {exc}") from exc
+    if is_stream_watermark(headers):
+        return None
+    return parse_transaction_created(value, headers)
 
 
 def check_transaction(

@@ -41,7 +41,9 @@ class AccountHistoryState(_message.Message):
     """Highest event time (ms) seen for the account."""
     @_builtins.property
     def event_id_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """First 8 bytes of SHA-256 of each event id: enough to recognise a redelivered event."""
+        """Each event id's 8-byte BLAKE2b digest, read as a little-endian integer: enough to recognise
+        a redelivered event.
+        """
 
     @_builtins.property
     def event_times_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
