@@ -15,8 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from txguard.fraud.feature_batch import TransactionRow, observe_batch
-from txguard.fraud.features import ALL_FEATURES, DAY_MS, record_and_compute
+from txguard.fraud.feature_batch import TransactionRow, observe_batch, terminal_columns
+from txguard.fraud.features import ALL_FEATURES, DAY_MS, record_and_compute, terminal_features
 from txguard.fraud.state import DetectorState, StateLimits, event_id_hash
 from txguard.fraud.terminal_table import TerminalTable, _TerminalEntries
 
@@ -204,6 +204,21 @@ def test_batches_give_the_features_of_one_by_one(
             assert mine.last_event_time_ms == history.last_event_time_ms
 
 
+def test_sums_too_large_for_int64_products_give_the_same_features() -> None:
+    # The largest column-wise amounts, many of them: the 30-day sums outgrow what int64 can
+    # square (s1 > 3.04e9 from the 46th event on), and the z-score is computed exactly anyway.
+    amounts = [2**26 - 1 - 7919 * (index % 5) for index in range(120)]
+    spec = [(0, ACCOUNTS[0], 600_000, amount, TERMINALS[0], False) for amount in amounts]
+    rows = build_rows(spec)
+    table = table_with_frauds()
+    limits = StateLimits()
+    expected, _, _, _ = one_by_one(rows, table, limits, 3_600_000)
+    matrix, _, _, _ = in_batches(rows, [10, 40, 30], table, limits, 3_600_000)
+    assert matrix.tolist() == [list(values) for values in expected]
+    zscores = matrix[:, ALL_FEATURES.index("CUSTOMER_ID_AMOUNT_ZSCORE_30DAY")]
+    assert np.count_nonzero(zscores) > 60
+
+
 @pytest.mark.parametrize("columnwise_min_rows", [1, 1000], ids=["column-wise", "one-by-one"])
 def test_a_redelivery_inside_one_batch_is_dropped_once_and_counted(
     columnwise_min_rows: int,
@@ -289,3 +304,53 @@ def test_an_event_beyond_what_its_account_remembers_is_scored_from_itself_alone(
     assert features["CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW"] == 2.0
     assert features["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == 30 * 86_400
     assert list(state.history(0, "a").times_ms) == [START_MS + 31 * DAY_MS]
+
+
+def test_terminal_columns_follow_the_table_as_it_changes() -> None:
+    """Batches read unchanged terminals from the table's pack and changed ones as they are now:
+    every change below must show in the next batch, whether or not the pack is rebuilt."""
+    table = table_with_frauds()
+    rng = np.random.default_rng(11)
+    many = [f"term-many-{index}" for index in range(40)]
+
+    def check() -> None:
+        ids = [str(t) for t in rng.choice([*TERMINALS, "term-new", *many[:10]], size=200)]
+        times = START_MS + rng.integers(0, 10 * DAY_MS, size=200)
+        expected = [
+            list(terminal_features(table, t, int(at))) for t, at in zip(ids, times, strict=True)
+        ]
+        assert np.asarray(terminal_columns(table, ids, times)).tolist() == expected
+
+    check()  # builds the pack
+    first_pack = table.pack()
+    table._terminals["term-1"].put("late-1", START_MS - 9 * DAY_MS, 0)
+    check()
+    table._terminals["term-2"].put("late-2", START_MS - 8 * DAY_MS, START_MS + 2 * DAY_MS)
+    check()
+    new = table._terminals["term-new"] = _TerminalEntries()
+    new.put("new-1", START_MS - 10 * DAY_MS, START_MS - 3 * DAY_MS)
+    check()
+    del table._terminals["term-1"]
+    check()
+    assert table.pack() is first_pack  # so far, changed terminals were read apart
+    for index, terminal in enumerate(many):
+        entries = table._terminals[terminal] = _TerminalEntries()
+        entries.put(f"many-{index}", START_MS - (8 + index % 5) * DAY_MS, 0)
+    check()
+    check()
+    assert table.pack() is not first_pack  # most terminals of a batch had changed
+
+
+def test_terminal_columns_of_a_table_filled_after_the_first_batch() -> None:
+    table = TerminalTable()
+    ids = ["term-1", "term-2", ""] * 4
+    times = START_MS + np.arange(12, dtype=np.int64) * DAY_MS
+    assert np.asarray(terminal_columns(table, ids, times)).tolist() == [[0.0] * 6] * 12
+    filled = table_with_frauds()
+    table._terminals.update(filled._terminals)
+    expected = [
+        list(terminal_features(table, t, int(at))) for t, at in zip(ids, times, strict=True)
+    ]
+    assert any(row[0] for row in expected)
+    assert np.asarray(terminal_columns(table, ids, times)).tolist() == expected
+    assert table.pack() is not None

@@ -36,7 +36,12 @@ from txguard.fraud.features import (
     terminal_features,
 )
 from txguard.fraud.state import AccountHistory, DetectorState, event_id_hash
-from txguard.fraud.terminal_table import TerminalArrays, TerminalTable
+from txguard.fraud.terminal_table import (
+    PACK_MAX_TIME_MS,
+    PACK_STRIDE,
+    TerminalArrays,
+    TerminalTable,
+)
 from txguard.kafka.serde import check_transaction
 from txguard.schema.currencies import MINOR_UNITS
 from txguard.schema.v1.events_pb2 import TransactionCreated
@@ -68,14 +73,21 @@ _TERMINAL_COLUMNS = np.array(
 
 # Accounts' times are laid end to end in one sorted key array, account k's shifted by k strides:
 # a search for (k, t) never leaves account k's stretch while times stay in [0, 2**43).
-_STRIDE = 1 << 44
-_MAX_TIME_MS = 1 << 43
+_STRIDE = PACK_STRIDE
+_MAX_TIME_MS = PACK_MAX_TIME_MS
 # Prefix sums of squared amounts stay exact in int64 (modulo 2**64, and every window's true sum
 # is below 2**63) while amounts are below 2**26 and an account holds at most 2**11 events.
 _MAX_AMOUNT = 1 << 26
 _MAX_EVENTS = 1 << 11
+# Bounds under which int64 products cannot overflow: x * x for x <= _SQRT_INT64_MAX, and
+# m * y for y <= _INT64_MAX // m.
+_INT64_MAX = (1 << 63) - 1
+_SQRT_INT64_MAX = math.isqrt(_INT64_MAX)
 # Smaller batches are computed event by event (see the module's docstring).
 COLUMNWISE_MIN_ROWS = 48
+# A batch rebuilds the terminal table's pack when at least this many of its terminals, and more
+# than a quarter of them, changed since the pack was built.
+_REPACK_MIN_CHANGED = 8
 
 
 class TransactionRow(NamedTuple):
@@ -117,18 +129,22 @@ class TransactionRow(NamedTuple):
             )
         occurred = tx.occurred_at
         accepted = tx.accepted_at
-        return cls(
-            partition,
-            event_id,
-            transaction_id,
-            account_id,
-            amount_minor,
-            currency,
-            tx.terminal_id,
-            occurred.seconds * 1000 + occurred.nanos // 1_000_000,
-            accepted.seconds + accepted.nanos / 1e9,
-            occurred.SerializeToString(),
-            accepted.SerializeToString(),
+        # tuple.__new__ skips the named tuple's Python-level constructor (one row per record).
+        return tuple.__new__(
+            cls,
+            (
+                partition,
+                event_id,
+                transaction_id,
+                account_id,
+                amount_minor,
+                currency,
+                tx.terminal_id,
+                occurred.seconds * 1000 + occurred.nanos // 1_000_000,
+                accepted.seconds + accepted.nanos / 1e9,
+                occurred.SerializeToString(),
+                accepted.SerializeToString(),
+            ),
         )
 
 
@@ -371,19 +387,30 @@ def _appended_features(
     zscore = np.zeros(len(indices), dtype=np.float64)
     several = np.flatnonzero(m >= 2)
     if len(several):
-        s2 = (cum_squares[position[several]] - cum_squares[start_30d[several]]).tolist()
+        # As `customer_features`: exact integers up to the final division, so z = (m c - s1) /
+        # sqrt(m s2 - s1^2) in int64 where neither product can overflow, else Python integers.
+        m_several, s1_several = m[several], s1[several]
+        s2 = cum_squares[position[several]] - cum_squares[start_30d[several]]
+        exact = (s1_several <= _SQRT_INT64_MAX) & (s2 <= _INT64_MAX // m_several)
+        rows_exact = several[exact]
+        m_exact, s1_exact = m_several[exact], s1_several[exact]
+        spread = m_exact * s2[exact] - s1_exact * s1_exact
+        spread_positive = spread > 0
+        zscore[rows_exact[spread_positive]] = (m_exact * amount[rows_exact] - s1_exact)[
+            spread_positive
+        ] / np.sqrt(spread[spread_positive].astype(np.float64))
+        inexact = np.flatnonzero(~exact)
         for i, mi, s1i, s2i, ai in zip(
-            several.tolist(),
-            m[several].tolist(),
-            s1[several].tolist(),
-            s2,
-            amount[several].tolist(),
+            several[inexact].tolist(),
+            m_several[inexact].tolist(),
+            s1_several[inexact].tolist(),
+            s2[inexact].tolist(),
+            amount[several[inexact]].tolist(),
             strict=True,
         ):
-            # As `customer_features`: Python integers, exact up to the final division.
-            spread = mi * s2i - s1i * s1i
-            if spread > 0:
-                zscore[i] = (mi * ai - s1i) / math.sqrt(spread)
+            spread_i = mi * s2i - s1i * s1i
+            if spread_i > 0:
+                zscore[i] = (mi * ai - s1i) / math.sqrt(spread_i)
 
     seconds = time_ms // 1000
     values[row, _COLUMN["TX_AMOUNT"]] = amount / scale
@@ -406,47 +433,79 @@ def terminal_columns(
 
     The terminals' sorted times are laid end to end (shifted by strides, as the accounts' are)
     and every window bound is one sorted search; frauds are few, so only the transactions with
-    a fraud in their 30-day window count theirs one by one. Outside the range where strides
-    cannot mix terminals, each row is computed by `terminal_features` itself.
+    a fraud in their window count theirs. Terminals unchanged since the table's pack was built
+    are searched in the pack; the others are laid end to end for this batch (and when they are
+    many, the pack is built again). Outside the range where strides cannot mix terminals, each
+    row is computed by `terminal_features` itself.
     """
     times = times_ms.tolist()
-    segments: dict[str, int] = {}
-    found: list[TerminalArrays] = []
-    segment_of: list[int] = []
-    for terminal_id in terminal_ids:
-        segment = segments.get(terminal_id)
-        if segment is None:
-            arrays = table.sorted_arrays(terminal_id) if terminal_id else None
-            segment = -1
-            if arrays is not None:
-                segment = segments[terminal_id] = len(found)
-                found.append(arrays)
-            else:
-                segments[terminal_id] = -1
-        segment_of.append(segment)
-    result = np.zeros((len(terminal_ids), 2 * len(_WINDOWS_MS)), dtype=np.float64)
-    if not found:
-        return result
-    all_times = np.concatenate([arrays.times for arrays in found])
-    fraud_times = np.concatenate([arrays.fraud_times for arrays in found])
-    fraud_known = np.concatenate([arrays.fraud_known for arrays in found])
     earliest = int(times_ms.min()) - _TERMINAL_DELAY_MS - _LONGEST_WINDOW_MS
-    if (
-        earliest < 0
-        or int(times_ms.max()) >= _MAX_TIME_MS
-        or (len(all_times) and (all_times.min() < 0 or all_times.max() >= _MAX_TIME_MS))
-    ):
-        return [
-            terminal_features(table, terminal_id, time_ms)
-            for terminal_id, time_ms in zip(terminal_ids, times, strict=True)
-        ]
-    segment_index = np.array(segment_of, dtype=np.int64)
-    held = np.flatnonzero(segment_index >= 0)
-    base = segment_index[held] * _STRIDE
-    strides = np.arange(len(found), dtype=np.int64) * _STRIDE
-    keys = all_times + np.repeat(strides, [len(arrays.times) for arrays in found])
-    fraud_keys = fraud_times + np.repeat(strides, [len(arrays.fraud_times) for arrays in found])
-    until = base + times_ms[held] - _TERMINAL_DELAY_MS
+    if earliest < 0 or int(times_ms.max()) >= _MAX_TIME_MS:
+        return _one_by_one(table, terminal_ids, times)
+    result = np.zeros((len(terminal_ids), 2 * len(_WINDOWS_MS)), dtype=np.float64)
+    distinct = dict.fromkeys(terminal_ids)
+    distinct.pop("", None)  # No terminal: no terminal features.
+    pack = table.pack()
+    packed: dict[str, int] = {}
+    changed: list[str] = list(distinct)
+    if pack is not None:
+        packed, changed = table.split_by_pack(pack, distinct)
+        if len(changed) >= _REPACK_MIN_CHANGED and 4 * len(changed) > len(distinct):
+            pack = table.pack(rebuild=True)
+            if pack is not None:
+                packed, changed = table.split_by_pack(pack, distinct)
+    if pack is not None and packed:
+        segment = np.array(
+            [packed.get(terminal_id, -1) for terminal_id in terminal_ids], dtype=np.int64
+        )
+        rows = np.flatnonzero(segment >= 0)
+        result[rows] = _strided_columns(
+            pack.keys, pack.fraud_keys, pack.fraud_known, segment[rows] * _STRIDE, times_ms[rows]
+        )
+    if changed:
+        index: dict[str, int] = {}
+        held: list[TerminalArrays] = []
+        for terminal_id in changed:
+            arrays = table.sorted_arrays(terminal_id)
+            if arrays is not None:
+                index[terminal_id] = len(held)
+                held.append(arrays)
+        if not held:
+            return result
+        all_times = np.concatenate([arrays.times for arrays in held])
+        fraud_times = np.concatenate([arrays.fraud_times for arrays in held])
+        if len(all_times) and (all_times.min() < 0 or all_times.max() >= _MAX_TIME_MS):
+            return _one_by_one(table, terminal_ids, times)
+        segment = np.array(
+            [index.get(terminal_id, -1) for terminal_id in terminal_ids], dtype=np.int64
+        )
+        rows = np.flatnonzero(segment >= 0)
+        strides = np.arange(len(held), dtype=np.int64) * _STRIDE
+        result[rows] = _strided_columns(
+            all_times + np.repeat(strides, [len(arrays.times) for arrays in held]),
+            fraud_times + np.repeat(strides, [len(arrays.fraud_times) for arrays in held]),
+            np.concatenate([arrays.fraud_known for arrays in held]),
+            segment[rows] * _STRIDE,
+            times_ms[rows],
+        )
+    return result
+
+
+def _one_by_one(
+    table: TerminalTable, terminal_ids: Sequence[str], times: Sequence[int]
+) -> list[tuple[float, ...]]:
+    return [
+        terminal_features(table, terminal_id, time_ms)
+        for terminal_id, time_ms in zip(terminal_ids, times, strict=True)
+    ]
+
+
+def _strided_columns(
+    keys: IntArray, fraud_keys: IntArray, fraud_known: IntArray, base: IntArray, times_ms: IntArray
+) -> FloatArray:
+    """The terminal columns of transactions at `times_ms`, each on the terminal whose stretch
+    of the strided `keys` starts at its `base`."""
+    until = base + times_ms - _TERMINAL_DELAY_MS
     end = np.searchsorted(keys, until, side="right")
     fraud_end = np.searchsorted(fraud_keys, until, side="right")
     starts = [np.searchsorted(keys, until - window_ms, side="right") for window_ms in _WINDOWS_MS]
@@ -462,11 +521,11 @@ def terminal_columns(
         lowest, sizes = fraud_starts[-1][busy], fraud_end[busy] - fraud_starts[-1][busy]
         owner = np.repeat(np.arange(len(busy)), sizes)
         fraud = np.repeat(lowest - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
-        known_in_time = fraud_known[fraud] <= times_ms[held[busy]][owner]
+        known_in_time = fraud_known[fraud] <= times_ms[busy][owner]
         for column, fraud_start in enumerate(fraud_starts):
             counted = known_in_time & (fraud >= fraud_start[busy][owner])
             frauds[busy, column] = np.bincount(owner[counted], minlength=len(busy))
-    safe = np.maximum(counts, 1)
-    result[held, 0::2] = counts
-    result[held, 1::2] = np.where(counts > 0, frauds / safe, 0.0)
-    return result
+    columns = np.empty((len(times_ms), 2 * len(_WINDOWS_MS)), dtype=np.float64)
+    columns[:, 0::2] = counts
+    columns[:, 1::2] = np.where(counts > 0, frauds / np.maximum(counts, 1), 0.0)
+    return columns

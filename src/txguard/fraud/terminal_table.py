@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -184,6 +184,28 @@ def _delete_pair(firsts: list[int], seconds: list[int], first: int, second: int)
     del seconds[at]
 
 
+# A pack lays every terminal's times end to end in one sorted int64 array, terminal s shifted by
+# s strides: a search for (s, t) never leaves terminal s's stretch while times stay in
+# [0, PACK_MAX_TIME_MS); at most PACK_MAX_TERMINALS strides fit in an int64.
+PACK_STRIDE = 1 << 44
+PACK_MAX_TIME_MS = 1 << 43
+PACK_MAX_TERMINALS = 1 << 18
+
+
+class TerminalPack(NamedTuple):
+    """Every terminal's sorted arrays at one moment, laid end to end for batch lookups.
+
+    `arrays[s]` is what segment s holds: a terminal whose arrays are no longer those has
+    changed since the pack was built, and its segment must not be used.
+    """
+
+    segments: dict[str, int]
+    arrays: list[TerminalArrays]
+    keys: npt.NDArray[np.int64]  # times + segment * PACK_STRIDE
+    fraud_keys: npt.NDArray[np.int64]
+    fraud_known: npt.NDArray[np.int64]
+
+
 class TerminalTable:
     """Per-terminal entries and per-partition completeness, built from table records."""
 
@@ -191,6 +213,40 @@ class TerminalTable:
         self._terminals: dict[str, _TerminalEntries] = {}
         self._watermarks: dict[int, Completeness] = {}
         self.partitions: int = 0
+        self._pack: TerminalPack | None = None
+        # The terminals cannot be packed (too many, or a time out of range): not tried again
+        # until a rebuild is asked for.
+        self._unpackable = False
+
+    def pack(self, *, rebuild: bool = False) -> TerminalPack | None:
+        """The pack of every terminal, built on first use (and again with `rebuild`); None for
+        an empty table, too many terminals or a time outside [0, PACK_MAX_TIME_MS)."""
+        if rebuild or (self._pack is None and not self._unpackable):
+            self._pack = None
+            self._unpackable = len(self._terminals) > PACK_MAX_TERMINALS
+            if self._terminals and not self._unpackable:
+                self._pack = _build_pack(self._terminals)
+                self._unpackable = self._pack is None
+        return self._pack
+
+    def split_by_pack(
+        self, pack: TerminalPack, terminal_ids: Iterable[str]
+    ) -> tuple[dict[str, int], list[str]]:
+        """Of distinct terminal ids: the pack segment of each the pack holds as it is now, and
+        apart the ones the table holds that changed or were added since. Others are unknown."""
+        packed: dict[str, int] = {}
+        changed: list[str] = []
+        terminals, segments, arrays = self._terminals, pack.segments, pack.arrays
+        for terminal_id in terminal_ids:
+            entries = terminals.get(terminal_id)
+            if entries is None:
+                continue
+            segment = segments.get(terminal_id)
+            if segment is not None and entries.arrays is arrays[segment]:
+                packed[terminal_id] = segment
+            else:
+                changed.append(terminal_id)
+        return packed, changed
 
     def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
         """One record of the table topic; a tombstone (value None) deletes its entry."""
@@ -358,3 +414,23 @@ class TerminalTableFollower:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def _build_pack(terminals: dict[str, _TerminalEntries]) -> TerminalPack | None:
+    arrays = [entries.sorted_arrays() for entries in terminals.values()]
+    times = np.concatenate([a.times for a in arrays])
+    fraud_times = np.concatenate([a.fraud_times for a in arrays])
+    if len(times) and (int(times.min()) < 0 or int(times.max()) >= PACK_MAX_TIME_MS):
+        return None
+    if len(fraud_times) and (
+        int(fraud_times.min()) < 0 or int(fraud_times.max()) >= PACK_MAX_TIME_MS
+    ):
+        return None
+    strides = np.arange(len(arrays), dtype=np.int64) * PACK_STRIDE
+    return TerminalPack(
+        segments={terminal_id: index for index, terminal_id in enumerate(terminals)},
+        arrays=arrays,
+        keys=times + np.repeat(strides, [len(a.times) for a in arrays]),
+        fraud_keys=fraud_times + np.repeat(strides, [len(a.fraud_times) for a in arrays]),
+        fraud_known=np.concatenate([a.fraud_known for a in arrays]),
+    )

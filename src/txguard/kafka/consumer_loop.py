@@ -343,17 +343,17 @@ def produce_with_backpressure(
     )
     # Topic, value and key by position, and only the keywords needed: produce() parses its
     # keywords for each record, which costs about as much as librdkafka's own work.
-    extra: dict[str, Any] = {}
-    if record.partition >= 0:
-        extra["partition"] = record.partition
-    if on_delivery is not None:
-        extra["on_delivery"] = on_delivery
+    extra: dict[str, Any] | None = None
+    if record.partition >= 0 or on_delivery is not None:
+        extra = {"partition": record.partition}
+        if on_delivery is not None:
+            extra["on_delivery"] = on_delivery
     while True:
         try:
-            if extra:
-                producer.produce(record.topic, record.value, record.key, headers=headers, **extra)
-            else:
+            if extra is None:
                 producer.produce(record.topic, record.value, record.key, headers=headers)
+            else:
+                producer.produce(record.topic, record.value, record.key, headers=headers, **extra)
             return
         except BufferError:
             on_retry()
