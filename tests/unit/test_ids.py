@@ -82,15 +82,18 @@ def _v4_hex(raw: bytes) -> str:
     return str(uuid.UUID(bytes=raw, version=4)).replace("-", "")
 
 
-def test_a_batch_draw_redraws_each_id_a_digit_run_touches(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Three ids: the first all digits, the second and third joined by a run across their border
-    # (neither holds 12 digits alone; redrawing both is allowed), then clean redraws.
+def test_a_batch_draw_redraws_each_id_that_holds_a_digit_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Four ids: the first all digits; the second and third joined by a run across their border
+    # (neither holds 12 digits alone); the fourth ends in 12 digits. Then clean redraws.
     first = bytes.fromhex("12345678901234567890123456789012")
     second = bytes.fromhex("abcdef0123abcdef0123abcdef123456")
     third = bytes.fromhex("789012abcdefabcdefabcdefabcdefab")
-    clean = [bytes.fromhex(f"abcdef0123abcdef0123abcdef0123a{n}") for n in "bcd"]
-    draws = iter([first + second + third, *clean])
+    fourth = bytes.fromhex("abcdefabcdefabcdefab123456789012")
+    clean = [bytes.fromhex(f"abcdef0123abcdef0123abcdef0123a{n}") for n in "bc"]
+    draws = iter([first + second + third + fourth, *clean])
     monkeypatch.setattr(os, "urandom", lambda count: next(draws))
-    ids = new_random_ids(3)
-    assert ids == [_v4_hex(raw) for raw in clean]
+    ids = new_random_ids(4)
+    assert ids == [_v4_hex(clean[0]), _v4_hex(second), _v4_hex(third), _v4_hex(clean[1])]
     assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)

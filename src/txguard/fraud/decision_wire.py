@@ -172,9 +172,11 @@ class DecisionWriter:
             outcome: _OUTCOME + varint(outcome) for outcome in set(outcomes) if outcome
         }
         records: list[OutgoingRecord] = []
+        new_record = tuple.__new__  # skips the named tuple's Python-level constructor
         decision_ids = new_random_ascii_ids(len(rows))
-        for index, (row, result, outcome) in enumerate(zip(rows, results, outcomes, strict=True)):
-            decision_id = decision_ids[index]
+        for index, (row, result, outcome, decision_id) in enumerate(
+            zip(rows, results, outcomes, decision_ids, strict=True)
+        ):
             account_id = row.account_id.encode()
             score = result.score
             value = _DECISION_FORMAT % (
@@ -193,9 +195,6 @@ class DecisionWriter:
                 value += _features(features[index])
             if result.shadow_score is not None:
                 value += _double(_SHADOW_SCORE, result.shadow_score) + shadow_version
-            records.append(
-                OutgoingRecord(
-                    topic, account_id, value, [(HEADER_EVENT_ID, decision_id), *schema_headers]
-                )
-            )
+            headers = [(HEADER_EVENT_ID, decision_id), *schema_headers]
+            records.append(new_record(OutgoingRecord, (topic, account_id, value, headers, -1)))
         return records

@@ -59,7 +59,8 @@ def schema_name(message_type: SchemaType) -> str:
 
 
 _WATERMARK_SCHEMA = schema_name(StreamWatermark).encode()
-_TRANSACTION_SCHEMA = schema_name(TransactionCreated).encode()
+_TRANSACTION_SCHEMA_HEADER = (HEADER_SCHEMA, schema_name(TransactionCreated).encode())
+_SCHEMA_VERSION_HEADER = (HEADER_SCHEMA_VERSION, SCHEMA_VERSION)
 
 
 def encode_transaction_created(event: TransactionCreated) -> EncodedRecord:
@@ -123,15 +124,16 @@ def parse_transactions_topic_record(
 ) -> TransactionCreated | None:
     """A transactions-topic record: its TransactionCreated, or None for a stream watermark.
 
-    Raises InvalidEvent as `parse_transaction_created` does. The usual record (each header once,
-    the current TransactionCreated schema) is recognised by one dictionary of its headers instead
-    of a search per header.
+    Raises InvalidEvent as `parse_transaction_created` does. A record with exactly the headers
+    txguard writes, in its order (event id, current TransactionCreated schema and version), is
+    recognised by two comparisons instead of a search per header.
     """
-    named = dict(headers) if headers else {}
     if (
-        named.get(HEADER_SCHEMA) == _TRANSACTION_SCHEMA
-        and named.get(HEADER_SCHEMA_VERSION) == SCHEMA_VERSION
-        and len(named) == len(headers or ())
+        headers is not None
+        and len(headers) == 3
+        and headers[1] == _TRANSACTION_SCHEMA_HEADER
+        and headers[2] == _SCHEMA_VERSION_HEADER
+        and headers[0][0] == HEADER_EVENT_ID
     ):
         try:
             return TransactionCreated.FromString(value or b"")

@@ -14,6 +14,8 @@ import re
 import threading
 from typing import Final
 
+import numpy as np
+
 # Random bytes for transaction and event ids are drawn from the OS this many at a time: every
 # os.urandom call releases and re-takes the GIL, which stalls the event loop for as long as the
 # writer thread holds it.
@@ -46,8 +48,8 @@ class _RandomPool:
 
 _random = _RandomPool()
 # What a card number could be made of: 12 or more decimal digits in a row.
+_CARD_DIGITS: Final = 12
 _DIGIT_RUN: Final = re.compile(r"[0-9]{12,}")
-_DIGIT_RUN_BYTES: Final = re.compile(rb"[0-9]{12,}")
 
 
 def _card_like(identifier: str) -> bool:
@@ -80,20 +82,22 @@ def new_random_ids(count: int) -> list[str]:
 def new_random_ascii_ids(count: int) -> list[bytes]:
     """`count` random (version 4) UUIDs as ASCII bytes, ready for the wire.
 
-    The hex of all of them is written at once and searched at once for decimal runs: an id a run
-    touches is drawn again on its own (a run across two ids costs a needless redraw, no more).
+    The hex of all of them is written at once and searched at once for 12 decimal digits in a
+    row within one id (with numpy: each position's run of digits so far); such ids are drawn
+    again one by one.
     """
     raw = bytearray(os.urandom(16 * count))
     raw[6::16] = raw[6::16].translate(_VERSION_4)
     raw[8::16] = raw[8::16].translate(_VARIANT_RFC_4122)
     text = raw.hex().encode()
     identifiers = [text[start : start + 32] for start in range(0, 32 * count, 32)]
-    touched = {
-        index
-        for run in _DIGIT_RUN_BYTES.finditer(text)
-        for index in range(run.start() // 32, (run.end() - 1) // 32 + 1)
-    }
-    for index in sorted(touched):
+    digit = np.frombuffer(text, dtype=np.uint8) < ord("a")  # hex: 0-9 sort before a-f
+    position = np.arange(len(text))
+    last_letter = np.maximum.accumulate(np.where(digit, -1, position))
+    # Positions ending a run of 12 digits, and the ids that hold such a run whole.
+    ends = np.flatnonzero(position - last_letter >= _CARD_DIGITS)
+    card_like = ends[ends // 32 == (ends - (_CARD_DIGITS - 1)) // 32] // 32
+    for index in np.unique(card_like).tolist():
         identifiers[index] = new_random_id().encode()
     return identifiers
 
