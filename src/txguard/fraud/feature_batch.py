@@ -85,9 +85,6 @@ _INT64_MAX = (1 << 63) - 1
 _SQRT_INT64_MAX = math.isqrt(_INT64_MAX)
 # Smaller batches are computed event by event (see the module's docstring).
 COLUMNWISE_MIN_ROWS = 48
-# A batch rebuilds the terminal table's pack when at least this many of its terminals, and more
-# than a quarter of them, changed since the pack was built.
-_REPACK_MIN_CHANGED = 8
 
 
 class TransactionRow(NamedTuple):
@@ -434,9 +431,9 @@ def terminal_columns(
     The terminals' sorted times are laid end to end (shifted by strides, as the accounts' are)
     and every window bound is one sorted search; frauds are few, so only the transactions with
     a fraud in their window count theirs. Terminals unchanged since the table's pack was built
-    are searched in the pack; the others are laid end to end for this batch (and when they are
-    many, the pack is built again). Outside the range where strides cannot mix terminals, each
-    row is computed by `terminal_features` itself.
+    are searched in the pack; the others are laid end to end for this batch (and counted toward
+    the pack's next rebuild). Outside the range where strides cannot mix terminals, each row is
+    computed by `terminal_features` itself.
     """
     times = times_ms.tolist()
     earliest = int(times_ms.min()) - _TERMINAL_DELAY_MS - _LONGEST_WINDOW_MS
@@ -450,10 +447,6 @@ def terminal_columns(
     changed: list[str] = list(distinct)
     if pack is not None:
         packed, changed = table.split_by_pack(pack, distinct)
-        if len(changed) >= _REPACK_MIN_CHANGED and 4 * len(changed) > len(distinct):
-            pack = table.pack(rebuild=True)
-            if pack is not None:
-                packed, changed = table.split_by_pack(pack, distinct)
     if pack is not None and packed:
         segment = np.array(
             [packed.get(terminal_id, -1) for terminal_id in terminal_ids], dtype=np.int64
@@ -480,6 +473,8 @@ def terminal_columns(
             [index.get(terminal_id, -1) for terminal_id in terminal_ids], dtype=np.int64
         )
         rows = np.flatnonzero(segment >= 0)
+        if pack is not None:
+            table.count_unpacked_rows(len(rows))
         strides = np.arange(len(held), dtype=np.int64) * _STRIDE
         result[rows] = _strided_columns(
             all_times + np.repeat(strides, [len(arrays.times) for arrays in held]),

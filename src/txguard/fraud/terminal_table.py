@@ -214,20 +214,30 @@ class TerminalTable:
         self._watermarks: dict[int, Completeness] = {}
         self.partitions: int = 0
         self._pack: TerminalPack | None = None
-        # The terminals cannot be packed (too many, or a time out of range): not tried again
-        # until a rebuild is asked for.
+        # The terminals cannot be packed (too many, or a time out of range): not tried again.
         self._unpackable = False
+        # Rows served without the pack since it was built (their terminals had changed).
+        self._unpacked_rows = 0
 
-    def pack(self, *, rebuild: bool = False) -> TerminalPack | None:
-        """The pack of every terminal, built on first use (and again with `rebuild`); None for
-        an empty table, too many terminals or a time outside [0, PACK_MAX_TIME_MS)."""
-        if rebuild or (self._pack is None and not self._unpackable):
-            self._pack = None
+    def pack(self) -> TerminalPack | None:
+        """The pack of every terminal, built on first use and again once it is out of date
+        (see `count_unpacked_rows`); None for an empty table, too many terminals or a time
+        outside [0, PACK_MAX_TIME_MS)."""
+        if self._pack is None and not self._unpackable and self._terminals:
+            self._unpacked_rows = 0
             self._unpackable = len(self._terminals) > PACK_MAX_TERMINALS
-            if self._terminals and not self._unpackable:
+            if not self._unpackable:
                 self._pack = _build_pack(self._terminals)
                 self._unpackable = self._pack is None
         return self._pack
+
+    def count_unpacked_rows(self, rows: int) -> None:
+        """Count rows just served without the pack because their terminals changed since it was
+        built. Once they outnumber its terminals, the pack is built again on next use: its
+        cost (all the table) is then spread over at least as many rows as it holds terminals."""
+        self._unpacked_rows += rows
+        if self._pack is not None and self._unpacked_rows >= len(self._pack.segments):
+            self._pack = None
 
     def split_by_pack(
         self, pack: TerminalPack, terminal_ids: Iterable[str]
