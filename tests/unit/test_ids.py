@@ -5,6 +5,7 @@ import uuid
 import pytest
 
 from txguard.observability.logging import mask_card_numbers
+from txguard.schema import ids as id_module
 from txguard.schema.ids import new_random_id, new_random_ids, new_transaction_and_event_ids
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -82,8 +83,9 @@ def _v4_hex(raw: bytes) -> str:
     return str(uuid.UUID(bytes=raw, version=4)).replace("-", "")
 
 
+@pytest.mark.parametrize("copies", [1, 16], ids=["one-by-one", "numpy"])
 def test_a_batch_draw_redraws_each_id_that_holds_a_digit_run(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, copies: int
 ) -> None:
     # Four ids: the first all digits; the second and third joined by a run across their border
     # (neither holds 12 digits alone); the fourth ends in 12 digits. Then clean redraws.
@@ -91,9 +93,17 @@ def test_a_batch_draw_redraws_each_id_that_holds_a_digit_run(
     second = bytes.fromhex("abcdef0123abcdef0123abcdef123456")
     third = bytes.fromhex("789012abcdefabcdefabcdefabcdefab")
     fourth = bytes.fromhex("abcdefabcdefabcdefab123456789012")
-    clean = [bytes.fromhex(f"abcdef0123abcdef0123abcdef0123a{n}") for n in "bc"]
-    draws = iter([first + second + third + fourth, *clean])
+    clean = [
+        bytes.fromhex(f"abcdef0123abcdef0123abcd{n:08x}") for n in range(0xA0, 0xA0 + 2 * copies)
+    ]
+    draws = iter([(first + second + third + fourth) * copies, *clean])
     monkeypatch.setattr(os, "urandom", lambda count: next(draws))
-    ids = new_random_ids(4)
-    assert ids == [_v4_hex(clean[0]), _v4_hex(second), _v4_hex(third), _v4_hex(clean[1])]
+    # A pool of its own, drawn afresh from the draws above.
+    monkeypatch.setattr(id_module, "_random", id_module._RandomPool())
+    ids = new_random_ids(4 * copies)
+    redrawn = iter(clean)
+    assert ids == [
+        _v4_hex(next(redrawn)) if index % 4 in (0, 3) else _v4_hex((second, third)[index % 4 - 1])
+        for index in range(4 * copies)
+    ]
     assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)

@@ -146,10 +146,12 @@ class ModelScorer:
         # Per row, the largest contributions, their features' values and their positive total,
         # computed for the whole batch; only the reasons themselves are built row by row.
         top = np.argsort(-contributions, axis=1)[:, :TOP_FEATURE_REASONS]
-        top_shares = np.take_along_axis(contributions, top, axis=1)
+        # Plain fancy indexing picks the same entries as take_along_axis, without its set-up.
+        each_row = np.arange(len(top))[:, None]
+        top_shares = contributions[each_row, top]
         positive = top_shares > 0
         feature_totals = np.where(positive, top_shares, 0.0).sum(axis=1)
-        top_values = np.take_along_axis(features, top, axis=1).tolist()
+        top_values = features[each_row, top].tolist()
         fired = rule_hits_by_row(self.rules, batch)
         codes, labels = self._reason_codes, self._reason_labels
         new_tuple = tuple.__new__

@@ -50,6 +50,9 @@ _random = _RandomPool()
 # What a card number could be made of: 12 or more decimal digits in a row.
 _CARD_DIGITS: Final = 12
 _DIGIT_RUN: Final = re.compile(r"[0-9]{12,}")
+_DIGITS: Final = re.compile(rb"[0-9]{12}")
+# From this many ids on, a batch's ids are searched for digit runs with numpy.
+_SEARCH_AT_ONCE_MIN: Final = 64
 
 
 def _card_like(identifier: str) -> bool:
@@ -82,22 +85,27 @@ def new_random_ids(count: int) -> list[str]:
 def new_random_ascii_ids(count: int) -> list[bytes]:
     """`count` random (version 4) UUIDs as ASCII bytes, ready for the wire.
 
-    The hex of all of them is written at once and searched at once for 12 decimal digits in a
-    row within one id (with numpy: each position's run of digits so far); such ids are drawn
-    again one by one.
+    The hex of all of them is written at once; ids holding 12 decimal digits in a row are drawn
+    again one by one. Many ids are searched at once with numpy (each position's run of digits so
+    far); a few, whose numpy calls would cost more than the search, one by one.
     """
-    raw = bytearray(os.urandom(16 * count))
+    raw = bytearray(_random.take(16 * count))
     raw[6::16] = raw[6::16].translate(_VERSION_4)
     raw[8::16] = raw[8::16].translate(_VARIANT_RFC_4122)
     text = raw.hex().encode()
     identifiers = [text[start : start + 32] for start in range(0, 32 * count, 32)]
-    digit = np.frombuffer(text, dtype=np.uint8) < ord("a")  # hex: 0-9 sort before a-f
-    position = np.arange(len(text))
-    last_letter = np.maximum.accumulate(np.where(digit, -1, position))
-    # Positions ending a run of 12 digits, and the ids that hold such a run whole.
-    ends = np.flatnonzero(position - last_letter >= _CARD_DIGITS)
-    card_like = ends[ends // 32 == (ends - (_CARD_DIGITS - 1)) // 32] // 32
-    for index in np.unique(card_like).tolist():
+    if count < _SEARCH_AT_ONCE_MIN:
+        card_like = [i for i, identifier in enumerate(identifiers) if _DIGITS.search(identifier)]
+    else:
+        digit = np.frombuffer(text, dtype=np.uint8) < ord("a")  # hex: 0-9 sort before a-f
+        position = np.arange(len(text))
+        last_letter = np.maximum.accumulate(np.where(digit, -1, position))
+        # Positions ending a run of 12 digits, and the ids that hold such a run whole.
+        ends = np.flatnonzero(position - last_letter >= _CARD_DIGITS)
+        card_like = sorted(
+            set((ends[ends // 32 == (ends - (_CARD_DIGITS - 1)) // 32] // 32).tolist())
+        )
+    for index in card_like:
         identifiers[index] = new_random_id().encode()
     return identifiers
 
