@@ -90,6 +90,15 @@ def test_a_rule_that_fires_raises_the_score_and_is_a_reason(tmp_path: Path) -> N
     assert "rule.amount_threshold" not in {r.code for r in plain.reasons}
     assert big.reasons[0].code == "rule.amount_threshold"
     assert big.score == pytest.approx(1 - (1 - plain.score) * (1 - 0.9))
+    # The shares are of one total: the rule's score and the features' positive contributions.
+    features = [r for r in big.reasons if r.code.startswith("feature.")]
+    assert [r.code for r in features] == [r.code for r in plain.reasons]
+    assert [r.description for r in features] == [r.description for r in plain.reasons]
+    assert sum(r.contribution for r in plain.reasons) == pytest.approx(1.0)
+    assert sum(r.contribution for r in big.reasons) == pytest.approx(1.0)
+    rule_share = big.reasons[0].contribution
+    for mine, alone in zip(features, plain.reasons, strict=True):
+        assert mine.contribution == pytest.approx(alone.contribution * (1 - rule_share))
 
 
 def test_shadow_scores_are_recorded_and_do_not_change_the_outcome(tmp_path: Path) -> None:
