@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import pytest
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from tests.support import new_transaction, running_in_thread, wait_until
 from txguard.clock import now_us, timestamp_from_us
@@ -18,6 +18,7 @@ from txguard.kafka.clients import make_producer
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome, Reason
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
 from txguard.store.sqlite import SqliteStore
+from txguard.transactions import applier as applier_module
 from txguard.transactions.applier import ApplierStats, DecisionApplier
 
 if TYPE_CHECKING:
@@ -137,5 +138,85 @@ def test_undecodable_decisions_are_skipped(settings: Settings, producer: Produce
             assert stats.invalid >= 1
         tx = store.get_transaction(item.transaction.transaction_id)
         assert tx is not None and tx.status == TransactionStatus.TRANSACTION_STATUS_APPROVED
+    finally:
+        store.close()
+
+
+def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
+    """The group's committed offset per partition of the decisions topic (absent: none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        partitions = consumer.list_topics(DECISIONS_TOPIC, timeout=10).topics[DECISIONS_TOPIC]
+        asked = [TopicPartition(DECISIONS_TOPIC, p) for p in partitions.partitions]
+        return {
+            tp.partition: tp.offset
+            for tp in consumer.committed(asked, timeout=10)
+            if tp.offset >= 0
+        }
+    finally:
+        consumer.close()
+
+
+def end_offsets(bootstrap: str) -> dict[int, int]:
+    """The decisions topic's end offset per partition that holds records."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-applier-ends"})
+    try:
+        partitions = consumer.list_topics(DECISIONS_TOPIC, timeout=10).topics[DECISIONS_TOPIC]
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(DECISIONS_TOPIC, p), timeout=10)[1]
+            for p in partitions.partitions
+        }
+        return {p: end for p, end in ends.items() if end > 0}
+    finally:
+        consumer.close()
+
+
+def test_applied_offsets_are_committed_while_running_and_at_stop(
+    settings: Settings, producer: Producer, kafka_broker: KafkaBroker
+) -> None:
+    """Offsets are committed every COMMIT_INTERVAL_SECONDS, not per batch: everything applied
+    is committed soon while the applier runs, and whatever is left when it stops."""
+    store = SqliteStore(settings.store_path)
+    try:
+        account = f"commit-{uuid.uuid4().hex[:10]}"
+        items = [new_transaction(account) for _ in range(6)]
+        store.record_transactions(items)
+        decisions = [decision_for(i.transaction, Outcome.OUTCOME_APPROVE, 0.1) for i in items]
+        publish(producer, decisions[:3])
+        with running_applier(settings) as stats:
+            wait_until(lambda: stats.applied == 3)
+            ends = end_offsets(kafka_broker.bootstrap)
+            # Every partition the applier read up to its end is committed at its end.
+            wait_until(
+                lambda: committed_offsets(kafka_broker.bootstrap, settings.applier_group) == ends,
+                timeout=10,
+            )
+            publish(producer, decisions[3:])
+            wait_until(lambda: stats.applied == 6)
+            ends = end_offsets(kafka_broker.bootstrap)
+        assert committed_offsets(kafka_broker.bootstrap, settings.applier_group) == ends
+    finally:
+        store.close()
+
+
+def test_offsets_left_uncommitted_are_committed_at_stop(
+    settings: Settings,
+    producer: Producer,
+    kafka_broker: KafkaBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(applier_module, "COMMIT_INTERVAL_SECONDS", 3600.0)
+    store = SqliteStore(settings.store_path)
+    try:
+        items = [new_transaction(f"stop-{uuid.uuid4().hex[:10]}") for _ in range(4)]
+        store.record_transactions(items)
+        publish(
+            producer, [decision_for(i.transaction, Outcome.OUTCOME_DECLINE, 0.9) for i in items]
+        )
+        with running_applier(settings) as stats:
+            wait_until(lambda: stats.applied == 4)
+            ends = end_offsets(kafka_broker.bootstrap)
+            assert committed_offsets(kafka_broker.bootstrap, settings.applier_group) == {}
+        assert committed_offsets(kafka_broker.bootstrap, settings.applier_group) == ends
     finally:
         store.close()

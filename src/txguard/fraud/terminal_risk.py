@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError
 
 from txguard.config import Settings
 from txguard.fraud.terminal_table import NOT_STARTED_MS, entry_key, watermark_key
-from txguard.kafka.clients import make_consumer
+from txguard.kafka.clients import BACKGROUND_FETCH, make_consumer
 from txguard.kafka.compacted import read_to_end
 from txguard.kafka.consumer_loop import (
     CommitReporter,
@@ -123,6 +123,7 @@ class _Stage:
             group_id=self.group,
             client_id=self.group,
             on_commit=CommitReporter(self._retry),
+            **BACKGROUND_FETCH,
         )
         publisher = ConfirmedPublisher(bootstrap, client_id=self.group, on_retry=self._retry)
         try:

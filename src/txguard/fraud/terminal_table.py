@@ -21,7 +21,7 @@ import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
-from txguard.kafka.clients import make_consumer
+from txguard.kafka.clients import BACKGROUND_FETCH, make_consumer
 from txguard.kafka.compacted import TopicReadError, end_offsets
 from txguard.schema.v1.terminal_risk_pb2 import TerminalTableRecord
 
@@ -374,7 +374,10 @@ class TerminalTableFollower:
         self.table = TerminalTable()
         # assign() only, no commits: the group id merely names the client.
         self._consumer: Consumer = make_consumer(
-            bootstrap, group_id=group_id, client_id=f"{group_id}.terminal-table"
+            bootstrap,
+            group_id=group_id,
+            client_id=f"{group_id}.terminal-table",
+            **BACKGROUND_FETCH,
         )
 
     def load(self, *, timeout_seconds: float = 120.0) -> None:

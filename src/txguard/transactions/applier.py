@@ -1,8 +1,9 @@
 """The decision applier: writes fraud decisions back to the store, then commits their offsets.
 
 Per batch: decode -> `apply_decisions` in one database transaction (one multi-row UPDATE per
-128 decisions, everything else prepared before the write lock is taken) -> asynchronous offset
-commit.
+128 decisions, everything else prepared before the write lock is taken). The applied batches'
+offsets are committed asynchronously at most every COMMIT_INTERVAL_SECONDS, when partitions are
+revoked, and at stop.
 Applying is idempotent (the first decision of a transaction wins), so a batch reprocessed after a
 crash only yields "duplicate" results. "unknown" (no such transaction in this store) is normal
 when several stores share the decisions topic. An undecodable decision is logged, counted and
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import cast
 
-from confluent_kafka import Message
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from txguard.clock import now_us
 from txguard.config import Settings
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 # consume() waits this long for a full batch: it bounds the latency added under light load.
 CONSUME_TIMEOUT_SECONDS = 0.02
 STATS_LOG_INTERVAL_SECONDS = 30.0
+# Applied offsets are committed at most this often: a commit per batch costs the broker a request
+# per batch (hundreds a second under light load, when batches are small). A crash loses at most
+# this much of commits; the decisions are then applied again, which the store counts as duplicates.
+COMMIT_INTERVAL_SECONDS = 0.2
 # A locked database is retried this long before the applier gives up and exits.
 STORE_RETRY_SECONDS = 120.0
 
@@ -62,7 +67,7 @@ class ApplierStats:
     unknown: int = 0  # no such transaction in this store
     invalid: int = 0  # records that did not decode as a FraudDecision; skipped
     retries: int = 0  # store or commit attempts retried
-    batches: int = 0  # batches committed
+    batches: int = 0  # batches applied
 
 
 class DecisionApplier:
@@ -77,6 +82,9 @@ class DecisionApplier:
         self._results = metrics.Children(metrics.APPLIER_DECISIONS, "result")
         self._results.precreate(("applied", "duplicate", "unknown"))
         self._applied_latency = metrics.END_TO_END_LATENCY.labels("applied")
+        # Applied but not yet committed offsets, per partition; committed by `_commit`.
+        self._uncommitted: dict[tuple[str, int], TopicPartition] = {}
+        self._committed_at = time.monotonic()
 
     def run(self, stop: threading.Event) -> None:
         """Apply until `stop` is set; the batch in hand is applied and committed first."""
@@ -93,7 +101,13 @@ class DecisionApplier:
         )
         stats_logged_at = time.monotonic()
         try:
-            subscribe(consumer, [self.settings.topics.decisions], metrics=self.metrics)
+            subscribe(
+                consumer,
+                [self.settings.topics.decisions],
+                metrics=self.metrics,
+                on_revoke=self._commit_revoked,
+                on_lost=self._forget_lost,
+            )
             while not stop.is_set():
                 records = poll_batch(
                     consumer,
@@ -102,17 +116,19 @@ class DecisionApplier:
                     metrics=self.metrics,
                 )
                 if records:
-                    # Store first, offsets second: a crash in between re-applies the batch,
+                    # Store first, offsets second: a crash in between re-applies the batches,
                     # which the store turns into duplicates.
                     self.apply_batch(records, store)
-                    commit_offsets(
-                        consumer, next_offsets(records), on_retry=self._count_commit_retry
-                    )
+                    for offset in next_offsets(records):
+                        self._uncommitted[(offset.topic, offset.partition)] = offset
                     self.stats.batches += 1
                     batch_processed(consumer, self.metrics)
+                if time.monotonic() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
+                    self._commit(consumer)
                 if time.monotonic() - stats_logged_at >= STATS_LOG_INTERVAL_SECONDS:
                     stats_logged_at = time.monotonic()
                     log.info("decision applier: %s", asdict(self.stats))
+            self._commit(consumer)
         finally:
             consumer.close()
             self.metrics.lag.forget_all()
@@ -120,6 +136,28 @@ class DecisionApplier:
                 store.close()
                 self._store = None
             log.info("decision applier stopped: %s", asdict(self.stats))
+
+    def _commit(self, consumer: Consumer) -> None:
+        """Commit every applied offset not committed yet."""
+        self._committed_at = time.monotonic()
+        if self._uncommitted:
+            offsets = list(self._uncommitted.values())
+            self._uncommitted.clear()
+            commit_offsets(consumer, offsets, on_retry=self._count_commit_retry)
+
+    def _commit_revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Before partitions go to another member: commit what was applied of them."""
+        offsets = [
+            offset
+            for offset in (self._uncommitted.pop((p.topic, p.partition), None) for p in partitions)
+            if offset is not None
+        ]
+        commit_offsets(consumer, offsets, on_retry=self._count_commit_retry)
+
+    def _forget_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions lost without a revoke belong to another member already: no commit."""
+        for p in partitions:
+            self._uncommitted.pop((p.topic, p.partition), None)
 
     def apply_batch(
         self, records: Sequence[Message], store: TransactionStore | None = None
