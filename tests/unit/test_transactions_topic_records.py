@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import cast
 
+import pytest
+from confluent_kafka import Message
+
+from txguard.fraud.feature_batch import TransactionRow, decode_rows
 from txguard.kafka.serde import (
     HEADER_EVENT_ID,
     HEADER_SCHEMA,
@@ -61,3 +65,56 @@ def test_with_a_header_twice_the_first_one_counts() -> None:
     assert kind_of(VALUE, wrong_first) == "wrong-schema"
     right_first = [*(headers() or []), (HEADER_SCHEMA, b"txguard.v1.FraudLabel")]
     assert parse_transactions_topic_record(VALUE, right_first) == EVENT
+
+
+def full_event(event_id: str, *, amount_minor: int = 1_250) -> TransactionCreated:
+    event = TransactionCreated(event_id=event_id)
+    tx = event.transaction
+    tx.transaction_id, tx.account_id, tx.currency = f"t-{event_id}", "acct-1", "EUR"
+    tx.amount_minor, tx.terminal_id = amount_minor, "term-9"
+    tx.occurred_at.FromMilliseconds(1_700_000_000_123)
+    tx.accepted_at.FromMicroseconds(1_700_000_000_456_789)
+    return event
+
+
+def record(partition: int, value: bytes, record_headers: ReceivedHeaders) -> Message:
+    as_list: list[tuple[str, str | bytes | None]] | None = (
+        None if record_headers is None else list(record_headers)
+    )
+    return Message(topic="tx", partition=partition, offset=0, value=value, headers=as_list)
+
+
+def test_decode_rows_reads_usual_records_itself_and_hands_the_rest_to_the_fallback() -> None:
+    usual = [full_event(f"e-{n}") for n in range(3)]
+    watermark = StreamWatermark().SerializeToString()
+    reordered = [(HEADER_SCHEMA, TRANSACTION), (HEADER_EVENT_ID, b"e-x"), *(headers() or [])[2:]]
+    records = [
+        record(2, usual[0].SerializeToString(), headers()),
+        record(2, watermark, headers(b"txguard.v1.StreamWatermark")),
+        # Valid, but not in the header layout txguard writes: the general way reads it.
+        record(2, full_event("e-x").SerializeToString(), reordered),
+        record(2, usual[1].SerializeToString(), headers()),
+        record(2, b"\xff\xff\xff", headers()),  # undecodable
+        record(2, full_event("e-neg", amount_minor=-1).SerializeToString(), headers()),
+        record(2, usual[2].SerializeToString(), headers()),
+    ]
+    handed: list[bytes | None] = []
+
+    def fallback(message: Message) -> TransactionRow | None:
+        handed.append(message.value())
+        try:
+            event = parse_transactions_topic_record(
+                message.value(), cast(ReceivedHeaders, message.headers())
+            )
+            return None if event is None else TransactionRow.of(2, event)
+        except InvalidEvent:
+            return None
+
+    rows = decode_rows(records, fallback)
+
+    assert handed == [records[i].value() for i in (1, 2, 4, 5)]
+    expected = [usual[0], full_event("e-x"), usual[1], usual[2]]
+    assert rows == [TransactionRow.of(2, event) for event in expected]
+    assert rows[0].occurred_ms == 1_700_000_000_123
+    assert rows[0].accepted_seconds == pytest.approx(1_700_000_000.456789)
+    assert rows[0].occurred_at == usual[0].transaction.occurred_at.SerializeToString()

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import cast
 
 import numpy as np
@@ -27,7 +28,7 @@ from txguard.fraud.changelog import changelog_record, check_copartitioned, resto
 from txguard.fraud.dead_letter import DeadLetter, dead_letter_for
 from txguard.fraud.decision_wire import DecisionWriter
 from txguard.fraud.decisions import DecisionThresholds
-from txguard.fraud.feature_batch import TransactionRow, observe_batch
+from txguard.fraud.feature_batch import TransactionRow, decode_rows, observe_batch
 from txguard.fraud.features import DAY_MS, TERMINAL_DELAY_DAYS
 from txguard.fraud.live_model import LiveModel
 from txguard.fraud.rules import default_rules
@@ -217,11 +218,7 @@ class FraudDetector:
         output = BatchOutput(offsets=next_offsets(records))
         self.stats.batches += 1
         self.stats.processed += len(records)
-        rows: list[TransactionRow] = []
-        for message in records:
-            row = self._decode(message, output)
-            if row is not None:
-                rows.append(row)
+        rows = decode_rows(records, partial(self._decode, output=output))
         if not rows:
             return output
         self._await_terminal_table(max(row.occurred_ms for row in rows), stop)
@@ -283,7 +280,8 @@ class FraudDetector:
         )
 
     def _decode(self, message: Message, output: BatchOutput) -> TransactionRow | None:
-        """The transaction, or None when the record is poison and was set aside for the DLQ."""
+        """The transaction, or None for a watermark and for a poison record (set aside for the
+        DLQ). `decode_rows` reads the usual records itself and calls this for the others."""
         try:
             event = parse_transactions_topic_record(
                 message.value(), cast(ReceivedHeaders, message.headers())

@@ -59,8 +59,8 @@ def schema_name(message_type: SchemaType) -> str:
 
 
 _WATERMARK_SCHEMA = schema_name(StreamWatermark).encode()
-_TRANSACTION_SCHEMA_HEADER = (HEADER_SCHEMA, schema_name(TransactionCreated).encode())
-_SCHEMA_VERSION_HEADER = (HEADER_SCHEMA_VERSION, SCHEMA_VERSION)
+TRANSACTION_SCHEMA_HEADER = (HEADER_SCHEMA, schema_name(TransactionCreated).encode())
+SCHEMA_VERSION_HEADER = (HEADER_SCHEMA_VERSION, SCHEMA_VERSION)
 
 
 def encode_transaction_created(event: TransactionCreated) -> EncodedRecord:
@@ -131,8 +131,8 @@ def parse_transactions_topic_record(
     if (
         headers is not None
         and len(headers) == 3
-        and headers[1] == _TRANSACTION_SCHEMA_HEADER
-        and headers[2] == _SCHEMA_VERSION_HEADER
+        and headers[1] == TRANSACTION_SCHEMA_HEADER
+        and headers[2] == SCHEMA_VERSION_HEADER
         and headers[0][0] == HEADER_EVENT_ID
     ):
         try:
