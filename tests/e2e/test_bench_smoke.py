@@ -82,6 +82,7 @@ def test_smoke_run_writes_sane_results(
 
     for run in results["scaling"]["runs"].values():
         assert run["decisions_total"] > 0
+        assert 0 <= run["undecided_at_complete"] <= run["decisions_total"]
         assert run["duplicates"] == 0
         assert all(rebalance["assigned"] for rebalance in run["rebalances"])
 

@@ -99,3 +99,20 @@ def test_a_readme_without_the_block_is_refused(tmp_path: Path) -> None:
     readme.write_text("# x\n")
     with pytest.raises(ReadmeError, match="no results block"):
         update_readme(readme, {}, tmp_path)
+
+
+def test_a_scaling_run_without_a_window_says_why() -> None:
+    def run(instances: int, throughput: float | None, undecided: int) -> dict[str, object]:
+        return {
+            "instances": instances,
+            "throughput_per_s": throughput,
+            "undecided_at_complete": undecided,
+            "rebalances": [],
+            "duplicates": 0,
+        }
+
+    results = {"scaling": {"runs": {"1": run(1, 19_000.0, 539_000), "3": run(3, None, 0)}}}
+    text = markdown(results)
+    assert "| 1 | 19,000 |" in text
+    assert "- 3 instances: every transaction was decided before the group was complete" in text
+    assert "- 1 instances" not in text

@@ -358,7 +358,14 @@ def _scaling_section(scaling: Mapping[str, Any] | None) -> list[str]:
         "duplicate decisions",
         "CPU / peak RSS",
     )
-    return ["## Scaling: detector instances in one group", "", *_table(header, rows)]
+    notes = [
+        f"- {run['instances']} instances: every transaction was decided before the group was "
+        "complete, so there is no throughput of the complete group to show."
+        for run in scaling["runs"].values()
+        if run.get("throughput_per_s") is None and run.get("undecided_at_complete") == 0
+    ]
+    lines = ["## Scaling: detector instances in one group", "", *_table(header, rows)]
+    return [*lines, "", *notes] if notes else lines
 
 
 def _latency_row(name: str, run: Mapping[str, Any]) -> tuple[Any, ...]:
