@@ -119,8 +119,9 @@ FULL = BenchSizes(
 
 SMOKE = BenchSizes(
     ceiling_records=20_000,
-    customers=300,
-    # About 22,000 transactions: two seconds of detector work, so that its profile has samples.
+    customers=800,
+    # About 59,000 transactions: a few seconds of detector work at 15,000-20,000 a second, so
+    # that its profile has samples (py-spy takes a moment to attach).
     days=40,
     scaling_instances=(2,),
     scaling_window_seconds=5.0,
