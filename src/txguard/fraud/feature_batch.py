@@ -53,6 +53,7 @@ from txguard.kafka.serde import (
 )
 from txguard.schema.currencies import MINOR_UNITS
 from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.v1.transaction_pb2 import Transaction
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -119,41 +120,60 @@ class TransactionRow(NamedTuple):
     @classmethod
     def of(cls, partition: int, event: TransactionCreated, *, check: bool = True) -> TransactionRow:
         """The row of an event, checked as `decode_transaction_created` checks it (raising
-        InvalidEvent) unless `check` is false."""
+        InvalidEvent) unless `check` is false. The detector's batches go through `decode_rows`,
+        which reads each field once; this reads the records it hands back (other header layouts)
+        and the rows of `FeatureBatch.of`."""
         tx = event.transaction
-        event_id = event.event_id
-        transaction_id = tx.transaction_id
-        account_id = tx.account_id
-        currency = tx.currency
-        amount_minor = tx.amount_minor
         if check:
             check_transaction(
-                event_id=event_id,
-                transaction_id=transaction_id,
-                account_id=account_id,
-                currency=currency,
-                amount_minor=amount_minor,
+                event_id=event.event_id,
+                transaction_id=tx.transaction_id,
+                account_id=tx.account_id,
+                currency=tx.currency,
+                amount_minor=tx.amount_minor,
                 has_times=tx.HasField("occurred_at") and tx.HasField("accepted_at"),
             )
-        occurred = tx.occurred_at
-        accepted = tx.accepted_at
-        # tuple.__new__ skips the named tuple's Python-level constructor (one row per record).
-        return tuple.__new__(
-            cls,
-            (
-                partition,
-                event_id,
-                transaction_id,
-                account_id,
-                amount_minor,
-                currency,
-                tx.terminal_id,
-                occurred.seconds * 1000 + occurred.nanos // 1_000_000,
-                accepted.seconds + accepted.nanos / 1e9,
-                occurred.SerializeToString(),
-                accepted.SerializeToString(),
-            ),
+        return _row(
+            partition,
+            event.event_id,
+            tx.transaction_id,
+            tx.account_id,
+            tx.amount_minor,
+            tx.currency,
+            tx,
         )
+
+
+def _row(
+    partition: int | None,
+    event_id: str,
+    transaction_id: str,
+    account_id: str,
+    amount_minor: int,
+    currency: str,
+    tx: Transaction,
+) -> TransactionRow:
+    """The row, from the fields its reader took out of the event (to check them) and the rest.
+    `partition` is a consumed record's, never None (typed as confluent-kafka reports it)."""
+    occurred = tx.occurred_at
+    accepted = tx.accepted_at
+    # tuple.__new__ skips the named tuple's Python-level constructor (one row per record).
+    return tuple.__new__(
+        TransactionRow,
+        (
+            partition,
+            event_id,
+            transaction_id,
+            account_id,
+            amount_minor,
+            currency,
+            tx.terminal_id,
+            occurred.seconds * 1000 + occurred.nanos // 1_000_000,
+            accepted.seconds + accepted.nanos / 1e9,
+            occurred.SerializeToString(),
+            accepted.SerializeToString(),
+        ),
+    )
 
 
 def decode_rows(
@@ -161,16 +181,17 @@ def decode_rows(
 ) -> list[TransactionRow]:
     """The rows of a batch's records, in their order.
 
-    A record as txguard writes it (exactly its three headers, in its order) that decodes and
-    passes `check_transaction` is read here in one step, as `TransactionRow.of` reads it: no call
-    per record beyond protobuf's own. Any other record (a watermark, another header layout, a
-    record that does not decode or check) goes to `fallback`, which reads it the general way and
-    returns its row, or None for a record that has no row (a watermark, a poison record).
+    A record as txguard writes it (exactly its three headers, in its order: two comparisons
+    instead of a search per header) that decodes and passes `check_transaction`'s condition is
+    read here in one loop, as `TransactionRow.of` reads it. Any other record (a watermark, another
+    header layout, a record that does not decode or check) goes to `fallback`, which reads it the
+    general way and returns its row, or None for a record that has no row (a watermark, a poison
+    record).
     """
     rows: list[TransactionRow] = []
     append = rows.append
     parse = TransactionCreated.FromString
-    new_row = tuple.__new__
+    row_of = _row
     for message in records:
         # (Annotated, not cast: cast is a call per record.)
         headers: ReceivedHeaders = message.headers()  # type: ignore[assignment]
@@ -202,24 +223,15 @@ def decode_rows(
                     and tx.HasField("occurred_at")
                     and tx.HasField("accepted_at")
                 ):
-                    occurred = tx.occurred_at
-                    accepted = tx.accepted_at
                     append(
-                        new_row(
-                            TransactionRow,
-                            (
-                                message.partition(),
-                                event_id,
-                                transaction_id,
-                                account_id,
-                                amount_minor,
-                                currency,
-                                tx.terminal_id,
-                                occurred.seconds * 1000 + occurred.nanos // 1_000_000,
-                                accepted.seconds + accepted.nanos / 1e9,
-                                occurred.SerializeToString(),
-                                accepted.SerializeToString(),
-                            ),
+                        row_of(
+                            message.partition(),
+                            event_id,
+                            transaction_id,
+                            account_id,
+                            amount_minor,
+                            currency,
+                            tx,
                         )
                     )
                     continue

@@ -124,21 +124,9 @@ def parse_transactions_topic_record(
 ) -> TransactionCreated | None:
     """A transactions-topic record: its TransactionCreated, or None for a stream watermark.
 
-    Raises InvalidEvent as `parse_transaction_created` does. A record with exactly the headers
-    txguard writes, in its order (event id, current TransactionCreated schema and version), is
-    recognised by two comparisons instead of a search per header.
+    Raises InvalidEvent as `parse_transaction_created` does. The detector reads records with
+    exactly the headers txguard writes itself (`feature_batch.decode_rows`); this reads the rest.
     """
-    if (
-        headers is not None
-        and len(headers) == 3
-        and headers[1] == TRANSACTION_SCHEMA_HEADER
-        and headers[2] == SCHEMA_VERSION_HEADER
-        and headers[0][0] == HEADER_EVENT_ID
-    ):
-        try:
-            return TransactionCreated.FromString(value or b"")
-        except DecodeError as exc:
-            raise InvalidEvent("undecodable", f"not a TransactionCreated message: {exc}") from exc
     if is_stream_watermark(headers):
         return None
     return parse_transaction_created(value, headers)
