@@ -419,8 +419,8 @@ def run_end_to_end(
         # latency target's load in the step-up's mode (or the highest fixed load there is).
         # py-spy's sampling of every service takes CPU from them, which a measured run must not
         # lose on a small machine.
-        rate = PROFILED_RATE if PROFILED_RATE in fixed_rates else max(fixed_rates)
-        profiled_run = LoadRun(step_mode, rate, fixed_seconds)
+        profiled_rate = PROFILED_RATE if PROFILED_RATE in fixed_rates else max(fixed_rates)
+        profiled_run = LoadRun(step_mode, profiled_rate, fixed_seconds)
         profiled[profiled_run.name] = bench.measure(profiled_run, profile=True)
         for offered in step_rates:
             result = bench.measure(LoadRun(step_mode, offered, step_seconds))

@@ -39,6 +39,7 @@ from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     CommitReporter,
     OutgoingRecord,
+    UncommittedOffsets,
     batch_processed,
     commit_offsets,
     next_offsets,
@@ -127,7 +128,7 @@ class FraudDetector:
         self._publisher: ConfirmedPublisher | None = None
         self._follower: TerminalTableFollower | None = None
         # Offsets processed but not yet committed: committed at the next checkpoint.
-        self._uncommitted: dict[tuple[str, int], TopicPartition] = {}
+        self._uncommitted = UncommittedOffsets()
         self._checkpointed_at = time.monotonic()
         self._stats_logged_at = time.monotonic()
 
@@ -345,8 +346,7 @@ class FraudDetector:
             produced[self.topics.decisions].inc(len(output.decisions))
         if output.dead_letters:
             produced[self.topics.dead_letters].inc(len(output.dead_letters))
-        for offset in output.offsets:
-            self._uncommitted[(offset.topic, offset.partition)] = offset
+        self._uncommitted.add(output.offsets)
 
     def checkpoint(self, consumer: Consumer, stop: threading.Event) -> None:
         """Make everything since the last checkpoint durable. The order is the guarantee:
@@ -369,10 +369,7 @@ class FraudDetector:
         state_topic = self.settings.detector_state_topic
         changes = self.state.take_changes()
         publisher.publish([changelog_record(state_topic, c) for c in changes], stop, what="state")
-        commit_offsets(
-            consumer, list(self._uncommitted.values()), on_retry=self._count_commit_retry
-        )
-        self._uncommitted.clear()
+        commit_offsets(consumer, self._uncommitted.take(), on_retry=self._count_commit_retry)
         self.stats.checkpoints += 1
 
     def _checkpoint_due(self) -> bool:
@@ -423,14 +420,14 @@ class FraudDetector:
                 log.error("revoke: checkpoint failed (%s); the next owner reprocesses", exc)
         for partition in partitions:
             self.state.drop(partition.partition)
-            self._uncommitted.pop((partition.topic, partition.partition), None)
+        self._uncommitted.take_partitions(partitions)
         if partitions:
             log.info("revoked partitions %s", [p.partition for p in partitions])
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for partition in partitions:
             self.state.drop(partition.partition)
-            self._uncommitted.pop((partition.topic, partition.partition), None)
+        self._uncommitted.take_partitions(partitions)
         log.warning("lost partitions %s", [p.partition for p in partitions])
 
     def _log_stats_periodically(self) -> None:

@@ -3,6 +3,7 @@
 - `poll_batch`: one batch `consume()`, with consumer error events logged or raised;
 - `next_offsets` / `commit_offsets` / `CommitReporter`: asynchronous commit of a processed batch,
   with failures logged and counted from the `on_commit` callback;
+- `UncommittedOffsets`: processed offsets held for a loop that commits less often than per batch;
 - `produce_with_backpressure`: `produce()` that polls and retries while the local queue is full;
 - `wait_for_deliveries` / `close_producer`: flush with a bounded wait once the loop is stopping;
 - `wait_for_kafka`: the bootstrap address and topics, waiting while the cluster is unreachable;
@@ -257,6 +258,32 @@ def subscribe(
             handler(c, partitions)
 
     consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=lost)
+
+
+class UncommittedOffsets:
+    """The next offset to commit of each partition, for a loop that commits less often than it
+    processes batches: the latest batch's offset of a partition replaces the earlier ones."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[tuple[str, int], TopicPartition] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._offsets)
+
+    def add(self, offsets: Iterable[TopicPartition]) -> None:
+        for offset in offsets:
+            self._offsets[(offset.topic, offset.partition)] = offset
+
+    def take(self) -> list[TopicPartition]:
+        """Every partition's offset, forgotten here (the caller commits them)."""
+        offsets = list(self._offsets.values())
+        self._offsets.clear()
+        return offsets
+
+    def take_partitions(self, partitions: Iterable[TopicPartition]) -> list[TopicPartition]:
+        """The offsets of `partitions` (revoked or lost), forgotten here."""
+        taken = (self._offsets.pop((p.topic, p.partition), None) for p in partitions)
+        return [offset for offset in taken if offset is not None]
 
 
 def next_offsets(messages: Iterable[Message]) -> list[TopicPartition]:

@@ -29,6 +29,7 @@ from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     Backoff,
     CommitReporter,
+    UncommittedOffsets,
     batch_processed,
     commit_offsets,
     next_offsets,
@@ -83,7 +84,7 @@ class DecisionApplier:
         self._results.precreate(("applied", "duplicate", "unknown"))
         self._applied_latency = metrics.END_TO_END_LATENCY.labels("applied")
         # Applied but not yet committed offsets, per partition; committed by `_commit`.
-        self._uncommitted: dict[tuple[str, int], TopicPartition] = {}
+        self._uncommitted = UncommittedOffsets()
         self._committed_at = time.monotonic()
 
     def run(self, stop: threading.Event) -> None:
@@ -119,8 +120,7 @@ class DecisionApplier:
                     # Store first, offsets second: a crash in between re-applies the batches,
                     # which the store turns into duplicates.
                     self.apply_batch(records, store)
-                    for offset in next_offsets(records):
-                        self._uncommitted[(offset.topic, offset.partition)] = offset
+                    self._uncommitted.add(next_offsets(records))
                     self.stats.batches += 1
                     batch_processed(consumer, self.metrics)
                 if time.monotonic() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
@@ -140,24 +140,16 @@ class DecisionApplier:
     def _commit(self, consumer: Consumer) -> None:
         """Commit every applied offset not committed yet."""
         self._committed_at = time.monotonic()
-        if self._uncommitted:
-            offsets = list(self._uncommitted.values())
-            self._uncommitted.clear()
-            commit_offsets(consumer, offsets, on_retry=self._count_commit_retry)
+        commit_offsets(consumer, self._uncommitted.take(), on_retry=self._count_commit_retry)
 
     def _commit_revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before partitions go to another member: commit what was applied of them."""
-        offsets = [
-            offset
-            for offset in (self._uncommitted.pop((p.topic, p.partition), None) for p in partitions)
-            if offset is not None
-        ]
+        offsets = self._uncommitted.take_partitions(partitions)
         commit_offsets(consumer, offsets, on_retry=self._count_commit_retry)
 
     def _forget_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a revoke belong to another member already: no commit."""
-        for p in partitions:
-            self._uncommitted.pop((p.topic, p.partition), None)
+        self._uncommitted.take_partitions(partitions)
 
     def apply_batch(
         self, records: Sequence[Message], store: TransactionStore | None = None
