@@ -18,12 +18,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, cast
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from tests.support import running_in_thread
 from txguard.clock import now_us
 from txguard.config import DECISIONS_TOPIC, DLQ_TOPIC, TRANSACTIONS_TOPIC, Settings
+from txguard.fraud import detector as detector_module
+from txguard.fraud.changelog import restore_partitions
 from txguard.fraud.detector import FraudDetector
+from txguard.fraud.state import event_id_hash
 from txguard.kafka import serde
 from txguard.kafka.clients import make_consumer, make_producer
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
@@ -380,3 +383,71 @@ def test_dedup_state_follows_partitions_when_a_second_instance_joins(
         ]
     assert moved >= 1
     assert dropped >= len(accounts)
+
+
+def test_offsets_are_committed_only_once_the_changelog_holds_their_events(
+    kafka_broker: KafkaBroker,
+    settings: Settings,
+    produce: RecordProducer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One account per checkpoint step and idle iterations of 0.1 s: the round that writes these
+    # accounts takes more than a second, and the committed offsets and then the changelog are read
+    # again and again meanwhile. Committing before the state is written fails the check.
+    monkeypatch.setattr(detector_module, "CHECKPOINT_STEP_ACCOUNTS", 1)
+    monkeypatch.setattr(detector_module, "CONSUME_TIMEOUT_SECONDS", 0.1)
+    accounts = [new_account("round") for _ in range(12)]
+    events = {account: transaction_event(account) for account in accounts}
+    produce.events(list(events.values()))
+    placed = TopicReader(
+        kafka_broker.bootstrap, TRANSACTIONS_TOPIC, lambda m: (m.key() or b"").decode() in accounts
+    )
+    placed.until(lambda records: len(records) >= len(accounts))
+    placed.close()
+    # account -> (partition, offset) of its one event
+    where = {
+        (m.key() or b"").decode(): (cast(int, m.partition()), cast(int, m.offset()))
+        for m in placed.records
+    }
+    partitions = sorted({partition for partition, _ in where.values()})
+    group = make_consumer(
+        kafka_broker.bootstrap, group_id=settings.detector_group, client_id="test-committed"
+    )
+    reader = DecisionReader(kafka_broker.bootstrap, set(accounts))
+    checks = 0
+    try:
+        with running_detector(settings) as detector:
+            reader.until_decided({e.transaction.transaction_id for e in events.values()})
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while True:
+                committed = {
+                    tp.partition: tp.offset
+                    for tp in group.committed(
+                        [TopicPartition(TRANSACTIONS_TOPIC, p) for p in partitions], timeout=10
+                    )
+                }
+                held = restore_partitions(
+                    kafka_broker.bootstrap,
+                    settings.detector_state_topic,
+                    partitions,
+                    group_id=settings.detector_group,
+                )
+                hashes = {
+                    state.account_id: set(state.event_id_hashes)
+                    for states in held.values()
+                    for state in states
+                }
+                covered = [a for a, (p, offset) in where.items() if offset < committed[p]]
+                for account in covered:
+                    assert event_id_hash(events[account].event_id) in hashes.get(account, set())
+                checks += 1
+                if len(covered) == len(accounts):
+                    break
+                assert time.monotonic() < deadline, f"committed {len(covered)} of {len(accounts)}"
+                time.sleep(0.05)
+            checkpoints = detector.stats.checkpoints
+    finally:
+        reader.close()
+        group.close()
+    assert checks > 1
+    assert checkpoints >= 1

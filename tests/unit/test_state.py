@@ -144,3 +144,24 @@ def test_amount_bound_covers_every_remembered_amount_and_tightens_after_expiry()
     assert history.amount_bound_minor == 9
     restored = AccountHistory.from_proto(history.to_proto())
     assert restored.amount_bound_minor == 9
+
+
+def test_changed_copies_keep_the_state_they_were_taken_with() -> None:
+    state = DetectorState()
+    state.assign(0, [])
+    state.assign(1, [])
+    record(state.history(0, "a"), "e1", 10)
+    state.mark_changed(0, "a")
+    record(state.history(1, "b"), "e2", 20)
+    state.mark_changed(1, "b")
+    copies = state.take_changed_copies()
+    assert state.take_changed_copies() == []
+    # The original goes on changing; the copy a checkpoint writes does not.
+    record(state.history(0, "a"), "e3", 30)
+    assert [(p, h.account_id, list(h.times_ms)) for p, h in copies] == [
+        (0, "a", [10]),
+        (1, "b", [20]),
+    ]
+    assert list(state.history(0, "a").times_ms) == [10, 30]
+    assert copies[0][1].has_seen(event_id_hash("e1"))
+    assert not copies[0][1].has_seen(event_id_hash("e3"))

@@ -1,7 +1,8 @@
 """The fraud detector: consumes transactions, decides each one once, publishes the decisions.
 
-Per batch: decode -> dedup -> state/features -> score -> decide -> emit -> commit (see
-`FraudDetector.process_batch` and `FraudDetector.emit_and_commit`). Delivery is at-least-once;
+Per batch: decode -> dedup -> state/features -> score -> decide -> emit (see
+`FraudDetector.process_batch` and `FraudDetector.emit`); state and offsets are made durable by
+checkpoints (`FraudDetector.checkpoint_step`). Delivery is at-least-once;
 the per-account state (seen event ids) restored from the changelog turns reprocessed events into
 duplicates, across restarts and rebalances alike.
 """
@@ -25,6 +26,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from txguard.clock import now_us
 from txguard.config import Settings
 from txguard.fraud.changelog import changelog_record, check_copartitioned, restore_partitions
+from txguard.fraud.checkpoint import CHECKPOINT_STEP_ACCOUNTS, CheckpointRound
 from txguard.fraud.dead_letter import DeadLetter, dead_letter_for
 from txguard.fraud.decision_wire import DecisionWriter
 from txguard.fraud.decisions import DecisionThresholds
@@ -33,7 +35,7 @@ from txguard.fraud.features import DAY_MS, TERMINAL_DELAY_DAYS
 from txguard.fraud.live_model import LiveModel
 from txguard.fraud.rules import default_rules
 from txguard.fraud.scoring import Scorer, ScoreResult
-from txguard.fraud.state import DetectorState
+from txguard.fraud.state import AccountHistory, DetectorState, StateChange
 from txguard.fraud.terminal_table import NOT_STARTED_MS, TerminalTable, TerminalTableFollower
 from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
@@ -129,6 +131,8 @@ class FraudDetector:
         self._follower: TerminalTableFollower | None = None
         # Offsets processed but not yet committed: committed at the next checkpoint.
         self._uncommitted = UncommittedOffsets()
+        # The checkpoint being written, a few accounts per loop iteration (module `checkpoint`).
+        self._round: CheckpointRound | None = None
         self._checkpointed_at = time.monotonic()
         self._stats_logged_at = time.monotonic()
 
@@ -189,8 +193,7 @@ class FraudDetector:
                 if records:
                     self.emit(self.process_batch(records, stop))
                     batch_processed(consumer, self.metrics)
-                if self._checkpoint_due():
-                    self.checkpoint(consumer, stop)
+                self.checkpoint_step(consumer, stop, len(records))
                 self._log_stats_periodically()
             self.measure_state()  # Before closing: the revoke forgets the partitions' state.
             self.checkpoint(consumer, stop)
@@ -348,29 +351,94 @@ class FraudDetector:
             produced[self.topics.dead_letters].inc(len(output.dead_letters))
         self._uncommitted.add(output.offsets)
 
-    def checkpoint(self, consumer: Consumer, stop: threading.Event) -> None:
-        """Make everything since the last checkpoint durable. The order is the guarantee:
+    def checkpoint_step(
+        self, consumer: Consumer, stop: threading.Event, batch_records: int = 0
+    ) -> None:
+        """One step of the checkpoint, once per loop iteration after the batch (of
+        `batch_records`) is emitted; a round begins when one is due (module `checkpoint`).
 
-        1. decisions and dead letters sent since the last checkpoint -> every delivery confirmed;
-        2. the changed accounts' state -> changelog -> every delivery confirmed;
-        3. only then commit the offsets (asynchronously: a synchronous commit can hang while the
-           coordinator is unreachable).
+        What a checkpoint makes durable, in this order, is the guarantee:
+
+        1. decisions and dead letters sent before the round began -> every delivery confirmed;
+        2. the state of every account changed before the round began -> changelog -> every
+           delivery confirmed;
+        3. only then the offsets processed before the round began are committed (asynchronously:
+           a synchronous commit can hang while the coordinator is unreachable).
 
         Decisions go before state so that the changelog never says "seen" for an event whose
         decision was lost. A crash before 3 reprocesses since the last commit: events whose state
         reached the changelog come back as duplicates (no second decision); the others are
         decided again, which the applier absorbs (first decision per transaction wins).
+
+        Steps 1 and 3 do not wait while acknowledgements are outstanding, for up to half the
+        interval: the loop goes on and the step looks again at the next iteration. Step 2 sends
+        at least `CHECKPOINT_STEP_ACCOUNTS` (and at least `batch_records`) states per iteration.
         """
+        publisher = self._publisher
+        if publisher is None:
+            return
+        round_ = self._round
+        if round_ is None:
+            if not self._checkpoint_due():
+                return
+            if not self._uncommitted and publisher.pending == 0:
+                self._checkpointed_at = time.monotonic()
+                return
+            due_at = self._checkpointed_at + self.settings.checkpoint_interval_ms / 1000
+            if not self._confirmed(publisher, stop, waiting_since=due_at):
+                return
+            self._checkpointed_at = time.monotonic()
+            round_ = self._round = CheckpointRound(
+                self.state.take_changed_copies(), self._uncommitted.take()
+            )
+        if round_.accounts_left:
+            self._write_state(round_.next_accounts(max(CHECKPOINT_STEP_ACCOUNTS, batch_records)))
+            round_.written_at = time.monotonic()
+            return
+        if not self._confirmed(publisher, stop, waiting_since=round_.written_at):
+            return
+        self._round = None
+        commit_offsets(consumer, round_.take_offsets(), on_retry=self._count_commit_retry)
+        self.stats.checkpoints += 1
+
+    def checkpoint(self, consumer: Consumer, stop: threading.Event) -> None:
+        """Make everything processed so far durable now, in the order of `checkpoint_step`
+        (on revoke and at stop); a round in progress is finished with it."""
         self._checkpointed_at = time.monotonic()
         publisher = self._publisher
-        if publisher is None or (not self._uncommitted and publisher.pending == 0):
+        if publisher is None:
+            return
+        round_, self._round = self._round or CheckpointRound((), ()), None
+        if round_.empty and not self._uncommitted and publisher.pending == 0:
             return
         publisher.confirm(stop, what="decisions")
-        state_topic = self.settings.detector_state_topic
-        changes = self.state.take_changes()
-        publisher.publish([changelog_record(state_topic, c) for c in changes], stop, what="state")
-        commit_offsets(consumer, self._uncommitted.take(), on_retry=self._count_commit_retry)
+        round_.extend(self.state.take_changed_copies(), self._uncommitted.take())
+        self._write_state(round_.all_accounts())
+        publisher.confirm(stop, what="state")
+        commit_offsets(consumer, round_.take_offsets(), on_retry=self._count_commit_retry)
         self.stats.checkpoints += 1
+
+    def _confirmed(
+        self, publisher: ConfirmedPublisher, stop: threading.Event, *, waiting_since: float
+    ) -> bool:
+        """Whether everything sent is acknowledged; waits for it once half the interval has
+        passed since `waiting_since` (monotonic seconds)."""
+        if publisher.try_confirm():
+            return True
+        patience = self.settings.checkpoint_interval_ms / 2000
+        if time.monotonic() - waiting_since < patience:
+            return False
+        publisher.confirm(stop, what="checkpoint")
+        return True
+
+    def _write_state(self, accounts: Sequence[tuple[int, AccountHistory]]) -> None:
+        """Send these account states to the changelog (confirmed by a later step)."""
+        topic = self.settings.detector_state_topic
+        records = [
+            changelog_record(topic, StateChange(partition, history.to_proto()))
+            for partition, history in accounts
+        ]
+        cast(ConfirmedPublisher, self._publisher).send(records)
 
     def _checkpoint_due(self) -> bool:
         elapsed_ms = (time.monotonic() - self._checkpointed_at) * 1000
@@ -428,6 +496,8 @@ class FraudDetector:
         for partition in partitions:
             self.state.drop(partition.partition)
         self._uncommitted.take_partitions(partitions)
+        if self._round is not None:
+            self._round.drop_partitions(partitions)
         log.warning("lost partitions %s", [p.partition for p in partitions])
 
     def _log_stats_periodically(self) -> None:

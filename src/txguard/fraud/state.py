@@ -108,6 +108,16 @@ class AccountHistory:
         state.amounts_minor.extend(self.amounts_minor)
         return state
 
+    def copy(self) -> AccountHistory:
+        """An independent copy (the arrays are copied, not shared)."""
+        copied = AccountHistory(self.account_id)
+        copied.hashes = self.hashes[:]
+        copied.times_ms = self.times_ms[:]
+        copied.amounts_minor = self.amounts_minor[:]
+        copied.last_event_time_ms = self.last_event_time_ms
+        copied.amount_bound_minor = self.amount_bound_minor
+        return copied
+
     def __len__(self) -> int:
         return len(self.times_ms)
 
@@ -260,12 +270,23 @@ class DetectorState:
 
     def take_changes(self) -> list[StateChange]:
         """The latest state of every account changed since the last call (one per account)."""
-        changes: list[StateChange] = []
+        return [
+            StateChange(partition, history.to_proto())
+            for partition, history in self._take_changed()
+        ]
+
+    def take_changed_copies(self) -> list[tuple[int, AccountHistory]]:
+        """(partition, a copy of the history as it is now) of every account changed since the
+        last call: what a checkpoint writes while the originals go on changing."""
+        return [(partition, history.copy()) for partition, history in self._take_changed()]
+
+    def _take_changed(self) -> list[tuple[int, AccountHistory]]:
+        changed: list[tuple[int, AccountHistory]] = []
         for part in self._partitions.values():
-            for account_id in sorted(part.changed):
-                changes.append(StateChange(part.partition, part.accounts[account_id].to_proto()))
+            accounts = part.accounts
+            changed += [(part.partition, accounts[account]) for account in sorted(part.changed)]
             part.changed.clear()
-        return changes
+        return changed
 
     def memory_bytes(self) -> int:
         """Memory held by every account history (not counting the dict slots)."""

@@ -112,6 +112,20 @@ class ConfirmedPublisher:
             records, self._pending = self._pending, []
             self.send(records)
 
+    def try_confirm(self) -> bool:
+        """`confirm()` without waiting: True if everything sent is acknowledged by now.
+
+        False while records are in flight or when a delivery failed (`confirm()` resends then).
+        """
+        if not self._pending:
+            return True
+        producer = self._current()
+        producer.poll(0)
+        if len(producer) or self._failures.errors:
+            return False
+        self._pending.clear()
+        return True
+
     def publish(
         self, records: Sequence[OutgoingRecord], stop: threading.Event, *, what: str
     ) -> None:
