@@ -157,18 +157,30 @@ def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
         consumer.close()
 
 
-def end_offsets(bootstrap: str) -> dict[int, int]:
-    """The decisions topic's end offset per partition that holds records."""
+def watermarks(bootstrap: str) -> dict[int, tuple[int, int]]:
+    """The decisions topic's (low, high) watermark per partition."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-applier-ends"})
     try:
         partitions = consumer.list_topics(DECISIONS_TOPIC, timeout=10).topics[DECISIONS_TOPIC]
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(DECISIONS_TOPIC, p), timeout=10)[1]
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(DECISIONS_TOPIC, p), timeout=10)
             for p in partitions.partitions
         }
-        return {p: end for p, end in ends.items() if end > 0}
     finally:
         consumer.close()
+
+
+def end_offsets(bootstrap: str) -> dict[int, int]:
+    """The decisions topic's end offset per partition that holds records."""
+    return {p: high for p, (_, high) in watermarks(bootstrap).items() if high > 0}
+
+
+def read_to_end(bootstrap: str, stats: ApplierStats) -> dict[int, int]:
+    """Wait until the applier has consumed every record of the decisions topic (the other
+    tests' decisions too, which it reads before or after this test's); the end offsets."""
+    total = sum(high - low for low, high in watermarks(bootstrap).values())
+    wait_until(lambda: stats.consumed >= total)
+    return end_offsets(bootstrap)
 
 
 def test_applied_offsets_are_committed_while_running_and_at_stop(
@@ -185,7 +197,7 @@ def test_applied_offsets_are_committed_while_running_and_at_stop(
         publish(producer, decisions[:3])
         with running_applier(settings) as stats:
             wait_until(lambda: stats.applied == 3)
-            ends = end_offsets(kafka_broker.bootstrap)
+            ends = read_to_end(kafka_broker.bootstrap, stats)
             # Every partition the applier read up to its end is committed at its end.
             wait_until(
                 lambda: committed_offsets(kafka_broker.bootstrap, settings.applier_group) == ends,
@@ -193,7 +205,7 @@ def test_applied_offsets_are_committed_while_running_and_at_stop(
             )
             publish(producer, decisions[3:])
             wait_until(lambda: stats.applied == 6)
-            ends = end_offsets(kafka_broker.bootstrap)
+            ends = read_to_end(kafka_broker.bootstrap, stats)
         assert committed_offsets(kafka_broker.bootstrap, settings.applier_group) == ends
     finally:
         store.close()
@@ -215,7 +227,7 @@ def test_offsets_left_uncommitted_are_committed_at_stop(
         )
         with running_applier(settings) as stats:
             wait_until(lambda: stats.applied == 4)
-            ends = end_offsets(kafka_broker.bootstrap)
+            ends = read_to_end(kafka_broker.bootstrap, stats)
             assert committed_offsets(kafka_broker.bootstrap, settings.applier_group) == {}
         assert committed_offsets(kafka_broker.bootstrap, settings.applier_group) == ends
     finally:
