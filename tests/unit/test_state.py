@@ -90,11 +90,11 @@ def test_detector_state_reports_each_changed_account_once() -> None:
     ]:
         record(state.history(partition, account), event_id, time_ms)
         state.mark_changed(partition, account)
-    changes = state.take_changes()
-    assert sorted((c.partition, c.state.account_id) for c in changes) == [(0, "new"), (1, "other")]
-    new_state = next(c.state for c in changes if c.state.account_id == "new")
-    assert list(new_state.event_times_ms) == [10, 20]
-    assert state.take_changes() == []
+    changes = state.take_changed_copies()
+    assert sorted((p, history.account_id) for p, history in changes) == [(0, "new"), (1, "other")]
+    new_state = next(history for _, history in changes if history.account_id == "new")
+    assert list(new_state.times_ms) == [10, 20]
+    assert state.take_changed_copies() == []
 
 
 def test_dropped_partition_must_be_restored_before_use() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from itertools import islice
 
 from confluent_kafka import TopicPartition
 
@@ -59,7 +60,7 @@ class CheckpointRound:
 
     def next_accounts(self, limit: int) -> list[tuple[int, AccountHistory]]:
         """Up to `limit` account states to write next, forgotten here."""
-        keys = [key for key, _ in zip(self._copies, range(limit), strict=False)]
+        keys = list(islice(self._copies, limit))
         return [(key[0], self._copies.pop(key)) for key in keys]
 
     def all_accounts(self) -> list[tuple[int, AccountHistory]]:

@@ -379,12 +379,12 @@ class FraudDetector:
             return
         round_ = self._round
         if round_ is None:
-            if not self._checkpoint_due():
+            due_at = self._checkpointed_at + self.settings.checkpoint_interval_ms / 1000
+            if time.monotonic() < due_at:
                 return
             if not self._uncommitted and publisher.pending == 0:
                 self._checkpointed_at = time.monotonic()
                 return
-            due_at = self._checkpointed_at + self.settings.checkpoint_interval_ms / 1000
             if not self._confirmed(publisher, stop, waiting_since=due_at):
                 return
             self._checkpointed_at = time.monotonic()
@@ -439,10 +439,6 @@ class FraudDetector:
             for partition, history in accounts
         ]
         cast(ConfirmedPublisher, self._publisher).send(records)
-
-    def _checkpoint_due(self) -> bool:
-        elapsed_ms = (time.monotonic() - self._checkpointed_at) * 1000
-        return elapsed_ms >= self.settings.checkpoint_interval_ms
 
     def _count_retry(self) -> None:
         self.stats.retries += 1

@@ -268,23 +268,13 @@ class DetectorState:
                 raise StateNotRestored(partition)
             part.changed.add(account_id)
 
-    def take_changes(self) -> list[StateChange]:
-        """The latest state of every account changed since the last call (one per account)."""
-        return [
-            StateChange(partition, history.to_proto())
-            for partition, history in self._take_changed()
-        ]
-
     def take_changed_copies(self) -> list[tuple[int, AccountHistory]]:
         """(partition, a copy of the history as it is now) of every account changed since the
-        last call: what a checkpoint writes while the originals go on changing."""
-        return [(partition, history.copy()) for partition, history in self._take_changed()]
-
-    def _take_changed(self) -> list[tuple[int, AccountHistory]]:
+        last call, once each: what a checkpoint writes while the originals go on changing."""
         changed: list[tuple[int, AccountHistory]] = []
         for part in self._partitions.values():
             accounts = part.accounts
-            changed += [(part.partition, accounts[account]) for account in sorted(part.changed)]
+            changed += [(part.partition, accounts[name].copy()) for name in sorted(part.changed)]
             part.changed.clear()
         return changed
 
