@@ -7,13 +7,26 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
 from txguard.clock import now_us
 from txguard.config import TRANSACTIONS_TOPIC
+from txguard.kafka.clients import make_admin
 from txguard.kafka.serde import encode_transaction_created
 from txguard.schema.ids import new_random_id
 from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
 from txguard.store.interface import NewTransaction, OutboxEvent
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition of `topic` (absent: none committed)."""
+    request = ConsumerGroupTopicPartitions(
+        group, [TopicPartition(topic, p) for p in range(partitions)]
+    )
+    with make_admin(bootstrap, client_id="test-committed-offsets") as admin:
+        result = admin.list_consumer_group_offsets([request], request_timeout=10)[group].result(30)
+    return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:

@@ -22,7 +22,8 @@ from tests.e2e.harness import (
     send_with_retries,
     wait_for_decisions,
 )
-from txguard.config import DECISIONS_TOPIC, TRANSACTIONS_TOPIC
+from tests.support import committed_offsets
+from txguard.config import DECISIONS_TOPIC, TRANSACTIONS_TOPIC, Settings
 from txguard.schema.v1.decision_pb2 import FraudDecision
 from txguard.schema.v1.events_pb2 import TransactionCreated
 
@@ -112,7 +113,7 @@ def test_transaction_service_sigkill_loses_nothing(pipeline: Pipeline, kafka_bro
         pipeline, "transactions", times=5, wait_before_kill=lambda done: done.wait(1.0)
     ) as killer:
         result = asyncio.run(
-            send_with_retries(pipeline.grpc_target, requests, concurrency=32, rate_per_second=600)
+            send_with_retries(pipeline.grpc_target, requests, concurrency=32, rate_per_second=400)
         )
     assert killer.kills == 5, "the service was killed five times while the client was sending"
     assert result.retries > 0, "kills interrupted requests in flight"
@@ -184,12 +185,31 @@ def test_detector_sigkill_loses_nothing_and_applies_each_decision_once(
     pipeline.start(*ALL_SERVICES)
     customers = make_customers(100, seed=9)
     requests = make_requests(customers, 4000, seed=10)
+    settings = Settings.from_env(pipeline.env)
+    waits = 0
+
+    def checkpointed() -> bool:
+        return bool(
+            committed_offsets(
+                kafka_broker.bootstrap,
+                settings.detector_group,
+                TRANSACTIONS_TOPIC,
+                settings.topic_partitions,
+            )
+        )
 
     def after_progress(done: threading.Event) -> None:
-        """Kill each detector in the middle of its work: once it has decided a few hundred."""
+        """Kill each detector in the middle of its work: once it has decided a few hundred.
+        The first one also waits for its first checkpoint, so that its successors have state to
+        restore; the restarted ones start with a backlog and are killed wherever they are."""
+        nonlocal waits
+        first = waits == 0
+        waits += 1
         baseline = decided_count(store_path(pipeline))
         deadline = time.monotonic() + 60
-        while decided_count(store_path(pipeline)) < baseline + 150:
+        while decided_count(store_path(pipeline)) < baseline + 150 or (
+            first and not checkpointed()
+        ):
             if time.monotonic() > deadline or done.wait(0.02):
                 return
 

@@ -51,9 +51,10 @@ from typing import Any
 
 import grpc
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from tests.conftest import KafkaBroker, free_tcp_port
+from tests.support import committed_offsets
 from txguard.clock import now_us
 from txguard.config import Settings, TopicNames
 from txguard.demo.processes import ServiceProcess, start_service, wait_for_grpc_serving
@@ -405,15 +406,6 @@ class PartitionAge:
     @property
     def behind(self) -> bool:
         return self.committed < self.high_watermark
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    request = ConsumerGroupTopicPartitions(
-        group, [TopicPartition(topic, p) for p in range(partitions)]
-    )
-    with make_admin(bootstrap, client_id="prometheus-test-offsets") as admin:
-        result = admin.list_consumer_group_offsets([request], request_timeout=10)[group].result(30)
-    return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
 
 
 def partition_ages(bootstrap: str, group: str, topic: str, partitions: int) -> list[PartitionAge]:
