@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from tests.support import new_transaction, running_in_thread, wait_until
+from tests.support import committed_offsets, new_transaction, running_in_thread, wait_until
 from txguard.clock import now_us, timestamp_from_us
 from txguard.config import DECISIONS_TOPIC, Settings
 from txguard.kafka import serde
@@ -142,19 +142,11 @@ def test_undecodable_decisions_are_skipped(settings: Settings, producer: Produce
         store.close()
 
 
-def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
-    """The group's committed offset per partition of the decisions topic (absent: none)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        partitions = consumer.list_topics(DECISIONS_TOPIC, timeout=10).topics[DECISIONS_TOPIC]
-        asked = [TopicPartition(DECISIONS_TOPIC, p) for p in partitions.partitions]
-        return {
-            tp.partition: tp.offset
-            for tp in consumer.committed(asked, timeout=10)
-            if tp.offset >= 0
-        }
-    finally:
-        consumer.close()
+def applier_commits(bootstrap: str, settings: Settings) -> dict[int, int]:
+    """The applier group's committed offset per partition of the decisions topic (absent: none)."""
+    return committed_offsets(
+        bootstrap, settings.applier_group, DECISIONS_TOPIC, settings.topic_partitions
+    )
 
 
 def watermarks(bootstrap: str) -> dict[int, tuple[int, int]]:
@@ -200,13 +192,13 @@ def test_applied_offsets_are_committed_while_running_and_at_stop(
             ends = read_to_end(kafka_broker.bootstrap, stats)
             # Every partition the applier read up to its end is committed at its end.
             wait_until(
-                lambda: committed_offsets(kafka_broker.bootstrap, settings.applier_group) == ends,
+                lambda: applier_commits(kafka_broker.bootstrap, settings) == ends,
                 timeout=10,
             )
             publish(producer, decisions[3:])
             wait_until(lambda: stats.applied == 6)
             ends = read_to_end(kafka_broker.bootstrap, stats)
-        assert committed_offsets(kafka_broker.bootstrap, settings.applier_group) == ends
+        assert applier_commits(kafka_broker.bootstrap, settings) == ends
     finally:
         store.close()
 
@@ -228,7 +220,7 @@ def test_offsets_left_uncommitted_are_committed_at_stop(
         with running_applier(settings) as stats:
             wait_until(lambda: stats.applied == 4)
             ends = read_to_end(kafka_broker.bootstrap, stats)
-            assert committed_offsets(kafka_broker.bootstrap, settings.applier_group) == {}
-        assert committed_offsets(kafka_broker.bootstrap, settings.applier_group) == ends
+            assert applier_commits(kafka_broker.bootstrap, settings) == {}
+        assert applier_commits(kafka_broker.bootstrap, settings) == ends
     finally:
         store.close()
