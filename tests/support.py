@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from txguard.clock import now_us
 from txguard.config import TRANSACTIONS_TOPIC
@@ -27,6 +28,19 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
     with make_admin(bootstrap, client_id="test-committed-offsets") as admin:
         result = admin.list_consumer_group_offsets([request], request_timeout=10)[group].result(30)
     return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+
+
+def start_group_at_end(bootstrap: str, group: str, topic: str, partitions: int) -> None:
+    """Commit the end of every partition of `topic` for `group`: its first member reads only what
+    is written from now on, not the records every earlier test left on the topic."""
+    with make_admin(bootstrap, client_id="test-start-at-end") as admin:
+        ends = admin.list_offsets(
+            {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)},
+            request_timeout=10,
+        )
+        offsets = [TopicPartition(topic, tp.partition, ends[tp].result(30).offset) for tp in ends]
+        request = ConsumerGroupTopicPartitions(group, offsets)
+        admin.alter_consumer_group_offsets([request], request_timeout=10)[group].result(30)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from tests.support import running_in_thread
+from tests.support import running_in_thread, start_group_at_end
 from txguard.clock import now_us
 from txguard.config import DECISIONS_TOPIC, DLQ_TOPIC, TRANSACTIONS_TOPIC, Settings
 from txguard.fraud import detector as detector_module
@@ -396,6 +396,14 @@ def test_offsets_are_committed_only_once_the_changelog_holds_their_events(
     # again and again meanwhile. Committing before the state is written fails the check.
     monkeypatch.setattr(detector_module, "CHECKPOINT_STEP_ACCOUNTS", 1)
     monkeypatch.setattr(detector_module, "CONSUME_TIMEOUT_SECONDS", 0.1)
+    # The group starts after every earlier test's records: a round holding their hundreds of
+    # accounts would take minutes at one account per idle iteration.
+    start_group_at_end(
+        kafka_broker.bootstrap,
+        settings.detector_group,
+        TRANSACTIONS_TOPIC,
+        settings.topic_partitions,
+    )
     accounts = [new_account("round") for _ in range(12)]
     events = {account: transaction_event(account) for account in accounts}
     produce.events(list(events.values()))
