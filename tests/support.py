@@ -7,12 +7,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import OffsetSpec
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
 from txguard.clock import now_us
 from txguard.config import TRANSACTIONS_TOPIC
-from txguard.kafka.clients import make_admin
+from txguard.kafka.clients import make_admin, make_consumer
 from txguard.kafka.serde import encode_transaction_created
 from txguard.schema.ids import new_random_id
 from txguard.schema.v1.events_pb2 import TransactionCreated
@@ -30,17 +29,30 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
     return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
 
 
-def start_group_at_end(bootstrap: str, group: str, topic: str, partitions: int) -> None:
-    """Commit the end of every partition of `topic` for `group`: its first member reads only what
-    is written from now on, not the records every earlier test left on the topic."""
-    with make_admin(bootstrap, client_id="test-start-at-end") as admin:
-        ends = admin.list_offsets(
-            {TopicPartition(topic, p): OffsetSpec.latest() for p in range(partitions)},
-            request_timeout=10,
-        )
-        offsets = [TopicPartition(topic, tp.partition, ends[tp].result(30).offset) for tp in ends]
-        request = ConsumerGroupTopicPartitions(group, offsets)
-        admin.alter_consumer_group_offsets([request], request_timeout=10)[group].result(30)
+def start_group_at_end(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """Commit the end of every partition of `topic` for `group`, and return those offsets: its
+    first member reads only what is written from now on, not what earlier tests left there."""
+    consumer = make_consumer(bootstrap, group_id=group, client_id="test-start-at-end")
+    wanted = [TopicPartition(topic, p) for p in range(partitions)]
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            # A broker just started may have neither partition leaders nor a group coordinator.
+            try:
+                ends = [
+                    TopicPartition(topic, tp.partition, consumer.get_watermark_offsets(tp)[1])
+                    for tp in wanted
+                ]
+                consumer.commit(offsets=ends, asynchronous=False)
+                committed = consumer.committed(wanted, timeout=10)
+                if [tp.offset for tp in committed] == [tp.offset for tp in ends]:
+                    return {tp.partition: tp.offset for tp in ends}
+            except KafkaException as exc:
+                assert time.monotonic() < deadline, exc
+            assert time.monotonic() < deadline, f"{group} did not take the offsets {ends}"
+            time.sleep(0.2)
+    finally:
+        consumer.close()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:

@@ -8,6 +8,7 @@ records from the shared topics.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, cast
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from tests.support import running_in_thread, start_group_at_end
+from tests.support import committed_offsets, running_in_thread, start_group_at_end
 from txguard.clock import now_us
 from txguard.config import DECISIONS_TOPIC, DLQ_TOPIC, TRANSACTIONS_TOPIC, Settings
 from txguard.fraud import detector as detector_module
@@ -29,7 +30,9 @@ from txguard.fraud.detector import FraudDetector
 from txguard.fraud.state import event_id_hash
 from txguard.kafka import serde
 from txguard.kafka.clients import make_consumer, make_producer
+from txguard.kafka.topics import ensure_topics
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
+from txguard.schema.v1.detector_state_pb2 import AccountHistoryState
 from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.transaction_pb2 import Transaction
 
@@ -459,3 +462,127 @@ def test_offsets_are_committed_only_once_the_changelog_holds_their_events(
         group.close()
     assert checks > 1
     assert checkpoints >= 1
+
+
+def test_a_restart_recognises_every_event_its_predecessor_wrote_to_state_but_never_committed(
+    kafka_broker: KafkaBroker,
+    settings: Settings,
+    produce: RecordProducer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first detector writes its state but none of its commits happen: what a detector killed
+    # between the two leaves behind. Its account's events span 50 days of event time, so by the
+    # end its state has forgotten the first ones (it keeps 30 days), and one event arrives 90 days
+    # late, decided and never remembered. Their redeliveries must still be recognised.
+    start_offsets = start_group_at_end(
+        kafka_broker.bootstrap,
+        settings.detector_group,
+        TRANSACTIONS_TOPIC,
+        settings.topic_partitions,
+    )
+    day_us = 86_400_000_000
+    begin = now_us() - 60 * day_us
+    account = new_account("uncommitted")
+    events = [transaction_event(account, occurred_at_us=begin + i * 5 * day_us) for i in range(11)]
+    events.append(transaction_event(account, occurred_at_us=begin - 40 * day_us))
+    produce.events(events)
+    ids = {e.transaction.transaction_id for e in events}
+    hashes = {event_id_hash(e.event_id) for e in events}
+    reader = DecisionReader(kafka_broker.bootstrap, {account})
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(detector_module, "commit_offsets", lambda *args, **kwargs: None)
+            with running_detector(settings):
+                reader.until_decided(ids)
+                deadline = time.monotonic() + DEADLINE_SECONDS
+                while True:
+                    held = restore_partitions(
+                        kafka_broker.bootstrap,
+                        settings.detector_state_topic,
+                        list(range(settings.topic_partitions)),
+                        group_id=settings.detector_group,
+                    )
+                    state = {s.account_id: s for states in held.values() for s in states}
+                    newest = event_id_hash(events[-2].event_id)
+                    if account in state and newest in state[account].event_id_hashes:
+                        break
+                    assert time.monotonic() < deadline, "the state never reached the changelog"
+                    time.sleep(0.05)
+        # The state forgot the oldest events: only their offsets can tell they were decided.
+        assert not hashes <= set(state[account].event_id_hashes)
+        assert (
+            committed_offsets(
+                kafka_broker.bootstrap,
+                settings.detector_group,
+                TRANSACTIONS_TOPIC,
+                settings.topic_partitions,
+            )
+            == start_offsets
+        )
+        marker = transaction_event(account)
+        produce.events([marker])
+        with running_detector(settings) as detector:
+            decisions = reader.until_decided({marker.transaction.transaction_id})
+            duplicates = detector.stats.duplicates_dropped
+    finally:
+        reader.close()
+    assert sorted(d.transaction_id for d in decisions) == sorted(
+        [*ids, marker.transaction.transaction_id]
+    )
+    assert decisions[-1].transaction_id == marker.transaction.transaction_id
+    assert duplicates == len(events)
+
+
+def test_a_state_written_for_a_recreated_topic_does_not_swallow_its_new_records(
+    kafka_broker: KafkaBroker,
+    settings: Settings,
+    produce: RecordProducer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The account's state says it reflects its partition up to an offset the partition has not
+    # reached: it was written for a transactions topic since deleted and created again. Its
+    # records there are new, not redeliveries.
+    start_group_at_end(
+        kafka_broker.bootstrap,
+        settings.detector_group,
+        TRANSACTIONS_TOPIC,
+        settings.topic_partitions,
+    )
+    ensure_topics(kafka_broker.bootstrap, settings)
+    account = new_account("recreated")
+    first = transaction_event(account)
+    produce.events([first])
+    placed = TopicReader(
+        kafka_broker.bootstrap, TRANSACTIONS_TOPIC, lambda m: m.key() == account.encode()
+    )
+    placed.until(lambda records: len(records) == 1)
+    placed.close()
+    partition = cast(int, placed.records[0].partition())
+    offset = cast(int, placed.records[0].offset())
+    old = AccountHistoryState(account_id=account, next_offset=offset + 1_000_000)
+    producer = make_producer(kafka_broker.bootstrap, client_id="test-old-state")
+    producer.produce(
+        settings.detector_state_topic,
+        key=account.encode(),
+        value=old.SerializeToString(),
+        partition=partition,
+    )
+    assert producer.flush(30) == 0
+    caplog.set_level(logging.WARNING, logger="txguard.fraud.detector")
+    second = transaction_event(account)
+    produce.events([second])
+    reader = DecisionReader(kafka_broker.bootstrap, {account})
+    try:
+        with running_detector(settings) as detector:
+            decisions = reader.until_decided(
+                {first.transaction.transaction_id, second.transaction.transaction_id}
+            )
+            restored = detector.stats.restored_accounts
+    finally:
+        reader.close()
+    assert [d.transaction_id for d in decisions] == [
+        first.transaction.transaction_id,
+        second.transaction.transaction_id,
+    ]
+    assert restored == 1
+    assert f"partition {partition} of {TRANSACTIONS_TOPIC} ends at offset" in caplog.text

@@ -35,6 +35,7 @@ def row(
     terminal: str,
     event_id: str | None = None,
     currency: str = "EUR",
+    offset: int = -1,
 ) -> TransactionRow:
     seconds, millis = divmod(time_ms, 1000)
     stamp = Timestamp(seconds=seconds, nanos=millis * 1_000_000).SerializeToString()
@@ -50,6 +51,7 @@ def row(
         accepted_seconds=time_ms / 1000,
         occurred_at=stamp,
         accepted_at=stamp,
+        offset=offset,
     )
 
 
@@ -244,6 +246,56 @@ def test_a_redelivery_inside_one_batch_is_dropped_once_and_counted(
         columnwise_min_rows=columnwise_min_rows,
     )
     assert again.duplicates == 1 and len(again.features) == 0
+
+
+@pytest.mark.parametrize("columnwise_min_rows", [1, 1000], ids=["column-wise", "one-by-one"])
+def test_records_below_the_offset_a_restored_state_reflects_are_redeliveries(
+    columnwise_min_rows: int,
+) -> None:
+    """A state written when offset 10 was next, restored by a detector that starts again from
+    offset 5 (its predecessor never committed): 5 to 9 are redeliveries, although the state has
+    forgotten the ids of 5 and 6 (30 days or more older than its newest event); 10 and 11 are new
+    and see the history exactly as the predecessor would have."""
+    rows = [
+        row(
+            i,
+            partition=0,
+            account="a",
+            time_ms=START_MS + i * 10 * DAY_MS,
+            amount=100 + i,
+            terminal="",
+            offset=i,
+        )
+        for i in range(12)
+    ]
+    # Another account at offset 6 whose state was not written: its record is processed again.
+    other = row(99, partition=0, account="b", time_ms=START_MS, amount=5, terminal="", offset=6)
+    # A row that was not consumed has no offset to compare.
+    unconsumed = row(98, partition=0, account="a", time_ms=START_MS, amount=5, terminal="")
+    predecessor = DetectorState()
+    predecessor.assign(0, [])
+    observe_batch(predecessor, TerminalTable(), rows[:10], velocity_window_ms=60_000)
+    [(_, written)] = predecessor.take_changed_copies({0: 10})
+    remembered = [written.has_seen(event_id_hash(f"event-{i}")) for i in range(5, 10)]
+    assert remembered == [False, False, True, True, True]
+    successor = DetectorState()
+    successor.assign(0, [written.to_proto()])
+    observed = observe_batch(
+        successor,
+        TerminalTable(),
+        [*rows[5:6], other, *rows[6:], unconsumed],
+        velocity_window_ms=60_000,
+        columnwise_min_rows=columnwise_min_rows,
+    )
+    assert observed.duplicates == 5
+    assert [r.event_id for r in observed.features.rows] == [
+        "event-99",
+        "event-10",
+        "event-11",
+        "event-98",
+    ]
+    expected = observe_batch(predecessor, TerminalTable(), rows[10:], velocity_window_ms=60_000)
+    assert observed.features.values[1:3].tolist() == expected.features.values.tolist()
 
 
 def test_the_usual_case_is_computed_column_wise(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -90,11 +90,12 @@ def test_detector_state_reports_each_changed_account_once() -> None:
     ]:
         record(state.history(partition, account), event_id, time_ms)
         state.mark_changed(partition, account)
-    changes = state.take_changed_copies()
+    changes = state.take_changed_copies({0: 7, 1: 3})
     assert sorted((p, history.account_id) for p, history in changes) == [(0, "new"), (1, "other")]
     new_state = next(history for _, history in changes if history.account_id == "new")
     assert list(new_state.times_ms) == [10, 20]
-    assert state.take_changed_copies() == []
+    assert [(h.account_id, h.next_offset) for _, h in changes] == [("new", 7), ("other", 3)]
+    assert state.take_changed_copies({0: 8, 1: 4}) == []
 
 
 def test_dropped_partition_must_be_restored_before_use() -> None:
@@ -154,8 +155,8 @@ def test_changed_copies_keep_the_state_they_were_taken_with() -> None:
     state.mark_changed(0, "a")
     record(state.history(1, "b"), "e2", 20)
     state.mark_changed(1, "b")
-    copies = state.take_changed_copies()
-    assert state.take_changed_copies() == []
+    copies = state.take_changed_copies({})
+    assert state.take_changed_copies({}) == []
     # The original goes on changing; the copy a checkpoint writes does not.
     record(state.history(0, "a"), "e3", 30)
     assert [(p, h.account_id, list(h.times_ms)) for p, h in copies] == [
@@ -165,3 +166,25 @@ def test_changed_copies_keep_the_state_they_were_taken_with() -> None:
     assert list(state.history(0, "a").times_ms) == [10, 30]
     assert copies[0][1].has_seen(event_id_hash("e1"))
     assert not copies[0][1].has_seen(event_id_hash("e3"))
+
+
+def test_a_copy_reflects_the_highest_offset_its_account_was_ever_written_with() -> None:
+    # A restored state written at offset 50; its new owner copies it while still below 50 (it
+    # restarted from older committed offsets): the copy keeps 50, since it still reflects them.
+    written = AccountHistory("acct")
+    record(written, "e1", 10)
+    written.next_offset = 50
+    assert AccountHistory.from_proto(written.to_proto()).next_offset == 50
+    state = DetectorState()
+    state.assign(0, [written.to_proto()])
+    state.mark_changed(0, "acct")
+    [(_, below)] = state.take_changed_copies({0: 20})
+    assert below.next_offset == 50
+    state.mark_changed(0, "acct")
+    [(_, above)] = state.take_changed_copies({0: 70})
+    assert above.next_offset == 70
+    assert AccountHistory.from_proto(above.to_proto()).next_offset == 70
+    # An account restored from an older topic (recreated since) forgets its offset.
+    assert state.forget_offsets(0) == 1
+    assert state.history(0, "acct").next_offset == 0
+    assert state.forget_offsets(0) == 0

@@ -77,11 +77,13 @@ def full_event(event_id: str, *, amount_minor: int = 1_250) -> TransactionCreate
     return event
 
 
-def record(partition: int, value: bytes, record_headers: ReceivedHeaders) -> Message:
+def record(
+    partition: int, value: bytes, record_headers: ReceivedHeaders, offset: int = 0
+) -> Message:
     as_list: list[tuple[str, str | bytes | None]] | None = (
         None if record_headers is None else list(record_headers)
     )
-    return Message(topic="tx", partition=partition, offset=0, value=value, headers=as_list)
+    return Message(topic="tx", partition=partition, offset=offset, value=value, headers=as_list)
 
 
 def test_decode_rows_reads_usual_records_itself_and_hands_the_rest_to_the_fallback() -> None:
@@ -98,6 +100,10 @@ def test_decode_rows_reads_usual_records_itself_and_hands_the_rest_to_the_fallba
         record(2, full_event("e-neg", amount_minor=-1).SerializeToString(), headers()),
         record(2, usual[2].SerializeToString(), headers()),
     ]
+    records = [
+        record(2, r.value() or b"", cast(ReceivedHeaders, r.headers()), offset=100 + index)
+        for index, r in enumerate(records)
+    ]
     handed: list[bytes | None] = []
 
     def fallback(message: Message) -> TransactionRow | None:
@@ -106,7 +112,8 @@ def test_decode_rows_reads_usual_records_itself_and_hands_the_rest_to_the_fallba
             event = parse_transactions_topic_record(
                 message.value(), cast(ReceivedHeaders, message.headers())
             )
-            return None if event is None else TransactionRow.of(2, event)
+            offset = cast(int, message.offset())
+            return None if event is None else TransactionRow.of(2, event, offset=offset)
         except InvalidEvent:
             return None
 
@@ -114,7 +121,10 @@ def test_decode_rows_reads_usual_records_itself_and_hands_the_rest_to_the_fallba
 
     assert handed == [records[i].value() for i in (1, 2, 4, 5)]
     expected = [usual[0], full_event("e-x"), usual[1], usual[2]]
-    assert rows == [TransactionRow.of(2, event) for event in expected]
+    assert rows == [
+        TransactionRow.of(2, event, offset=offset)
+        for event, offset in zip(expected, [100, 102, 103, 106], strict=True)
+    ]
     assert rows[0].occurred_ms == 1_700_000_000_123
     assert rows[0].accepted_seconds == pytest.approx(1_700_000_000.456789)
     assert rows[0].occurred_at == usual[0].transaction.occurred_at.SerializeToString()

@@ -3,8 +3,9 @@
 Per batch: decode -> dedup -> state/features -> score -> decide -> emit (see
 `FraudDetector.process_batch` and `FraudDetector.emit`); state and offsets are made durable by
 checkpoints (`FraudDetector.checkpoint_step`). Delivery is at-least-once;
-the per-account state (seen event ids) restored from the changelog turns reprocessed events into
-duplicates, across restarts and rebalances alike.
+the per-account state restored from the changelog (its events' ids, and the offset below which it
+reflects every record of its account) turns reprocessed events into duplicates, across restarts
+and rebalances alike.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from txguard.kafka.serde import (
 from txguard.kafka.topics import ensure_topics
 from txguard.observability import metrics
 from txguard.schema.v1.decision_pb2 import Outcome
+from txguard.schema.v1.detector_state_pb2 import AccountHistoryState
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,8 @@ class FraudDetector:
         self._follower: TerminalTableFollower | None = None
         # Offsets processed but not yet committed: committed at the next checkpoint.
         self._uncommitted = UncommittedOffsets()
+        # Each assigned partition's next offset to process: the `next_offset` of state copies.
+        self._positions: dict[int, int] = {}
         # The checkpoint being written, a few accounts per loop iteration (module `checkpoint`).
         self._round: CheckpointRound | None = None
         self._checkpointed_at = time.monotonic()
@@ -292,7 +296,9 @@ class FraudDetector:
             )
             if event is None:
                 return None  # A watermark: event-time progress for the terminal-risk aggregator.
-            return TransactionRow.of(cast(int, message.partition()), event)
+            return TransactionRow.of(
+                cast(int, message.partition()), event, offset=cast(int, message.offset())
+            )
         except InvalidEvent as exc:
             output.dead_letters.append(
                 dead_letter_for(message, exc, topic=self.topics.dead_letters)
@@ -350,6 +356,8 @@ class FraudDetector:
         if output.dead_letters:
             produced[self.topics.dead_letters].inc(len(output.dead_letters))
         self._uncommitted.add(output.offsets)
+        for offset in output.offsets:
+            self._positions[offset.partition] = offset.offset
 
     def checkpoint_step(
         self, consumer: Consumer, stop: threading.Event, batch_records: int = 0
@@ -389,7 +397,7 @@ class FraudDetector:
                 return
             self._checkpointed_at = time.monotonic()
             round_ = self._round = CheckpointRound(
-                self.state.take_changed_copies(), self._uncommitted.take()
+                self.state.take_changed_copies(self._positions), self._uncommitted.take()
             )
         if round_.accounts_left:
             self._write_state(round_.next_accounts(max(CHECKPOINT_STEP_ACCOUNTS, batch_records)))
@@ -412,7 +420,7 @@ class FraudDetector:
         if round_.empty and not self._uncommitted and publisher.pending == 0:
             return
         publisher.confirm(stop, what="decisions")
-        round_.extend(self.state.take_changed_copies(), self._uncommitted.take())
+        round_.extend(self.state.take_changed_copies(self._positions), self._uncommitted.take())
         self._write_state(round_.all_accounts())
         publisher.confirm(stop, what="state")
         commit_offsets(consumer, round_.take_offsets(), on_retry=self._count_commit_retry)
@@ -468,11 +476,37 @@ class FraudDetector:
             states = restored.get(number, [])
             self.state.assign(number, states)
             self.stats.restored_accounts += len(states)
+            self._check_offsets(consumer, number, states)
         log.info(
             "assigned partitions %s; restored %d account states in %.2f s",
             numbers,
             sum(len(states) for states in restored.values()),
             time.monotonic() - started,
+        )
+
+    def _check_offsets(
+        self, consumer: Consumer, partition: int, states: Sequence[AccountHistoryState]
+    ) -> None:
+        """Forget the restored states' offsets if the partition ends below them: the transactions
+        topic was recreated since they were written, and its new records are not redeliveries."""
+        recorded = max((state.next_offset for state in states), default=0)
+        if not recorded:
+            return
+        _, end = consumer.get_watermark_offsets(
+            TopicPartition(self.topics.transactions, partition), timeout=RESTORE_TIMEOUT_SECONDS
+        )
+        if end >= recorded:
+            return
+        cleared = self.state.forget_offsets(partition)
+        log.warning(
+            "partition %d of %s ends at offset %d, but the state of %d accounts reflects records "
+            "up to offset %d: the topic was recreated; its records are decided anew, duplicates "
+            "recognised by event id only",
+            partition,
+            self.topics.transactions,
+            end,
+            cleared,
+            recorded,
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -484,6 +518,7 @@ class FraudDetector:
                 log.error("revoke: checkpoint failed (%s); the next owner reprocesses", exc)
         for partition in partitions:
             self.state.drop(partition.partition)
+            self._positions.pop(partition.partition, None)
         self._uncommitted.take_partitions(partitions)
         if partitions:
             log.info("revoked partitions %s", [p.partition for p in partitions])
@@ -491,6 +526,7 @@ class FraudDetector:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for partition in partitions:
             self.state.drop(partition.partition)
+            self._positions.pop(partition.partition, None)
         self._uncommitted.take_partitions(partitions)
         if self._round is not None:
             self._round.drop_partitions(partitions)

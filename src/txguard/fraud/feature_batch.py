@@ -116,9 +116,13 @@ class TransactionRow(NamedTuple):
     # the decision copies them byte for byte.
     occurred_at: bytes
     accepted_at: bytes
+    # The record's offset on its partition; -1 for a row that was not consumed.
+    offset: int = -1
 
     @classmethod
-    def of(cls, partition: int, event: TransactionCreated, *, check: bool = True) -> TransactionRow:
+    def of(
+        cls, partition: int, event: TransactionCreated, *, offset: int = -1, check: bool = True
+    ) -> TransactionRow:
         """The row of an event, checked as `decode_transaction_created` checks it (raising
         InvalidEvent) unless `check` is false. The detector's batches go through `decode_rows`,
         which reads each field once; this reads the records it hands back (other header layouts)
@@ -141,6 +145,7 @@ class TransactionRow(NamedTuple):
             tx.amount_minor,
             tx.currency,
             tx,
+            offset,
         )
 
 
@@ -152,9 +157,11 @@ def _row(
     amount_minor: int,
     currency: str,
     tx: Transaction,
+    offset: int | None,
 ) -> TransactionRow:
     """The row, from the fields its reader took out of the event (to check them) and the rest.
-    `partition` is a consumed record's, never None (typed as confluent-kafka reports it)."""
+    `partition` and `offset` are a consumed record's, never None (typed as confluent-kafka
+    reports them)."""
     occurred = tx.occurred_at
     accepted = tx.accepted_at
     # tuple.__new__ skips the named tuple's Python-level constructor (one row per record).
@@ -172,6 +179,7 @@ def _row(
             accepted.seconds + accepted.nanos / 1e9,
             occurred.SerializeToString(),
             accepted.SerializeToString(),
+            offset,
         ),
     )
 
@@ -232,6 +240,7 @@ def decode_rows(
                             amount_minor,
                             currency,
                             tx,
+                            message.offset(),
                         )
                     )
                     continue
@@ -301,7 +310,8 @@ def observe_batch(
 ) -> ObservedBatch:
     """Dedup, record and compute the features of a batch of decoded transactions.
 
-    An event whose id its account remembers at that point of the batch is a redelivery: it is
+    An event whose id its account remembers at that point of the batch, or whose record lies below
+    the offset its account's state reflects (`AccountHistory.next_offset`), is a redelivery: it is
     dropped and counted. The rows of the result are the other events, in batch order. A batch of
     fewer than `columnwise_min_rows` rows is computed event by event.
     """
@@ -324,6 +334,10 @@ def observe_batch(
     columnwise = count >= columnwise_min_rows
     for account in accounts.values():
         history = account.history
+        if history.next_offset > rows[account.rows[0]].offset >= 0:
+            _drop_redelivered(account, rows, duplicate)
+            if not account.rows:
+                continue
         if columnwise and _appendable(account, times, amounts, longest_ms):
             for index, id_hash in zip(account.rows, account.hashes, strict=True):
                 history.append_in_order(id_hash, times[index], amounts[index])
@@ -376,6 +390,24 @@ def observe_batch(
         in_velocity_window=in_velocity,
     )
     return ObservedBatch(batch, duplicates)
+
+
+def _drop_redelivered(
+    account: _Account, rows: Sequence[TransactionRow], duplicate: npt.NDArray[np.bool_]
+) -> None:
+    """Mark the account's rows below its state's `next_offset` as duplicates and keep the others:
+    the state reflects those records already (they come again after a restart from older
+    committed offsets), even the ones it no longer remembers by their ids."""
+    below = account.history.next_offset
+    kept_rows: list[int] = []
+    kept_hashes: list[int] = []
+    for index, id_hash in zip(account.rows, account.hashes, strict=True):
+        if 0 <= rows[index].offset < below:
+            duplicate[index] = True
+        else:
+            kept_rows.append(index)
+            kept_hashes.append(id_hash)
+    account.rows, account.hashes = kept_rows, kept_hashes
 
 
 def _appendable(account: _Account, times: list[int], amounts: list[int], longest_ms: int) -> bool:

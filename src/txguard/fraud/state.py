@@ -12,7 +12,7 @@ import bisect
 import hashlib
 import sys
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from txguard.schema.v1.detector_state_pb2 import AccountHistoryState
@@ -75,6 +75,7 @@ class AccountHistory:
         "amounts_minor",
         "hashes",
         "last_event_time_ms",
+        "next_offset",
         "times_ms",
     )
 
@@ -84,6 +85,9 @@ class AccountHistory:
         self.times_ms = array("q")
         self.amounts_minor = array("q")
         self.last_event_time_ms = 0
+        # Every event of the account below this offset of its partition is reflected here (0: no
+        # such offset known): a record from below it is a redelivery, remembered or not.
+        self.next_offset = 0
         # No remembered amount is larger (after expiry it may be larger than the largest left;
         # `largest_amount_minor` makes it exact again).
         self.amount_bound_minor = 0
@@ -96,12 +100,15 @@ class AccountHistory:
         history.times_ms.extend(state.event_times_ms[:count])
         history.amounts_minor.extend(state.amounts_minor[:count])
         history.last_event_time_ms = state.last_event_time_ms
+        history.next_offset = state.next_offset
         history.amount_bound_minor = max(history.amounts_minor, default=0)
         return history
 
     def to_proto(self) -> AccountHistoryState:
         state = AccountHistoryState(
-            account_id=self.account_id, last_event_time_ms=self.last_event_time_ms
+            account_id=self.account_id,
+            last_event_time_ms=self.last_event_time_ms,
+            next_offset=self.next_offset,
         )
         state.event_id_hashes.extend(self.hashes)
         state.event_times_ms.extend(self.times_ms)
@@ -115,6 +122,7 @@ class AccountHistory:
         copied.times_ms = self.times_ms[:]
         copied.amounts_minor = self.amounts_minor[:]
         copied.last_event_time_ms = self.last_event_time_ms
+        copied.next_offset = self.next_offset
         copied.amount_bound_minor = self.amount_bound_minor
         return copied
 
@@ -268,15 +276,32 @@ class DetectorState:
                 raise StateNotRestored(partition)
             part.changed.add(account_id)
 
-    def take_changed_copies(self) -> list[tuple[int, AccountHistory]]:
+    def take_changed_copies(self, positions: Mapping[int, int]) -> list[tuple[int, AccountHistory]]:
         """(partition, a copy of the history as it is now) of every account changed since the
-        last call, once each: what a checkpoint writes while the originals go on changing."""
+        last call, once each: what a checkpoint writes while the originals go on changing.
+
+        `positions` holds each partition's next offset to process: every record below it has been
+        processed, so each copy reflects every event of its account below it (`next_offset`)."""
         changed: list[tuple[int, AccountHistory]] = []
         for part in self._partitions.values():
             accounts = part.accounts
-            changed += [(part.partition, accounts[name].copy()) for name in sorted(part.changed)]
+            position = positions.get(part.partition, 0)
+            for name in sorted(part.changed):
+                copied = accounts[name].copy()
+                copied.next_offset = max(copied.next_offset, position)
+                changed.append((part.partition, copied))
             part.changed.clear()
         return changed
+
+    def forget_offsets(self, partition: int) -> int:
+        """Clear `next_offset` of the partition's accounts (their offsets belong to a topic that
+        is no longer there); how many accounts had one."""
+        cleared = 0
+        for history in self._partition(partition).accounts.values():
+            if history.next_offset:
+                history.next_offset = 0
+                cleared += 1
+        return cleared
 
     def memory_bytes(self) -> int:
         """Memory held by every account history (not counting the dict slots)."""

@@ -36,9 +36,16 @@ class AccountHistoryState(_message.Message):
     EVENT_TIMES_MS_FIELD_NUMBER: _builtins.int
     AMOUNTS_MINOR_FIELD_NUMBER: _builtins.int
     LAST_EVENT_TIME_MS_FIELD_NUMBER: _builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     last_event_time_ms: _builtins.int
     """Highest event time (ms) seen for the account."""
+    next_offset: _builtins.int
+    """Every event of the account on its transactions partition below this offset has been decided
+    and is reflected here, remembered or, beyond the limits, forgotten: a record redelivered from
+    below it (a restart from older committed offsets) is a duplicate, whatever the lists hold.
+    0: no such offset is known.
+    """
     @_builtins.property
     def event_id_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Each event id's 8-byte BLAKE2b digest, read as a little-endian integer: enough to recognise
@@ -61,10 +68,11 @@ class AccountHistoryState(_message.Message):
         event_times_ms: _abc.Iterable[_builtins.int] | None = ...,
         amounts_minor: _abc.Iterable[_builtins.int] | None = ...,
         last_event_time_ms: _builtins.int = ...,
+        next_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amounts_minor", b"amounts_minor", "event_id_hashes", b"event_id_hashes", "event_times_ms", b"event_times_ms", "last_event_time_ms", b"last_event_time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amounts_minor", b"amounts_minor", "event_id_hashes", b"event_id_hashes", "event_times_ms", b"event_times_ms", "last_event_time_ms", b"last_event_time_ms", "next_offset", b"next_offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
