@@ -66,8 +66,10 @@ log = logging.getLogger(__name__)
 
 CONSUME_TIMEOUT_SECONDS = 0.05
 # After a batch's first record, how long a stage waits for more: every batch sends watermarks to
-# every partition, so a stage batches over time (the detector never waits for the table live).
-BATCH_LINGER_SECONDS = 0.05
+# every partition, one produce request each, so a stage batches over time. The stages are off the
+# payment path (the detector reads the table seven days of event time behind and never waits for
+# it live), so the broker's time goes to the transactions instead.
+BATCH_LINGER_SECONDS = 0.25
 DAY_MS = 86_400_000
 # Entries older than TXGUARD_TERMINAL_TABLE_RETENTION_DAYS (default 60) behind the table's
 # watermark are deleted (tombstoned): features reach back 37 days (7-day delay + 30-day window);

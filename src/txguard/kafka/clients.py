@@ -74,7 +74,7 @@ def producer_config(bootstrap: str, *, client_id: str, **overrides: Any) -> dict
 # For consumers off the payment path (the terminal-risk stages, the detector's terminal table):
 # the broker answers a fetch once 64 KiB are there or after 100 ms, instead of at every record.
 # Each fetch costs the co-located broker CPU that the payment path needs; these consumers batch
-# over 50 ms themselves, and the table is read seven days of event time behind the transactions.
+# over 250 ms themselves, and the table is read seven days of event time behind the transactions.
 BACKGROUND_FETCH: Final[dict[str, Any]] = {"fetch.wait.max.ms": 100, "fetch.min.bytes": 64 * 1024}
 
 
