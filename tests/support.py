@@ -35,12 +35,15 @@ def start_group_at_end(bootstrap: str, group: str, topic: str, partitions: int) 
     consumer = make_consumer(bootstrap, group_id=group, client_id="test-start-at-end")
     wanted = [TopicPartition(topic, p) for p in range(partitions)]
     deadline = time.monotonic() + 60
+    ends: list[TopicPartition] = []
     try:
         while True:
             # A broker just started may have neither partition leaders nor a group coordinator.
             try:
                 ends = [
-                    TopicPartition(topic, tp.partition, consumer.get_watermark_offsets(tp)[1])
+                    TopicPartition(
+                        topic, tp.partition, consumer.get_watermark_offsets(tp, timeout=10)[1]
+                    )
                     for tp in wanted
                 ]
                 consumer.commit(offsets=ends, asynchronous=False)

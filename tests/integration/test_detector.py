@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, cast
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from tests.support import committed_offsets, running_in_thread, start_group_at_end
+from tests.support import committed_offsets, running_in_thread, start_group_at_end, wait_until
 from txguard.clock import now_us
 from txguard.config import DECISIONS_TOPIC, DLQ_TOPIC, TRANSACTIONS_TOPIC, Settings
 from txguard.fraud import detector as detector_module
 from txguard.fraud.changelog import restore_partitions
 from txguard.fraud.detector import FraudDetector
+from txguard.fraud.feature_batch import FeatureBatch
+from txguard.fraud.scoring import RuleScorer, ScoreResult
 from txguard.fraud.state import event_id_hash
 from txguard.kafka import serde
 from txguard.kafka.clients import make_consumer, make_producer
@@ -487,7 +489,6 @@ def test_a_restart_recognises_every_event_its_predecessor_wrote_to_state_but_nev
     events.append(transaction_event(account, occurred_at_us=begin - 40 * day_us))
     produce.events(events)
     ids = {e.transaction.transaction_id for e in events}
-    hashes = {event_id_hash(e.event_id) for e in events}
     reader = DecisionReader(kafka_broker.bootstrap, {account})
     try:
         with monkeypatch.context() as patch:
@@ -509,7 +510,7 @@ def test_a_restart_recognises_every_event_its_predecessor_wrote_to_state_but_nev
                     assert time.monotonic() < deadline, "the state never reached the changelog"
                     time.sleep(0.05)
         # The state forgot the oldest events: only their offsets can tell they were decided.
-        assert not hashes <= set(state[account].event_id_hashes)
+        assert event_id_hash(events[0].event_id) not in state[account].event_id_hashes
         assert (
             committed_offsets(
                 kafka_broker.bootstrap,
@@ -586,3 +587,58 @@ def test_a_state_written_for_a_recreated_topic_does_not_swallow_its_new_records(
     ]
     assert restored == 1
     assert f"partition {partition} of {TRANSACTIONS_TOPIC} ends at offset" in caplog.text
+
+
+class FailOnAccount:
+    """The rules' scorer, except that it raises for a batch holding the given account."""
+
+    def __init__(self, settings: Settings, account: str) -> None:
+        self._rules = RuleScorer.from_settings(settings)
+        self._account = account
+        self.model_kind = self._rules.model_kind
+        self.model_version = self._rules.model_version
+        self.rules_version = self._rules.rules_version
+        self.shadow_model_version = self._rules.shadow_model_version
+
+    def score_batch(self, batch: FeatureBatch) -> list[ScoreResult]:
+        if any(row.account_id == self._account for row in batch.rows):
+            raise RuntimeError(f"scoring failed for {self._account}")
+        return self._rules.score_batch(batch)
+
+
+def test_a_batch_that_fails_before_its_decisions_are_sent_is_decided_after_a_restart(
+    kafka_broker: KafkaBroker, settings: Settings, produce: RecordProducer
+) -> None:
+    # The batch's events are in the state once their features are computed; the scorer then
+    # fails, the detector stops with the error, and closing its consumer revokes its partitions.
+    # A checkpoint there would save the state with those events in it: its successor would drop
+    # them as duplicates and they would never be decided.
+    start_group_at_end(
+        kafka_broker.bootstrap,
+        settings.detector_group,
+        TRANSACTIONS_TOPIC,
+        settings.topic_partitions,
+    )
+    fine, failing = new_account("fine"), new_account("failing")
+    before = transaction_event(fine)
+    produce.events([before])
+    reader = DecisionReader(kafka_broker.bootstrap, {fine, failing})
+    try:
+        detector = FraudDetector(settings, scorer=FailOnAccount(settings, failing))
+        with pytest.raises(RuntimeError, match="scoring failed"):
+            with running_in_thread(detector.run, "failing-detector"):
+                reader.until_decided({before.transaction.transaction_id})
+                event = transaction_event(failing)
+                produce.events([event])
+                # Counted as the batch begins: the scorer fails within the same call, whether
+                # or not the stop that leaving this block sets comes first.
+                wait_until(lambda: detector.stats.processed >= 2)
+        assert detector.stats.decided == 1
+        with running_detector(settings):
+            decisions = reader.until_decided({event.transaction.transaction_id})
+    finally:
+        reader.close()
+    decided = [d.transaction_id for d in decisions]
+    # `before` may be decided again (nothing was committed): the applier keeps the first.
+    assert set(decided) == {before.transaction.transaction_id, event.transaction.transaction_id}
+    assert decided.count(event.transaction.transaction_id) == 1

@@ -271,7 +271,9 @@ def test_records_below_the_offset_a_restored_state_reflects_are_redeliveries(
     # Another account at offset 6 whose state was not written: its record is processed again.
     other = row(99, partition=0, account="b", time_ms=START_MS, amount=5, terminal="", offset=6)
     # A row that was not consumed has no offset to compare.
-    unconsumed = row(98, partition=0, account="a", time_ms=START_MS, amount=5, terminal="")
+    unconsumed = row(
+        98, partition=0, account="a", time_ms=START_MS + 120 * DAY_MS, amount=5, terminal=""
+    )
     predecessor = DetectorState()
     predecessor.assign(0, [])
     observe_batch(predecessor, TerminalTable(), rows[:10], velocity_window_ms=60_000)
@@ -294,8 +296,45 @@ def test_records_below_the_offset_a_restored_state_reflects_are_redeliveries(
         "event-11",
         "event-98",
     ]
-    expected = observe_batch(predecessor, TerminalTable(), rows[10:], velocity_window_ms=60_000)
-    assert observed.features.values[1:3].tolist() == expected.features.values.tolist()
+    expected = observe_batch(
+        predecessor, TerminalTable(), [*rows[10:], unconsumed], velocity_window_ms=60_000
+    )
+    assert observed.features.values[1:].tolist() == expected.features.values.tolist()
+
+
+def test_records_below_a_restored_offset_leave_the_others_column_wise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dropping the redelivered rows leaves an in-order account on the column-wise path."""
+    import txguard.fraud.feature_batch as feature_batch
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("one-by-one path taken for in-order events")
+
+    written = DetectorState()
+    written.assign(0, [])
+    rows = [
+        row(
+            i,
+            partition=0,
+            account="a",
+            time_ms=START_MS + i * 1000,
+            amount=9,
+            terminal="",
+            offset=i,
+        )
+        for i in range(8)
+    ]
+    observe_batch(written, TerminalTable(), rows[:5], velocity_window_ms=60_000)
+    [(_, copy)] = written.take_changed_copies({0: 5})
+    restored = DetectorState()
+    restored.assign(0, [copy.to_proto()])
+    monkeypatch.setattr(feature_batch, "record_and_compute", forbidden)
+    observed = observe_batch(
+        restored, TerminalTable(), rows[2:], velocity_window_ms=60_000, columnwise_min_rows=1
+    )
+    assert observed.duplicates == 3
+    assert [r.event_id for r in observed.features.rows] == ["event-5", "event-6", "event-7"]
 
 
 def test_the_usual_case_is_computed_column_wise(monkeypatch: pytest.MonkeyPatch) -> None:

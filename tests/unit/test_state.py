@@ -184,7 +184,10 @@ def test_a_copy_reflects_the_highest_offset_its_account_was_ever_written_with() 
     [(_, above)] = state.take_changed_copies({0: 70})
     assert above.next_offset == 70
     assert AccountHistory.from_proto(above.to_proto()).next_offset == 70
-    # An account restored from an older topic (recreated since) forgets its offset.
+    # An account restored from an older topic (recreated since) forgets its offset, and the next
+    # checkpoint writes it with the new topic's.
     assert state.forget_offsets(0) == 1
     assert state.history(0, "acct").next_offset == 0
+    [(_, rewritten)] = state.take_changed_copies({0: 3})
+    assert rewritten.next_offset == 3
     assert state.forget_offsets(0) == 0

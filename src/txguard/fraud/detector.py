@@ -86,7 +86,9 @@ class DetectorStats:
 
     processed: int = 0  # records consumed, whatever became of them
     decided: int = 0  # decisions published
-    duplicates_dropped: int = 0  # events whose id the account's state had already seen
+    # Events the account's state already reflects: its id is remembered, or its record lies below
+    # the state's `next_offset`.
+    duplicates_dropped: int = 0
     dead_lettered: int = 0  # records sent to the DLQ topic
     retries: int = 0  # transient failures retried (full queue, failed delivery, commit)
     batches: int = 0  # batches processed
@@ -135,6 +137,8 @@ class FraudDetector:
         self._uncommitted = UncommittedOffsets()
         # Each assigned partition's next offset to process: the `next_offset` of state copies.
         self._positions: dict[int, int] = {}
+        # A batch is between being recorded in the state and being sent (`run`).
+        self._batch_unsent = False
         # The checkpoint being written, a few accounts per loop iteration (module `checkpoint`).
         self._round: CheckpointRound | None = None
         self._checkpointed_at = time.monotonic()
@@ -195,7 +199,11 @@ class FraudDetector:
                 )
                 self._follower.poll()
                 if records:
+                    # Until the batch is sent, the state holds events without a decision: if
+                    # either step fails, nothing may be checkpointed (see `_on_revoke`).
+                    self._batch_unsent = True
                     self.emit(self.process_batch(records, stop))
+                    self._batch_unsent = False
                     batch_processed(consumer, self.metrics)
                 self.checkpoint_step(consumer, stop, len(records))
                 self._log_stats_periodically()
@@ -510,8 +518,15 @@ class FraudDetector:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Checkpoint first, so the next owner starts from this instance's latest state.
-        if partitions and self._publisher is not None:
+        # Checkpoint first, so the next owner starts from this instance's latest state; unless
+        # the loop failed with a batch recorded in the state but not sent (the revoke of the
+        # closing consumer): that state would make its events duplicates that were never decided.
+        if partitions and self._batch_unsent:
+            log.error(
+                "revoke: a batch failed before its decisions were sent; no checkpoint, the next "
+                "owner reprocesses since the last commit"
+            )
+        elif partitions and self._publisher is not None:
             try:
                 self.checkpoint(consumer, threading.Event())
             except (PublishTimeout, PublishError) as exc:

@@ -295,11 +295,14 @@ class DetectorState:
 
     def forget_offsets(self, partition: int) -> int:
         """Clear `next_offset` of the partition's accounts (their offsets belong to a topic that
-        is no longer there); how many accounts had one."""
+        is no longer there) and mark them changed, so that the next checkpoint writes them with
+        offsets of the topic as it is; how many accounts had one."""
+        part = self._partition(partition)
         cleared = 0
-        for history in self._partition(partition).accounts.values():
+        for name, history in part.accounts.items():
             if history.next_offset:
                 history.next_offset = 0
+                part.changed.add(name)
                 cleared += 1
         return cleared
 

@@ -41,9 +41,10 @@ class AccountHistoryState(_message.Message):
     last_event_time_ms: _builtins.int
     """Highest event time (ms) seen for the account."""
     next_offset: _builtins.int
-    """Every event of the account on its transactions partition below this offset has been decided
-    and is reflected here, remembered or, beyond the limits, forgotten: a record redelivered from
-    below it (a restart from older committed offsets) is a duplicate, whatever the lists hold.
+    """Every record of the account on its transactions partition below this offset has been handled
+    (decided, dropped as a duplicate, or dead-lettered) and its event is reflected here,
+    remembered or, beyond the limits, forgotten: a record redelivered from below it (a restart
+    from older committed offsets) is a duplicate, whatever the lists hold.
     0: no such offset is known.
     """
     @_builtins.property
