@@ -29,7 +29,7 @@ from txguard.fraud.changelog import restore_partitions
 from txguard.fraud.detector import FraudDetector
 from txguard.fraud.feature_batch import FeatureBatch
 from txguard.fraud.scoring import RuleScorer, ScoreResult
-from txguard.fraud.state import event_id_hash
+from txguard.fraud.state import AccountHistory, event_id_hash
 from txguard.kafka import serde
 from txguard.kafka.clients import make_consumer, make_producer
 from txguard.kafka.topics import ensure_topics
@@ -446,7 +446,7 @@ def test_offsets_are_committed_only_once_the_changelog_holds_their_events(
                     group_id=settings.detector_group,
                 )
                 hashes = {
-                    state.account_id: set(state.event_id_hashes)
+                    state.account_id: set(AccountHistory.from_proto(state).hashes)
                     for states in held.values()
                     for state in states
                 }
@@ -503,14 +503,18 @@ def test_a_restart_recognises_every_event_its_predecessor_wrote_to_state_but_nev
                         list(range(settings.topic_partitions)),
                         group_id=settings.detector_group,
                     )
-                    state = {s.account_id: s for states in held.values() for s in states}
+                    state = {
+                        s.account_id: AccountHistory.from_proto(s)
+                        for states in held.values()
+                        for s in states
+                    }
                     newest = event_id_hash(events[-2].event_id)
-                    if account in state and newest in state[account].event_id_hashes:
+                    if account in state and state[account].has_seen(newest):
                         break
                     assert time.monotonic() < deadline, "the state never reached the changelog"
                     time.sleep(0.05)
         # The state forgot the oldest events: only their offsets can tell they were decided.
-        assert event_id_hash(events[0].event_id) not in state[account].event_id_hashes
+        assert not state[account].has_seen(event_id_hash(events[0].event_id))
         assert (
             committed_offsets(
                 kafka_broker.bootstrap,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import sys
 
 import pytest
@@ -63,16 +64,42 @@ def test_history_round_trips_through_the_changelog_proto() -> None:
     history = AccountHistory("acct")
     record(history, "a", 100, amount=7)
     record(history, "b", 50, amount=9)
+    record(history, "c", 75, amount=-3)
     proto = AccountHistoryState.FromString(history.to_proto().SerializeToString())
     assert proto.account_id == "acct"
-    assert list(proto.event_times_ms) == [50, 100]
-    assert list(proto.amounts_minor) == [9, 7]
-    assert list(proto.event_id_hashes) == [event_id_hash("b"), event_id_hash("a")]
+    # Little-endian 8-byte integers, one run per list.
+    assert proto.event_times_ms_le == struct.pack("<3q", 50, 75, 100)
+    assert proto.amounts_minor_le == struct.pack("<3q", 9, -3, 7)
+    hashes = [event_id_hash(name) for name in "bca"]
+    assert proto.event_id_hashes_le == struct.pack("<3Q", *hashes)
     assert proto.last_event_time_ms == 100
     restored = AccountHistory.from_proto(proto)
-    assert restored.has_seen(event_id_hash("a")) and restored.has_seen(event_id_hash("b"))
-    assert restored.count_in_window(100, 1_000) == 2
+    assert list(restored.hashes) == hashes
+    assert list(restored.times_ms) == [50, 75, 100]
+    assert list(restored.amounts_minor) == [9, -3, 7]
+    assert restored.count_in_window(100, 1_000) == 3
     assert restored.to_proto() == proto
+
+
+def test_a_state_written_in_the_earlier_format_is_read_the_same() -> None:
+    history = AccountHistory("acct")
+    for name, time_ms, amount in [("a", 100, 7), ("b", 50, 9), ("c", 75, -3)]:
+        record(history, name, time_ms, amount=amount)
+    earlier = AccountHistoryState(
+        account_id="acct", last_event_time_ms=100, next_offset=12, amounts_minor=[9, -3, 7]
+    )
+    earlier.event_id_hashes.extend(history.hashes)
+    earlier.event_times_ms.extend([50, 75, 100])
+    restored = AccountHistory.from_proto(
+        AccountHistoryState.FromString(earlier.SerializeToString())
+    )
+    assert list(restored.hashes) == list(history.hashes)
+    assert list(restored.times_ms) == [50, 75, 100]
+    assert list(restored.amounts_minor) == [9, -3, 7]
+    assert (restored.last_event_time_ms, restored.next_offset) == (100, 12)
+    # Written again, it takes the current format.
+    assert restored.to_proto().event_times_ms_le == struct.pack("<3q", 50, 75, 100)
+    assert not restored.to_proto().event_times_ms
 
 
 def test_detector_state_reports_each_changed_account_once() -> None:

@@ -62,6 +62,26 @@ def _holds_hash(packed: bytes, id_hash: int) -> bool:
     return found >= 0
 
 
+def _little_endian(values: array[int]) -> bytes:
+    """The array's 8-byte elements as little-endian bytes."""
+    if sys.byteorder == "little":
+        return values.tobytes()
+    swapped = values[:]
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _read_le(values: array[int], data: bytes) -> None:
+    """Append the little-endian 8-byte integers in `data` to the array."""
+    if sys.byteorder == "little":
+        values.frombytes(data)
+        return
+    read = array(values.typecode)
+    read.frombytes(data)
+    read.byteswap()
+    values.extend(read)
+
+
 class AccountHistory:
     """One account's remembered events, ordered by (event time, arrival).
 
@@ -95,25 +115,38 @@ class AccountHistory:
     @classmethod
     def from_proto(cls, state: AccountHistoryState) -> AccountHistory:
         history = cls(state.account_id)
-        count = min(len(state.event_id_hashes), len(state.event_times_ms), len(state.amounts_minor))
-        history.hashes.extend(state.event_id_hashes[:count])
-        history.times_ms.extend(state.event_times_ms[:count])
-        history.amounts_minor.extend(state.amounts_minor[:count])
+        # (Each read of a bytes field makes a new bytes object: once each.)
+        hashes, times, amounts = (
+            state.event_id_hashes_le,
+            state.event_times_ms_le,
+            state.amounts_minor_le,
+        )
+        if hashes or times or amounts:
+            size = min(len(hashes), len(times), len(amounts)) // 8 * 8
+            _read_le(history.hashes, hashes if len(hashes) == size else hashes[:size])
+            _read_le(history.times_ms, times if len(times) == size else times[:size])
+            _read_le(history.amounts_minor, amounts if len(amounts) == size else amounts[:size])
+        else:  # Written in the earlier format: the lists as protobuf fields.
+            count = min(
+                len(state.event_id_hashes), len(state.event_times_ms), len(state.amounts_minor)
+            )
+            history.hashes.extend(state.event_id_hashes[:count])
+            history.times_ms.extend(state.event_times_ms[:count])
+            history.amounts_minor.extend(state.amounts_minor[:count])
         history.last_event_time_ms = state.last_event_time_ms
         history.next_offset = state.next_offset
         history.amount_bound_minor = max(history.amounts_minor, default=0)
         return history
 
     def to_proto(self) -> AccountHistoryState:
-        state = AccountHistoryState(
+        return AccountHistoryState(
             account_id=self.account_id,
             last_event_time_ms=self.last_event_time_ms,
             next_offset=self.next_offset,
+            event_id_hashes_le=_little_endian(self.hashes),
+            event_times_ms_le=_little_endian(self.times_ms),
+            amounts_minor_le=_little_endian(self.amounts_minor),
         )
-        state.event_id_hashes.extend(self.hashes)
-        state.event_times_ms.extend(self.times_ms)
-        state.amounts_minor.extend(self.amounts_minor)
-        return state
 
     def copy(self) -> AccountHistory:
         """An independent copy (the arrays are copied, not shared)."""

@@ -24,9 +24,14 @@ class AccountHistoryState(_message.Message):
     txguard.detector-state.v2.<group> (key = account id, same partition as the account's
     transactions).
 
-    The account's recent events as three parallel packed lists, ordered by (event time, arrival):
-    kept for the longest feature window (30 days of the account's own event time) and at most
-    1,000 events, so the state stays small.
+    The account's recent events as three parallel arrays, ordered by (event time, arrival): kept for
+    the longest feature window (30 days of the account's own event time) and at most 1,000 events,
+    so the state stays small.
+
+    The arrays are written as fields 7 to 9, each a run of 8-byte little-endian integers: a copy of
+    the detector's own arrays, written and read without converting each element (a protobuf list
+    costs about 22 µs per 100 events to encode and 34 µs to decode). Fields 2 to 4 hold the same lists
+    in states written before; a reader takes 7 to 9 when any of them is set, else 2 to 4.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -37,6 +42,9 @@ class AccountHistoryState(_message.Message):
     AMOUNTS_MINOR_FIELD_NUMBER: _builtins.int
     LAST_EVENT_TIME_MS_FIELD_NUMBER: _builtins.int
     NEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    EVENT_ID_HASHES_LE_FIELD_NUMBER: _builtins.int
+    EVENT_TIMES_MS_LE_FIELD_NUMBER: _builtins.int
+    AMOUNTS_MINOR_LE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     last_event_time_ms: _builtins.int
     """Highest event time (ms) seen for the account."""
@@ -47,19 +55,25 @@ class AccountHistoryState(_message.Message):
     from older committed offsets) is a duplicate, whatever the lists hold.
     0: no such offset is known.
     """
+    event_id_hashes_le: _builtins.bytes
+    """The events' id hashes as unsigned 64-bit little-endian integers (as field 2)."""
+    event_times_ms_le: _builtins.bytes
+    """Their event times, ms since the epoch, as signed 64-bit little-endian integers (as field 3)."""
+    amounts_minor_le: _builtins.bytes
+    """Their amounts in minor units, as signed 64-bit little-endian integers (as field 4)."""
     @_builtins.property
     def event_id_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Each event id's 8-byte BLAKE2b digest, read as a little-endian integer: enough to recognise
-        a redelivered event.
+        a redelivered event. (Earlier format.)
         """
 
     @_builtins.property
     def event_times_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Event times, ms since the epoch."""
+        """Event times, ms since the epoch. (Earlier format.)"""
 
     @_builtins.property
     def amounts_minor(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Amounts in minor units of the transaction's currency."""
+        """Amounts in minor units of the transaction's currency. (Earlier format.)"""
 
     def __init__(
         self,
@@ -70,10 +84,13 @@ class AccountHistoryState(_message.Message):
         amounts_minor: _abc.Iterable[_builtins.int] | None = ...,
         last_event_time_ms: _builtins.int = ...,
         next_offset: _builtins.int = ...,
+        event_id_hashes_le: _builtins.bytes = ...,
+        event_times_ms_le: _builtins.bytes = ...,
+        amounts_minor_le: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amounts_minor", b"amounts_minor", "event_id_hashes", b"event_id_hashes", "event_times_ms", b"event_times_ms", "last_event_time_ms", b"last_event_time_ms", "next_offset", b"next_offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amounts_minor", b"amounts_minor", "amounts_minor_le", b"amounts_minor_le", "event_id_hashes", b"event_id_hashes", "event_id_hashes_le", b"event_id_hashes_le", "event_times_ms", b"event_times_ms", "event_times_ms_le", b"event_times_ms_le", "last_event_time_ms", b"last_event_time_ms", "next_offset", b"next_offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
