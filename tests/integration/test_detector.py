@@ -159,6 +159,16 @@ def new_account(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def detector_group_at_end(kafka_broker: KafkaBroker, settings: Settings) -> dict[int, int]:
+    """The test's detector group starts at the current end of the transactions topic."""
+    return start_group_at_end(
+        kafka_broker.bootstrap,
+        settings.detector_group,
+        TRANSACTIONS_TOPIC,
+        settings.topic_partitions,
+    )
+
+
 def test_decides_every_transaction_in_account_order_and_rules_fire(
     kafka_broker: KafkaBroker, settings: Settings, produce: RecordProducer
 ) -> None:
@@ -403,12 +413,7 @@ def test_offsets_are_committed_only_once_the_changelog_holds_their_events(
     monkeypatch.setattr(detector_module, "CONSUME_TIMEOUT_SECONDS", 0.1)
     # The group starts after every earlier test's records: a round holding their hundreds of
     # accounts would take minutes at one account per idle iteration.
-    start_group_at_end(
-        kafka_broker.bootstrap,
-        settings.detector_group,
-        TRANSACTIONS_TOPIC,
-        settings.topic_partitions,
-    )
+    detector_group_at_end(kafka_broker, settings)
     accounts = [new_account("round") for _ in range(12)]
     events = {account: transaction_event(account) for account in accounts}
     produce.events(list(events.values()))
@@ -476,12 +481,7 @@ def test_a_restart_recognises_every_event_its_predecessor_wrote_to_state_but_nev
     # between the two leaves behind. Its account's events span 50 days of event time, so by the
     # end its state has forgotten the first ones (it keeps 30 days), and one event arrives 90 days
     # late, decided and never remembered. Their redeliveries must still be recognised.
-    start_offsets = start_group_at_end(
-        kafka_broker.bootstrap,
-        settings.detector_group,
-        TRANSACTIONS_TOPIC,
-        settings.topic_partitions,
-    )
+    start_offsets = detector_group_at_end(kafka_broker, settings)
     day_us = 86_400_000_000
     begin = now_us() - 60 * day_us
     account = new_account("uncommitted")
@@ -547,12 +547,7 @@ def test_a_state_written_for_a_recreated_topic_does_not_swallow_its_new_records(
     # The account's state says it reflects its partition up to an offset the partition has not
     # reached: it was written for a transactions topic since deleted and created again. Its
     # records there are new, not redeliveries.
-    start_group_at_end(
-        kafka_broker.bootstrap,
-        settings.detector_group,
-        TRANSACTIONS_TOPIC,
-        settings.topic_partitions,
-    )
+    detector_group_at_end(kafka_broker, settings)
     ensure_topics(kafka_broker.bootstrap, settings)
     account = new_account("recreated")
     first = transaction_event(account)
@@ -617,12 +612,7 @@ def test_a_batch_that_fails_before_its_decisions_are_sent_is_decided_after_a_res
     # fails, the detector stops with the error, and closing its consumer revokes its partitions.
     # A checkpoint there would save the state with those events in it: its successor would drop
     # them as duplicates and they would never be decided.
-    start_group_at_end(
-        kafka_broker.bootstrap,
-        settings.detector_group,
-        TRANSACTIONS_TOPIC,
-        settings.topic_partitions,
-    )
+    detector_group_at_end(kafka_broker, settings)
     fine, failing = new_account("fine"), new_account("failing")
     before = transaction_event(fine)
     produce.events([before])
