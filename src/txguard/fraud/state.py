@@ -71,13 +71,14 @@ def _little_endian(values: array[int]) -> bytes:
     return swapped.tobytes()
 
 
-def _read_le(values: array[int], data: bytes) -> None:
-    """Append the little-endian 8-byte integers in `data` to the array."""
+def _read_le(values: array[int], data: bytes, size: int) -> None:
+    """Append the little-endian 8-byte integers in the first `size` bytes of `data` to the array."""
+    head = memoryview(data)[:size]
     if sys.byteorder == "little":
-        values.frombytes(data)
+        values.frombytes(head)
         return
     read = array(values.typecode)
-    read.frombytes(data)
+    read.frombytes(head)
     read.byteswap()
     values.extend(read)
 
@@ -123,9 +124,9 @@ class AccountHistory:
         )
         if hashes or times or amounts:
             size = min(len(hashes), len(times), len(amounts)) // 8 * 8
-            _read_le(history.hashes, hashes if len(hashes) == size else hashes[:size])
-            _read_le(history.times_ms, times if len(times) == size else times[:size])
-            _read_le(history.amounts_minor, amounts if len(amounts) == size else amounts[:size])
+            _read_le(history.hashes, hashes, size)
+            _read_le(history.times_ms, times, size)
+            _read_le(history.amounts_minor, amounts, size)
         else:  # Written in the earlier format: the lists as protobuf fields.
             count = min(
                 len(state.event_id_hashes), len(state.event_times_ms), len(state.amounts_minor)
