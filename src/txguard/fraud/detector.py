@@ -182,7 +182,7 @@ class FraudDetector:
                 on_retry=self._count_retry,
                 stop_grace_seconds=STOP_GRACE_SECONDS,
             )
-            subscribe(
+            subscription = subscribe(
                 consumer,
                 [self.topics.transactions],
                 metrics=self.metrics,
@@ -196,6 +196,7 @@ class FraudDetector:
                     self.settings.consume_batch_size,
                     CONSUME_TIMEOUT_SECONDS,
                     metrics=self.metrics,
+                    subscription=subscription,
                 )
                 self._follower.poll()
                 if records:

@@ -36,6 +36,7 @@ from txguard.kafka.compacted import read_to_end
 from txguard.kafka.consumer_loop import (
     CommitReporter,
     OutgoingRecord,
+    Subscription,
     batch_processed,
     commit_offsets,
     next_offsets,
@@ -129,7 +130,7 @@ class _Stage:
         )
         publisher = ConfirmedPublisher(bootstrap, client_id=self.group, on_retry=self._retry)
         try:
-            self.subscribe(consumer)
+            subscription = self.subscribe(consumer)
             while not stop.is_set():
                 records = poll_batch(
                     consumer,
@@ -137,6 +138,7 @@ class _Stage:
                     CONSUME_TIMEOUT_SECONDS,
                     metrics=self.metrics,
                     linger=BATCH_LINGER_SECONDS,
+                    subscription=subscription,
                 )
                 if not records:
                     continue
@@ -155,7 +157,7 @@ class _Stage:
             publisher.close()
             log.info("terminal-risk %s stopped: %s", self.name, asdict(self.stats))
 
-    def subscribe(self, consumer: Consumer) -> None:
+    def subscribe(self, consumer: Consumer) -> Subscription:
         raise NotImplementedError
 
     def transform(self, records: Sequence[Message]) -> list[OutgoingRecord]:
@@ -179,9 +181,11 @@ class TerminalEventRekeyer(_Stage):
         self._announced: dict[tuple[str, int], int] = {}
         self._targets = 0
 
-    def subscribe(self, consumer: Consumer) -> None:
+    def subscribe(self, consumer: Consumer) -> Subscription:
         self._targets = _partition_count(consumer, self.topics.terminal_events)
-        subscribe(consumer, [self.topics.transactions, self.topics.labels], metrics=self.metrics)
+        return subscribe(
+            consumer, [self.topics.transactions, self.topics.labels], metrics=self.metrics
+        )
 
     def transform(self, records: Sequence[Message]) -> list[OutgoingRecord]:
         return self.rekey(records, self._targets)
@@ -300,7 +304,7 @@ class TerminalTableBuilder(_Stage):
         self._tables: dict[int, _PartitionTable] = {}
         self._source_partitions: dict[str, int] = {}
 
-    def subscribe(self, consumer: Consumer) -> None:
+    def subscribe(self, consumer: Consumer) -> Subscription:
         for topic in (self.topics.transactions, self.topics.labels):
             self._source_partitions[topic] = _partition_count(consumer, topic)
         events = _partition_count(consumer, self.topics.terminal_events)
@@ -310,7 +314,7 @@ class TerminalTableBuilder(_Stage):
                 f"{self.topics.terminal_risk} has {table} partitions but "
                 f"{self.topics.terminal_events} has {events}: they must match"
             )
-        subscribe(
+        return subscribe(
             consumer,
             [self.topics.terminal_events],
             metrics=self.metrics,

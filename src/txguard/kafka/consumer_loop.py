@@ -9,7 +9,9 @@
 - `wait_for_kafka`: the bootstrap address and topics, waiting while the cluster is unreachable;
 - `Backoff`: exponential back-off that a stop event interrupts;
 - `subscribe` / `batch_processed`: with `poll_batch(..., metrics=...)`, a loop's consumer metrics
-  (records, batch duration, lag per partition, rebalances) at a cost per batch, not per record.
+  (records, batch duration, lag per partition, rebalances) at a cost per batch, not per record;
+  with `poll_batch(..., subscription=subscribe(...))`, no record of a partition revoked while the
+  batch was gathered.
 """
 
 from __future__ import annotations
@@ -122,6 +124,17 @@ class Backoff:
             stop.wait(delay)
 
 
+class Subscription:
+    """The partitions a subscribed consumer gave up (revoked or lost) since `poll_batch` last
+    looked: what `subscribe()` returns and `poll_batch(..., subscription=...)` takes."""
+
+    def __init__(self) -> None:
+        self.given_up: set[tuple[str, int]] = set()
+
+    def record(self, partitions: Iterable[TopicPartition]) -> None:
+        self.given_up.update((p.topic, p.partition) for p in partitions)
+
+
 def poll_batch(
     consumer: Consumer,
     max_messages: int,
@@ -129,6 +142,7 @@ def poll_batch(
     *,
     metrics: ConsumerMetrics | None = None,
     linger: float = 0.0,
+    subscription: Subscription | None = None,
 ) -> list[Message]:
     """Up to `max_messages` records; error events are logged (transient) or raised (fatal).
 
@@ -137,12 +151,22 @@ def poll_batch(
     size follows the load and a record is never held back to fill a batch; a loop whose output
     costs per batch (watermarks) lingers instead.
     With `metrics`, the records become the loop's pending batch until `batch_processed()`.
+
+    A rebalance callback can run inside the `consume()` that looks for more records, after the
+    first records are in hand. With the consumer's `subscription`, records of partitions revoked
+    or lost there are dropped from the batch: they are no longer this consumer's to process or
+    commit, and their next owner reads them from the last committed offset.
     """
     messages = consumer.consume(num_messages=max_messages, timeout=0)
     if not messages:
         messages = consumer.consume(num_messages=1, timeout=timeout)
     if messages and len(messages) < max_messages:
-        messages += consumer.consume(num_messages=max_messages - len(messages), timeout=linger)
+        if subscription is not None:
+            subscription.given_up.clear()
+        more = consumer.consume(num_messages=max_messages - len(messages), timeout=linger)
+        if subscription is not None and subscription.given_up:
+            messages = _still_owned(messages, subscription.given_up)
+        messages += more
     records: list[Message] = []
     for message in messages:
         error = message.error()
@@ -159,6 +183,18 @@ def poll_batch(
         else:
             refresh_lag(consumer, metrics)
     return records
+
+
+def _still_owned(messages: list[Message], given_up: set[tuple[str, int]]) -> list[Message]:
+    kept = [m for m in messages if (m.topic(), m.partition()) not in given_up]
+    if len(kept) < len(messages):
+        log.info(
+            "dropped %d records of partitions given up while the batch was gathered: %s; "
+            "their next owner reads them from the last committed offset",
+            len(messages) - len(kept),
+            ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(given_up)),
+        )
+    return kept
 
 
 def batch_processed(consumer: Consumer, metrics: ConsumerMetrics) -> None:
@@ -232,11 +268,14 @@ def subscribe(
     on_assign: RebalanceCallback | None = None,
     on_revoke: RebalanceCallback | None = None,
     on_lost: RebalanceCallback | None = None,
-) -> None:
+) -> Subscription:
     """`consumer.subscribe()` with rebalances counted and revoked partitions' lag removed.
 
-    Without `on_lost`, lost partitions go to `on_revoke`, as librdkafka itself does.
+    Without `on_lost`, lost partitions go to `on_revoke`, as librdkafka itself does. The returned
+    `Subscription` is for `poll_batch`, which then drops records of partitions given up while it
+    gathered a batch.
     """
+    subscription = Subscription()
 
     def assigned(c: Consumer, partitions: list[TopicPartition]) -> None:
         if metrics is not None:
@@ -245,12 +284,14 @@ def subscribe(
             on_assign(c, partitions)
 
     def revoked(c: Consumer, partitions: list[TopicPartition]) -> None:
+        subscription.record(partitions)
         if metrics is not None:
             metrics.rebalanced("revoked", [(p.topic, p.partition) for p in partitions])
         if on_revoke is not None:
             on_revoke(c, partitions)
 
     def lost(c: Consumer, partitions: list[TopicPartition]) -> None:
+        subscription.record(partitions)
         if metrics is not None:
             metrics.rebalanced("lost", [(p.topic, p.partition) for p in partitions])
         handler = on_lost or on_revoke
@@ -258,6 +299,7 @@ def subscribe(
             handler(c, partitions)
 
     consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=lost)
+    return subscription
 
 
 class UncommittedOffsets:

@@ -102,7 +102,7 @@ class DecisionApplier:
         )
         stats_logged_at = time.monotonic()
         try:
-            subscribe(
+            subscription = subscribe(
                 consumer,
                 [self.settings.topics.decisions],
                 metrics=self.metrics,
@@ -115,6 +115,7 @@ class DecisionApplier:
                     self.settings.consume_batch_size,
                     CONSUME_TIMEOUT_SECONDS,
                     metrics=self.metrics,
+                    subscription=subscription,
                 )
                 if records:
                     # Store first, offsets second: a crash in between re-applies the batches,

@@ -1,0 +1,101 @@
+"""poll_batch against a real broker: a rebalance while a batch is gathered."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+from confluent_kafka import Message, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.support import wait_until
+from txguard.kafka.clients import make_consumer, make_producer
+from txguard.kafka.consumer_loop import poll_batch, subscribe
+
+if TYPE_CHECKING:
+    from tests.conftest import KafkaBroker
+
+pytestmark = pytest.mark.integration
+
+RECORDS_PER_PARTITION = 20
+
+
+def _new_topic(bootstrap: str, partitions: int) -> str:
+    topic = f"test-consumer-loop-{uuid.uuid4().hex}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        future.result(timeout=30)
+    return topic
+
+
+def _fill(bootstrap: str, topic: str, partitions: int) -> None:
+    producer = make_producer(bootstrap, client_id="test-consumer-loop")
+    for partition in range(partitions):
+        for index in range(RECORDS_PER_PARTITION):
+            producer.produce(topic, f"{partition}-{index}".encode(), partition=partition)
+    assert producer.flush(30) == 0
+
+
+def _by_partition(records: list[Message]) -> dict[int, list[int]]:
+    offsets: dict[int, list[int]] = {}
+    for record in records:
+        offsets.setdefault(record.partition() or 0, []).append(record.offset() or 0)
+    return offsets
+
+
+def test_a_batch_holds_no_record_of_a_partition_revoked_while_it_was_gathered(
+    kafka_broker: KafkaBroker,
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    topic = _new_topic(bootstrap, 2)
+    group = f"test-consumer-loop-{uuid.uuid4().hex}"
+    revoked: list[TopicPartition] = []
+    first = make_consumer(
+        bootstrap, group_id=group, client_id="test-first", **{"heartbeat.interval.ms": 500}
+    )
+    joined = threading.Event()
+    done = threading.Event()
+    taken_over: list[Message] = []
+
+    def run_second() -> None:
+        second = make_consumer(bootstrap, group_id=group, client_id="test-second")
+        try:
+            second.subscribe([topic])
+            joined.set()
+            while not done.is_set():
+                records = second.consume(num_messages=100, timeout=0.2)
+                taken_over.extend(record for record in records if record.error() is None)
+        finally:
+            second.close()
+
+    thread = threading.Thread(target=run_second, daemon=True)
+
+    try:
+        subscription = subscribe(
+            first, [topic], on_revoke=lambda _c, partitions: revoked.extend(partitions)
+        )
+        # Both partitions assigned (the topic is empty, nothing is consumed yet) ...
+        wait_until(lambda: not first.consume(timeout=0.2) and len(first.assignment()) == 2)
+        # ... then records arrive, and the consumer fetches them ahead of the next batch.
+        _fill(bootstrap, topic, 2)
+        time.sleep(2.0)
+        thread.start()
+        assert joined.wait(30)
+        # The first consume() returns every fetched record; the group rebalances while the
+        # batch lingers for more, and one partition goes to the second consumer.
+        batch = poll_batch(first, 1_000, 5.0, linger=15.0, subscription=subscription)
+        assert len(revoked) == 1, f"no partition was revoked while the batch lingered: {revoked}"
+        gone = revoked[0].partition
+        kept = 1 - gone
+        assert _by_partition(batch) == {kept: list(range(RECORDS_PER_PARTITION))}
+        # Nothing was committed: the new owner reads the revoked partition from its start.
+        wait_until(lambda: len(taken_over) >= RECORDS_PER_PARTITION, timeout=60)
+        assert _by_partition(taken_over) == {gone: list(range(RECORDS_PER_PARTITION))}
+    finally:
+        done.set()
+        if thread.is_alive():
+            thread.join(30)
+        first.close()
