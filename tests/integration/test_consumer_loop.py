@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from confluent_kafka import Message, TopicPartition
@@ -53,9 +53,9 @@ def test_a_batch_holds_no_record_of_a_partition_revoked_while_it_was_gathered(
     topic = _new_topic(bootstrap, 2)
     group = f"test-consumer-loop-{uuid.uuid4().hex}"
     revoked: list[TopicPartition] = []
-    first = make_consumer(
-        bootstrap, group_id=group, client_id="test-first", **{"heartbeat.interval.ms": 500}
-    )
+    # Heartbeats every 0.5 s: the first consumer learns of the rebalance soon after the join.
+    faster_heartbeat: dict[str, Any] = {"heartbeat.interval.ms": 500}
+    first = make_consumer(bootstrap, group_id=group, client_id="test-first", **faster_heartbeat)
     joined = threading.Event()
     done = threading.Event()
     taken_over: list[Message] = []
