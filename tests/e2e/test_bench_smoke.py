@@ -90,6 +90,13 @@ def test_smoke_run_writes_sane_results(
     runs = [*e2e["fixed"].values(), *e2e["step_up"]["steps"]]
     assert {run["mode"] for run in runs} == {"unary", "stream", "batch"}
     assert all(run["items_per_batch"] for run in runs if run["mode"] == "batch")
+    # Every run's processes used CPU and were switched in and out for its transactions.
+    assert all(
+        run["per_transaction"]["cpu_ms"] > 0 and run["per_transaction"]["context_switches"] > 0
+        for run in runs
+    )
+    assert results["meta"]["machine"]["wake_up_round_trip_us"] > 0
+    assert "CPU ms per transaction" in (output / RESULTS_MARKDOWN).read_text()
     # A run of its own in the latency target's mode was profiled, every service of it; the
     # measured runs were not.
     assert not any("profiles" in run for run in runs)

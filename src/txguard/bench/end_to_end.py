@@ -30,7 +30,7 @@ import numpy as np
 
 from txguard.bench.detector_bench import count_decisions
 from txguard.bench.kafka_io import end_offsets
-from txguard.bench.machine import UsageMeter, broker_pid, own_usage
+from txguard.bench.machine import UsageMeter, broker_pid, own_usage, usage_between
 from txguard.bench.profile import StackSampler
 from txguard.bench.stats import percentiles, rate
 from txguard.bench.workload import BenchError, namespaced, service_env
@@ -310,7 +310,7 @@ class EndToEnd:
         ]
         for sampler in samplers:
             sampler.start()
-        own_before = own_usage().cpu_seconds
+        own_before = own_usage()
         since_us = now_us()
         try:
             outcome = asyncio.run(
@@ -319,13 +319,7 @@ class EndToEnd:
         finally:
             profiles = [sampler.stop() for sampler in samplers]
         usage = meter.stop(outcome.load_seconds)
-        usage["load-generator"] = {
-            "cpu_seconds": round(own_usage().cpu_seconds - own_before, 2),
-            "cpu_percent": round(
-                100 * (own_usage().cpu_seconds - own_before) / outcome.load_seconds, 1
-            ),
-            "peak_rss_mib": round(own_usage().peak_rss_mib, 1),
-        }
+        usage["load-generator"] = usage_between(own_before, own_usage(), outcome.load_seconds)
         stats = outcome.stats
         drain = _drain(store, since_us, stats.accepted, self.drain_timeout, pipeline.check_alive)
         rows = store.applied_rows(since_us)
@@ -364,12 +358,30 @@ class EndToEnd:
             "accepted_to_decided_ms": percentiles((decided_us - accepted_us) / 1000),
             "accepted_to_applied_ms": percentiles((applied_us - accepted_us) / 1000),
             "usage": usage,
+            "per_transaction": per_transaction_costs(usage, stats.accepted),
             **({"profiles": profiles} if profiles else {}),
         }
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
+
+
+def per_transaction_costs(
+    usage: dict[str, dict[str, float]], transactions: int
+) -> dict[str, float] | None:
+    """CPU (ms) and context switches per accepted transaction, summed over every process of
+    the run (the broker and the load generator included), and the kernel's share of the CPU."""
+    if transactions <= 0:
+        return None
+    cpu = sum(values["cpu_seconds"] for values in usage.values())
+    kernel = sum(values.get("kernel_cpu_seconds", 0.0) for values in usage.values())
+    switches = sum(values.get("context_switches", 0) for values in usage.values())
+    return {
+        "cpu_ms": round(1000 * cpu / transactions, 3),
+        "context_switches": round(switches / transactions, 1),
+        "kernel_share": round(kernel / cpu, 3) if cpu > 0 else 0.0,
+    }
 
 
 def sustained(result: dict[str, Any]) -> bool:

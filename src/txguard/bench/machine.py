@@ -6,6 +6,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,6 +38,7 @@ def machine_facts() -> dict[str, Any]:
         "memory_mib": _memory_mib(),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "wake_up_round_trip_us": wake_up_round_trip_us(),
     }
 
 
@@ -90,14 +92,18 @@ def git_commit(repository: Path) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ProcessUsage:
-    """CPU seconds (user + system) a process has used so far, and its peak resident memory."""
+    """CPU seconds (user + system) a process has used so far, the kernel's (system) part of
+    them, its context switches (voluntary and not) and its peak resident memory."""
 
     cpu_seconds: float
     peak_rss_mib: float
+    kernel_cpu_seconds: float = 0.0
+    context_switches: int = 0
 
 
 def process_usage(pid: int) -> ProcessUsage | None:
-    """From /proc/<pid>/stat (utime, stime) and /proc/<pid>/status (VmHWM); None if gone."""
+    """From /proc/<pid>/stat (utime, stime), /proc/<pid>/status (VmHWM) and the context
+    switches of its live threads (/proc/<pid>/task/*/status); None if gone."""
     try:
         stat = (_PROC / str(pid) / "stat").read_text()
         status = (_PROC / str(pid) / "status").read_text()
@@ -105,13 +111,37 @@ def process_usage(pid: int) -> ProcessUsage | None:
         return None
     # The command name may hold spaces and parentheses: fields start after the last ")".
     fields = stat[stat.rindex(")") + 2 :].split()
-    cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    kernel = int(fields[12]) / _CLOCK_TICKS
+    cpu = int(fields[11]) / _CLOCK_TICKS + kernel
     peak_kib = 0
     for line in status.splitlines():
         if line.startswith("VmHWM:"):
             peak_kib = int(line.split()[1])
             break
-    return ProcessUsage(cpu_seconds=cpu, peak_rss_mib=peak_kib / 1024)
+    return ProcessUsage(
+        cpu_seconds=cpu,
+        peak_rss_mib=peak_kib / 1024,
+        kernel_cpu_seconds=kernel,
+        context_switches=_thread_switches(pid),
+    )
+
+
+def _thread_switches(pid: int) -> int:
+    """Context switches of the process's threads alive now (exited threads' are not kept)."""
+    switches = 0
+    try:
+        tasks = list((_PROC / str(pid) / "task").iterdir())
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                switches += int(line.split()[1])
+    return switches
 
 
 def reset_peak_rss(pid: int) -> bool:
@@ -127,8 +157,67 @@ def own_usage() -> ProcessUsage:
     """This process: CPU seconds so far and its peak resident memory over its whole life."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return ProcessUsage(
-        cpu_seconds=usage.ru_utime + usage.ru_stime, peak_rss_mib=usage.ru_maxrss / 1024
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        peak_rss_mib=usage.ru_maxrss / 1024,
+        kernel_cpu_seconds=usage.ru_stime,
+        context_switches=usage.ru_nvcsw + usage.ru_nivcsw,
     )
+
+
+# The wake-up measurement: round trips of one byte between this process and a child over pipes,
+# timed in a few repeats of which the fastest counts (the least that other work added).
+_WAKE_UP_ROUND_TRIPS = 2_000
+_WAKE_UP_REPEATS = 3
+_ECHO_CHILD = "import os\nwhile os.read(0, 1):\n    os.write(1, b'x')\n"
+
+
+def wake_up_round_trip_us(round_trips: int = _WAKE_UP_ROUND_TRIPS) -> float | None:
+    """Microseconds for one byte to go to another process and back over pipes (the fastest of a
+    few repeats): two wake-ups of a sleeping process and their context switches, what every
+    hand-over between the pipeline's threads and processes costs at least. None if it could not
+    be measured."""
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _ECHO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+    except OSError:
+        return None
+    assert child.stdin is not None and child.stdout is not None
+    to_child, from_child = child.stdin.fileno(), child.stdout.fileno()
+    try:
+        os.write(to_child, b"x")  # The child has started once it answers.
+        os.read(from_child, 1)
+        elapsed = float("inf")
+        for _ in range(_WAKE_UP_REPEATS):
+            started = time.perf_counter()
+            for _ in range(round_trips):
+                os.write(to_child, b"x")
+                os.read(from_child, 1)
+            elapsed = min(elapsed, time.perf_counter() - started)
+    except OSError:
+        return None
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+    return round(elapsed / round_trips * 1e6, 1)
+
+
+def usage_between(before: ProcessUsage, after: ProcessUsage, seconds: float) -> dict[str, float]:
+    """What a process used between two readings `seconds` apart: CPU seconds, its share of one
+    core, the kernel's part, context switches, and the peak RSS (MiB) of the later reading."""
+    cpu = after.cpu_seconds - before.cpu_seconds
+    return {
+        "cpu_seconds": round(cpu, 2),
+        "cpu_percent": round(100 * cpu / seconds, 1) if seconds > 0 else 0.0,
+        "kernel_cpu_seconds": round(after.kernel_cpu_seconds - before.kernel_cpu_seconds, 2),
+        "context_switches": after.context_switches - before.context_switches,
+        "peak_rss_mib": round(after.peak_rss_mib, 1),
+    }
 
 
 class UsageMeter:
@@ -137,7 +226,7 @@ class UsageMeter:
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = dict(pids)
-        self._cpu: dict[str, float] = {}
+        self._before: dict[str, ProcessUsage] = {}
         self._since = time.monotonic()
 
     def start(self) -> None:
@@ -151,24 +240,19 @@ class UsageMeter:
         for name, pid in self.pids.items():
             usage = process_usage(pid)
             if usage is not None:
-                self._cpu[name] = usage.cpu_seconds
+                self._before[name] = usage
 
     def stop(self, seconds: float | None = None) -> dict[str, dict[str, float]]:
-        """Per process: CPU seconds, CPU share of one core over `seconds` (default: since the
-        mark), peak RSS (MiB)."""
+        """Per process, `usage_between` the mark and now, over `seconds` (default: since the
+        mark)."""
         if seconds is None:
             seconds = time.monotonic() - self._since
         result: dict[str, dict[str, float]] = {}
         for name, pid in self.pids.items():
             usage = process_usage(pid)
-            if usage is None or name not in self._cpu:
+            if usage is None or name not in self._before:
                 continue
-            cpu = usage.cpu_seconds - self._cpu[name]
-            result[name] = {
-                "cpu_seconds": round(cpu, 2),
-                "cpu_percent": round(100 * cpu / seconds, 1) if seconds > 0 else 0.0,
-                "peak_rss_mib": round(usage.peak_rss_mib, 1),
-            }
+            result[name] = usage_between(self._before[name], usage, seconds)
         return result
 
 

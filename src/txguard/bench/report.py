@@ -170,7 +170,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         + (" (with uncommitted changes)" if meta.get("git", {}).get("dirty") else ""),
         f"- machine: {machine.get('cpu_model', '-')}, {machine.get('cpu_cores', '-')} cores, "
         f"{_n(machine.get('memory_mib'))} MiB; Linux {machine.get('kernel', '-')}, "
-        f"Python {machine.get('python', '-')}",
+        f"Python {machine.get('python', '-')}; a wake-up round trip between two processes "
+        f"(one byte over pipes, there and back) takes {_n(machine.get('wake_up_round_trip_us'), 1)}"
+        " µs",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(meta.get("versions", {}).items())),
         f"- load average (1 min) at start / end: {meta.get('load_average_start', '-')} / "
         f"{meta.get('load_average_end', '-')} (other work on the machine shares its cores)",
@@ -410,12 +412,38 @@ def _end_to_end_section(e2e: Mapping[str, Any] | None) -> list[str]:
             header,
             [_latency_row(f"step {i + 1}", run) for i, run in enumerate(step_up["steps"])],
         )
-    lines += ["### CPU (share of one core) and peak RSS per process, per run", ""]
+    lines += [
+        "### CPU per transaction, and CPU (share of one core) and peak RSS per process, per run",
+        "",
+        "CPU and context switches are summed over every process of the run (the broker and the "
+        "load generator included) and divided by the transactions accepted; kernel share: the "
+        "part of that CPU spent in the kernel (system time).",
+        "",
+    ]
     runs = {**e2e["fixed"], **{f"step {i + 1}": r for i, r in enumerate(step_up.get("steps", []))}}
     lines += _table(
-        ("run", "processes"), [(name, _usage_cells(run.get("usage"))) for name, run in runs.items()]
+        (
+            "run",
+            "CPU ms per transaction",
+            "context switches per transaction",
+            "kernel share",
+            "processes",
+        ),
+        [_cost_row(name, run) for name, run in runs.items()],
     )
     return lines
+
+
+def _cost_row(name: str, run: Mapping[str, Any]) -> tuple[str, ...]:
+    costs = run.get("per_transaction") or {}
+    share = costs.get("kernel_share")
+    return (
+        name,
+        _n(costs.get("cpu_ms"), 2),
+        _n(costs.get("context_switches"), 1),
+        "-" if share is None else f"{share:.0%}",
+        _usage_cells(run.get("usage")),
+    )
 
 
 # -- plot ------------------------------------------------------------------------------------
