@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -47,7 +48,7 @@ def _by_partition(records: list[Message]) -> dict[int, list[int]]:
 
 
 def test_a_batch_holds_no_record_of_a_partition_revoked_while_it_was_gathered(
-    kafka_broker: KafkaBroker,
+    kafka_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
     bootstrap = kafka_broker.bootstrap
     topic = _new_topic(bootstrap, 2)
@@ -86,11 +87,14 @@ def test_a_batch_holds_no_record_of_a_partition_revoked_while_it_was_gathered(
         assert joined.wait(30)
         # The first consume() returns every fetched record; the group rebalances while the
         # batch lingers for more, and one partition goes to the second consumer.
-        batch = poll_batch(first, 1_000, 5.0, linger=15.0, subscription=subscription)
+        with caplog.at_level(logging.INFO, logger="txguard.kafka.consumer_loop"):
+            batch = poll_batch(first, 1_000, 5.0, linger=15.0, subscription=subscription)
         assert len(revoked) == 1, f"no partition was revoked while the batch lingered: {revoked}"
         gone = revoked[0].partition
         kept = 1 - gone
         assert _by_partition(batch) == {kept: list(range(RECORDS_PER_PARTITION))}
+        # The revoked partition's records were in hand when it went, and were dropped there.
+        assert f"dropped {RECORDS_PER_PARTITION} records" in caplog.text
         # Nothing was committed: the new owner reads the revoked partition from its start.
         wait_until(lambda: len(taken_over) >= RECORDS_PER_PARTITION, timeout=60)
         assert _by_partition(taken_over) == {gone: list(range(RECORDS_PER_PARTITION))}

@@ -19,6 +19,7 @@ from txguard.kafka.consumer_loop import (
     commit_offsets,
     next_offsets,
     poll_batch,
+    subscribe,
 )
 from txguard.replay.events import HOUR_US, ReplayTopics, replay_records
 from txguard.simulate.handbook import SimulationConfig, simulate
@@ -122,7 +123,7 @@ def passthrough_ceiling(
     )
     producer = make_producer(bootstrap, client_id="txguard-bench-passthrough")
     deliveries = _Deliveries()
-    consumer.subscribe([source])
+    subscription = subscribe(consumer, [source])
     consumed = 0
     started: float | None = None
     cpu_before = 0.0
@@ -131,7 +132,7 @@ def passthrough_ceiling(
         while consumed < records:
             if time.monotonic() > deadline:
                 raise BenchKafkaError(f"passthrough: {consumed} of {records} after 600 s")
-            batch = poll_batch(consumer, batch_size, 0.02)
+            batch = poll_batch(consumer, batch_size, 0.02, subscription=subscription)
             if not batch:
                 producer.poll(0)
                 continue

@@ -332,7 +332,9 @@ class TerminalTableBuilder(_Stage):
             self.stats.consumed += 1
             partition = cast(int, message.partition())
             table = self._tables.get(partition)
-            if table is None:  # Not restored: the revoke raced this batch; its owner redoes it.
+            if table is None:
+                # Not a partition this stage owns: poll_batch keeps none in a batch, so this
+                # only guards the table state against one.
                 continue
             try:
                 event = TerminalEvent.FromString(message.value() or b"")

@@ -125,14 +125,28 @@ class Backoff:
 
 
 class Subscription:
-    """The partitions a subscribed consumer gave up (revoked or lost) since `poll_batch` last
-    looked: what `subscribe()` returns and `poll_batch(..., subscription=...)` takes."""
+    """The partitions a subscribed consumer gave up (revoked or lost) while `poll_batch`
+    gathered a batch: what `subscribe()` returns and `poll_batch(..., subscription=...)` takes."""
 
     def __init__(self) -> None:
-        self.given_up: set[tuple[str, int]] = set()
+        # One set per rebalance callback that gave partitions up, since the last `reset()`.
+        self._given_up: list[set[tuple[str, int]]] = []
 
     def record(self, partitions: Iterable[TopicPartition]) -> None:
-        self.given_up.update((p.topic, p.partition) for p in partitions)
+        self._given_up.append({(p.topic, p.partition) for p in partitions})
+
+    def reset(self) -> None:
+        self._given_up.clear()
+
+    @property
+    def callbacks(self) -> int:
+        """Rebalance callbacks that gave partitions up since the last `reset()`."""
+        return len(self._given_up)
+
+    def given_up_since(self, callback: int = 0) -> set[tuple[str, int]]:
+        """The partitions given up by the callbacks from number `callback` on."""
+        partitions: set[tuple[str, int]] = set()
+        return partitions.union(*self._given_up[callback:])
 
 
 def poll_batch(
@@ -152,21 +166,29 @@ def poll_batch(
     costs per batch (watermarks) lingers instead.
     With `metrics`, the records become the loop's pending batch until `batch_processed()`.
 
-    A rebalance callback can run inside the `consume()` that looks for more records, after the
-    first records are in hand. With the consumer's `subscription`, records of partitions revoked
-    or lost there are dropped from the batch: they are no longer this consumer's to process or
-    commit, and their next owner reads them from the last committed offset.
+    Rebalance callbacks run inside `consume()`, so partitions can be revoked or lost while a
+    batch is gathered. With the consumer's `subscription`, no record of a partition given up
+    that way stays in the batch: neither those in hand before the `consume()` in which it was
+    given up, nor those of a partition this consumer no longer owns when the batch is complete.
+    They are not this consumer's to process or commit: their next owner (or this consumer,
+    when a partition came back) reads them again from the last committed offset.
     """
+    if subscription is not None:
+        subscription.reset()
     messages = consumer.consume(num_messages=max_messages, timeout=0)
     if not messages:
         messages = consumer.consume(num_messages=1, timeout=timeout)
     if messages and len(messages) < max_messages:
-        if subscription is not None:
-            subscription.given_up.clear()
+        callbacks = subscription.callbacks if subscription is not None else 0
         more = consumer.consume(num_messages=max_messages - len(messages), timeout=linger)
-        if subscription is not None and subscription.given_up:
-            messages = _still_owned(messages, subscription.given_up)
+        if subscription is not None and subscription.callbacks > callbacks:
+            messages = _without(messages, subscription.given_up_since(callbacks))
         messages += more
+    if subscription is not None and subscription.callbacks:
+        # Given up inside a call that also returned records: those the consumer still owns (it
+        # got the partition back) are kept, the others dropped.
+        owned = {(p.topic, p.partition) for p in consumer.assignment()}
+        messages = _without(messages, subscription.given_up_since() - owned)
     records: list[Message] = []
     for message in messages:
         error = message.error()
@@ -185,12 +207,15 @@ def poll_batch(
     return records
 
 
-def _still_owned(messages: list[Message], given_up: set[tuple[str, int]]) -> list[Message]:
+def _without(messages: list[Message], given_up: set[tuple[str, int]]) -> list[Message]:
+    """The messages not of a partition in `given_up`; the dropped ones are logged."""
+    if not given_up:
+        return messages
     kept = [m for m in messages if (m.topic(), m.partition()) not in given_up]
     if len(kept) < len(messages):
         log.info(
             "dropped %d records of partitions given up while the batch was gathered: %s; "
-            "their next owner reads them from the last committed offset",
+            "they are read again from the last committed offset",
             len(messages) - len(kept),
             ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(given_up)),
         )
