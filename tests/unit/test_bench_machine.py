@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 
 from txguard.bench.end_to_end import per_transaction_costs
 from txguard.bench.machine import (
@@ -14,30 +16,57 @@ from txguard.bench.machine import (
 )
 
 
-def test_a_process_reading_counts_the_context_switches_of_its_threads() -> None:
-    before = process_usage(os.getpid())
-    assert before is not None
-    # A thread that sleeps and is woken 50 times switches out and back in at least 50 times.
+def test_a_process_reading_counts_the_context_switches_of_each_thread() -> None:
     woken = threading.Event()
-    done = threading.Event()
+    answered = threading.Event()
+    release = threading.Event()
+    thread_id: list[int] = []
 
     def sleeper() -> None:
+        thread_id.append(threading.get_native_id())
         for _ in range(50):
             woken.wait()
             woken.clear()
-            done.set()
+            answered.set()
+        release.wait()  # Alive until both readings are taken.
 
     thread = threading.Thread(target=sleeper)
     thread.start()
-    for _ in range(50):
-        done.clear()
+    try:
+        answered.set()
+        wait_for(lambda: bool(thread_id))
+        before = process_usage(os.getpid())
+        # The thread sleeps until woken, 50 times: it is switched out and in at least 50 times.
+        for _ in range(50):
+            answered.wait()
+            answered.clear()
+            woken.set()
+        answered.wait()
+        after = process_usage(os.getpid())
+    finally:
+        release.set()
         woken.set()
-        done.wait()
-    after = process_usage(os.getpid())
-    thread.join()
-    assert after is not None
-    assert after.context_switches - before.context_switches >= 50
+        thread.join()
+    assert before is not None and after is not None
+    sleeper_id = thread_id[0]
+    assert after.thread_switches[sleeper_id] - before.thread_switches[sleeper_id] >= 50
+    assert usage_between(before, after, 1.0)["context_switches"] >= 50
+    assert after.context_switches == sum(after.thread_switches.values())
     assert 0 <= after.kernel_cpu_seconds <= after.cpu_seconds
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_switches_of_threads_started_between_readings_count_whole() -> None:
+    before = ProcessUsage(1.0, 10.0, context_switches=15, thread_switches={1: 10, 2: 5})
+    after = ProcessUsage(2.0, 10.0, context_switches=37, thread_switches={1: 30, 3: 7})
+    # Thread 2 exited (its switches since the first reading are not known); 3 started.
+    assert usage_between(before, after, 1.0)["context_switches"] == 20 + 7
 
 
 def test_usage_between_two_readings() -> None:

@@ -322,11 +322,14 @@ class EndToEnd:
         usage["load-generator"] = usage_between(own_before, own_usage(), outcome.load_seconds)
         stats = outcome.stats
         drain = _drain(store, since_us, stats.accepted, self.drain_timeout, pipeline.check_alive)
+        # The costs per transaction count the services' work until everything is applied (the
+        # load generator's ends with the load).
+        through_drain = {**meter.stop(), "load-generator": usage["load-generator"]}
         rows = store.applied_rows(since_us)
         applied_ids = {row[0] for row in rows}
         accepted_ids = set(stats.accepted_ids)
         decisions = count_decisions(pipeline.bootstrap, decisions_topic, baseline)
-        per_transaction = Counter(
+        decisions_by_id = Counter(
             {t: c for t, c in decisions.transactions.items() if t in accepted_ids}
         )
         accepted_us = np.array([r[1] for r in rows], dtype=np.int64)
@@ -348,8 +351,8 @@ class EndToEnd:
             "errors": dict(stats.errors),
             "retries": stats.retries,
             "missing": len(accepted_ids - applied_ids),
-            "decisions_per_transaction_max": max(per_transaction.values(), default=0),
-            "duplicate_decisions": sum(c - 1 for c in per_transaction.values() if c > 1),
+            "decisions_per_transaction_max": max(decisions_by_id.values(), default=0),
+            "duplicate_decisions": sum(c - 1 for c in decisions_by_id.values() if c > 1),
             "exactly_one_applied": accepted_ids <= applied_ids,
             "drain_seconds": round(drain, 2) if drain is not None else None,
             "backlog_max": max((b for _, b in outcome.backlog), default=0),
@@ -358,7 +361,7 @@ class EndToEnd:
             "accepted_to_decided_ms": percentiles((decided_us - accepted_us) / 1000),
             "accepted_to_applied_ms": percentiles((applied_us - accepted_us) / 1000),
             "usage": usage,
-            "per_transaction": per_transaction_costs(usage, stats.accepted),
+            "per_transaction": per_transaction_costs(through_drain, stats.accepted),
             **({"profiles": profiles} if profiles else {}),
         }
 
@@ -371,7 +374,8 @@ def per_transaction_costs(
     usage: dict[str, dict[str, float]], transactions: int
 ) -> dict[str, float] | None:
     """CPU (ms) and context switches per accepted transaction, summed over every process of
-    the run (the broker and the load generator included), and the kernel's share of the CPU."""
+    the run (the local broker's too, when it runs on this machine, and the load generator's),
+    and the kernel's share of the CPU."""
     if transactions <= 0:
         return None
     cpu = sum(values["cpu_seconds"] for values in usage.values())

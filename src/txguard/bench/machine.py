@@ -8,7 +8,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -93,12 +93,14 @@ def git_commit(repository: Path) -> dict[str, Any]:
 @dataclass(frozen=True)
 class ProcessUsage:
     """CPU seconds (user + system) a process has used so far, the kernel's (system) part of
-    them, its context switches (voluntary and not) and its peak resident memory."""
+    them, its context switches (voluntary and not; per live thread, by thread id, when read
+    from /proc) and its peak resident memory."""
 
     cpu_seconds: float
     peak_rss_mib: float
     kernel_cpu_seconds: float = 0.0
     context_switches: int = 0
+    thread_switches: dict[int, int] = field(default_factory=dict)
 
 
 def process_usage(pid: int) -> ProcessUsage | None:
@@ -118,29 +120,34 @@ def process_usage(pid: int) -> ProcessUsage | None:
         if line.startswith("VmHWM:"):
             peak_kib = int(line.split()[1])
             break
+    threads = _thread_switches(pid)
     return ProcessUsage(
         cpu_seconds=cpu,
         peak_rss_mib=peak_kib / 1024,
         kernel_cpu_seconds=kernel,
-        context_switches=_thread_switches(pid),
+        context_switches=sum(threads.values()),
+        thread_switches=threads,
     )
 
 
-def _thread_switches(pid: int) -> int:
-    """Context switches of the process's threads alive now (exited threads' are not kept)."""
-    switches = 0
+def _thread_switches(pid: int) -> dict[int, int]:
+    """Context switches of each of the process's threads alive now, by thread id (Linux keeps
+    no count of the threads that have exited)."""
+    switches: dict[int, int] = {}
     try:
         tasks = list((_PROC / str(pid) / "task").iterdir())
     except OSError:
-        return 0
+        return switches
     for task in tasks:
         try:
             lines = (task / "status").read_text().splitlines()
         except OSError:
             continue
-        for line in lines:
-            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                switches += int(line.split()[1])
+        switches[int(task.name)] = sum(
+            int(line.split()[1])
+            for line in lines
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
+        )
     return switches
 
 
@@ -209,13 +216,25 @@ def wake_up_round_trip_us(round_trips: int = _WAKE_UP_ROUND_TRIPS) -> float | No
 
 def usage_between(before: ProcessUsage, after: ProcessUsage, seconds: float) -> dict[str, float]:
     """What a process used between two readings `seconds` apart: CPU seconds, its share of one
-    core, the kernel's part, context switches, and the peak RSS (MiB) of the later reading."""
+    core, the kernel's part, context switches, and the peak RSS (MiB) of the later reading.
+
+    Read per thread, the context switches are those of the threads alive at the later reading
+    since the earlier one (or since they started): a thread that exited in between is missing.
+    """
     cpu = after.cpu_seconds - before.cpu_seconds
+    if after.thread_switches:
+        earlier = before.thread_switches
+        switches = sum(
+            max(0, count - earlier.get(thread, 0))
+            for thread, count in after.thread_switches.items()
+        )
+    else:
+        switches = after.context_switches - before.context_switches
     return {
         "cpu_seconds": round(cpu, 2),
         "cpu_percent": round(100 * cpu / seconds, 1) if seconds > 0 else 0.0,
         "kernel_cpu_seconds": round(after.kernel_cpu_seconds - before.kernel_cpu_seconds, 2),
-        "context_switches": after.context_switches - before.context_switches,
+        "context_switches": switches,
         "peak_rss_mib": round(after.peak_rss_mib, 1),
     }
 

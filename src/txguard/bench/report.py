@@ -415,9 +415,12 @@ def _end_to_end_section(e2e: Mapping[str, Any] | None) -> list[str]:
     lines += [
         "### CPU per transaction, and CPU (share of one core) and peak RSS per process, per run",
         "",
-        "CPU and context switches are summed over every process of the run (the broker and the "
-        "load generator included) and divided by the transactions accepted; kernel share: the "
-        "part of that CPU spent in the kernel (system time).",
+        "CPU per transaction and context switches per transaction: summed over every process "
+        "of the run from the start of the load until everything accepted is applied (the local "
+        "broker included, and the load generator until the load ends), divided by the "
+        "transactions accepted; context switches are counted for the threads alive at the end. "
+        "Kernel share: the part of that CPU spent in the kernel (system time). CPU share and "
+        "peak RSS per process: over the load only.",
         "",
     ]
     runs = {**e2e["fixed"], **{f"step {i + 1}": r for i, r in enumerate(step_up.get("steps", []))}}
