@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from txguard.bench.end_to_end import per_transaction_costs
 from txguard.bench.machine import (
     ProcessUsage,
+    pid_listening_on,
     process_usage,
     usage_between,
     wake_up_round_trip_us,
@@ -102,3 +107,28 @@ def test_a_wake_up_round_trip_is_measured() -> None:
     round_trip = wake_up_round_trip_us(round_trips=200)
     assert round_trip is not None
     assert 0 < round_trip < 100_000
+
+
+def test_the_listener_is_found_though_one_of_its_descriptors_closes_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_readlink = os.readlink
+    own_fds = f"/proc/{os.getpid()}/fd/"
+    closed: list[str] = []
+
+    def readlink(path: Any) -> str:
+        # The first descriptor of this process read goes away between listing and reading.
+        if str(path).startswith(own_fds) and not closed:
+            closed.append(str(path))
+            raise FileNotFoundError(path)
+        return real_readlink(path)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        # Another descriptor, listed before the listener's.
+        with open(os.devnull) as _other:
+            monkeypatch.setattr("txguard.bench.machine.os.readlink", readlink)
+            assert pid_listening_on(port) == os.getpid()
+    assert closed

@@ -302,11 +302,18 @@ def pid_listening_on(port: int) -> int | None:
         if not entry.name.isdigit():
             continue
         try:
-            for fd in (entry / "fd").iterdir():
-                if os.readlink(fd) in wanted:
-                    return int(entry.name)
+            fds = list((entry / "fd").iterdir())
         except OSError:
             continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                # Closed since the listing (a busy broker opens and closes files all the
+                # time): the other descriptors are still worth reading.
+                continue
+            if target in wanted:
+                return int(entry.name)
     return None
 
 
