@@ -96,6 +96,9 @@ def test_smoke_run_writes_sane_results(
         for run in runs
     )
     assert results["meta"]["machine"]["wake_up_round_trip_us"] > 0
+    # The cluster holds at least txguard's own topics, each with its partitions.
+    cluster = results["meta"]["cluster_at_start"]
+    assert cluster["partitions"] >= cluster["topics"] >= 7
     assert "CPU ms per transaction" in (output / RESULTS_MARKDOWN).read_text()
     # A run of its own in the latency target's mode was profiled, every service of it; the
     # measured runs were not.

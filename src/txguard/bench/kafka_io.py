@@ -46,6 +46,17 @@ def partition_count(bootstrap: str, topic: str) -> int:
     return len(found.partitions)
 
 
+def cluster_size(bootstrap: str) -> dict[str, int]:
+    """Topics and partitions the cluster holds: each partition costs a co-located broker work
+    (and memory) even while idle, so a crowded local broker is a different machine."""
+    with make_admin(bootstrap) as admin:
+        topics = admin.list_topics(timeout=30).topics
+    return {
+        "topics": len(topics),
+        "partitions": sum(len(topic.partitions) for topic in topics.values()),
+    }
+
+
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
     """A plain delete-policy topic for the benchmark's own traffic (idempotent)."""
     with make_admin(bootstrap) as admin:

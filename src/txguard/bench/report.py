@@ -161,6 +161,7 @@ def _usage_cells(usage: Mapping[str, Mapping[str, float]] | None) -> str:
 def markdown(results: Mapping[str, Any]) -> str:
     meta = results.get("meta", {})
     machine = meta.get("machine", {})
+    cluster = meta.get("cluster_at_start", {})
     lines = [
         "# txguard benchmark",
         "",
@@ -176,6 +177,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(meta.get("versions", {}).items())),
         f"- load average (1 min) at start / end: {meta.get('load_average_start', '-')} / "
         f"{meta.get('load_average_end', '-')} (other work on the machine shares its cores)",
+        f"- Kafka cluster at start: {_n(cluster.get('topics'))} topics, "
+        f"{_n(cluster.get('partitions'))} partitions (topics left by other runs cost a "
+        "co-located broker CPU too)",
         "",
     ]
     if meta.get("mode") == "smoke":

@@ -30,7 +30,7 @@ from txguard.bench import machine
 from txguard.bench.ceiling import passthrough_ceiling, produce_ceiling
 from txguard.bench.detector_bench import run_detector
 from txguard.bench.end_to_end import run_end_to_end
-from txguard.bench.kafka_io import BenchKafkaError, delete_topics
+from txguard.bench.kafka_io import BenchKafkaError, cluster_size, delete_topics
 from txguard.bench.peer import create_peer_venv, peer_python, run_peer
 from txguard.bench.reference_check import check_against_reference
 from txguard.bench.report import TargetsError, load_targets, update_readme, write_report
@@ -203,6 +203,10 @@ def run_bench(settings: Settings, options: BenchOptions) -> int:
     }
     try:
         with running_kafka(settings) as bootstrap:
+            try:
+                results["meta"]["cluster_at_start"] = cluster_size(bootstrap)
+            except KafkaException as exc:
+                _say(f"could not count the cluster's topics: {exc}")
             bench = _Bench(bootstrap, namespaced(settings, namespace), sizes, work_dir, results)
             try:
                 bench.run(scenarios, options)
