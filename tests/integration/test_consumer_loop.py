@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from confluent_kafka import Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.support import wait_until
+from txguard.bench.kafka_io import create_topic
 from txguard.kafka.clients import make_consumer, make_producer
 from txguard.kafka.consumer_loop import poll_batch, subscribe
 
@@ -22,14 +22,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 RECORDS_PER_PARTITION = 20
-
-
-def _new_topic(bootstrap: str, partitions: int) -> str:
-    topic = f"test-consumer-loop-{uuid.uuid4().hex}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
-        future.result(timeout=30)
-    return topic
 
 
 def _fill(bootstrap: str, topic: str, partitions: int) -> None:
@@ -51,7 +43,8 @@ def test_a_batch_holds_no_record_of_a_partition_revoked_while_it_was_gathered(
     kafka_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
     bootstrap = kafka_broker.bootstrap
-    topic = _new_topic(bootstrap, 2)
+    topic = f"test-consumer-loop-{uuid.uuid4().hex}"
+    create_topic(bootstrap, topic, 2)
     group = f"test-consumer-loop-{uuid.uuid4().hex}"
     revoked: list[TopicPartition] = []
     # Heartbeats every 0.5 s: the first consumer learns of the rebalance soon after the join.

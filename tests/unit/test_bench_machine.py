@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.support import wait_until
 from txguard.bench.end_to_end import per_transaction_costs
 from txguard.bench.machine import (
     ProcessUsage,
@@ -39,7 +38,7 @@ def test_a_process_reading_counts_the_context_switches_of_each_thread() -> None:
     thread.start()
     try:
         answered.set()
-        wait_for(lambda: bool(thread_id))
+        wait_until(lambda: bool(thread_id), timeout=10)
         before = process_usage(os.getpid())
         # The thread sleeps until woken, 50 times: it is switched out and in at least 50 times.
         for _ in range(50):
@@ -58,13 +57,6 @@ def test_a_process_reading_counts_the_context_switches_of_each_thread() -> None:
     assert usage_between(before, after, 1.0)["context_switches"] >= 50
     assert after.context_switches == sum(after.thread_switches.values())
     assert 0 <= after.kernel_cpu_seconds <= after.cpu_seconds
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
 
 
 def test_switches_of_threads_started_between_readings_count_whole() -> None:
