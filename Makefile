@@ -12,7 +12,8 @@ PROMTOOL ?= promtool
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The detector's C extension is compiled by the install: a change to its source installs again.
+$(STAMP): pyproject.toml src/txguard/fraud/_wire.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "txguard needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -73,3 +74,4 @@ demo: install kafka-jars
 clean:
 	-$(BIN)/txguard kafka down
 	rm -rf $(VENV) .venv-quix .txguard .mypy_cache .pytest_cache .ruff_cache
+	rm -f src/txguard/*/*.so

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from txguard.fraud import _wire
 from txguard.fraud.feature_batch import TransactionRow
 from txguard.fraud.features import ALL_FEATURES
 from txguard.fraud.scoring import ScoreResult
@@ -139,6 +140,19 @@ def _ids(event_id: bytes, transaction_id: bytes, account_id: bytes) -> bytes:
     )
 
 
+_SCHEMA_HEADERS = ((HEADER_SCHEMA, _SCHEMA), (HEADER_SCHEMA_VERSION, SCHEMA_VERSION))
+
+
+def _versions_and_time(model_version: str, rules_version: str, decided_at_us: int) -> bytes:
+    """Fields 8 to 10, the same for a whole batch."""
+    decided_seconds, decided_micros = divmod(decided_at_us, 1_000_000)
+    return (
+        _string(_MODEL_VERSION, model_version)
+        + _string(_RULES_VERSION, rules_version)
+        + _timestamp(_DECIDED_AT, decided_seconds, decided_micros * 1000)
+    )
+
+
 class DecisionWriter:
     """Encodes a batch's decisions as records for the decisions topic."""
 
@@ -157,17 +171,51 @@ class DecisionWriter:
         shadow_model_version: str = "",
         features: Sequence[Sequence[float]] | None = None,
     ) -> list[OutgoingRecord]:
-        """One record per row: key = account id, value = the FraudDecision, txguard headers."""
-        decided_seconds, decided_micros = divmod(decided_at_us, 1_000_000)
-        # Fields 8 to 10, the same for the whole batch.
-        versions_and_time = (
-            _string(_MODEL_VERSION, model_version)
-            + _string(_RULES_VERSION, rules_version)
-            + _timestamp(_DECIDED_AT, decided_seconds, decided_micros * 1000)
+        """One record per row: key = account id, value = the FraudDecision, txguard headers.
+
+        Without features, the C extension `txguard.fraud._wire` writes them, byte for byte as
+        `records_in_python` does."""
+        if features is not None:
+            return self.records_in_python(
+                rows,
+                results,
+                outcomes,
+                model_version=model_version,
+                rules_version=rules_version,
+                decided_at_us=decided_at_us,
+                shadow_model_version=shadow_model_version,
+                features=features,
+            )
+        return _wire.encode_decisions(
+            rows,
+            results,
+            outcomes,
+            new_random_ascii_ids(len(rows)),
+            _versions_and_time(model_version, rules_version, decided_at_us),
+            _string(_SHADOW_MODEL_VERSION, shadow_model_version),
+            self.topic,
+            OutgoingRecord,
+            HEADER_EVENT_ID,
+            _SCHEMA_HEADERS,
         )
+
+    def records_in_python(
+        self,
+        rows: Sequence[TransactionRow],
+        results: Sequence[ScoreResult],
+        outcomes: Sequence[int],
+        *,
+        model_version: str,
+        rules_version: str,
+        decided_at_us: int,
+        shadow_model_version: str = "",
+        features: Sequence[Sequence[float]] | None = None,
+    ) -> list[OutgoingRecord]:
+        """`records`, written field by field in Python (the definition the C extension follows)."""
+        versions_and_time = _versions_and_time(model_version, rules_version, decided_at_us)
         shadow_version = _string(_SHADOW_MODEL_VERSION, shadow_model_version)
         topic = self.topic
-        schema_headers = ((HEADER_SCHEMA, _SCHEMA), (HEADER_SCHEMA_VERSION, SCHEMA_VERSION))
+        schema_headers = _SCHEMA_HEADERS
         outcome_fields = {
             outcome: _OUTCOME + varint(outcome) for outcome in set(outcomes) if outcome
         }

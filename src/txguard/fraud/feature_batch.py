@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
+from txguard.fraud import _wire
 from txguard.fraud.features import (
     ALL_FEATURES,
     DAY_MS,
@@ -187,7 +188,22 @@ def _row(
 def decode_rows(
     records: Sequence[Message], fallback: Callable[[Message], TransactionRow | None]
 ) -> list[TransactionRow]:
-    """The rows of a batch's records, in their order.
+    """The rows of a batch's records, in their order: `decode_rows_in_python`'s rows, read by
+    the C extension `txguard.fraud._wire`, which decodes the usual records' Protobuf itself."""
+    return _wire.decode_rows(
+        records,
+        fallback,
+        TransactionRow,
+        HEADER_EVENT_ID,
+        TRANSACTION_SCHEMA_HEADER,
+        SCHEMA_VERSION_HEADER,
+    )
+
+
+def decode_rows_in_python(
+    records: Sequence[Message], fallback: Callable[[Message], TransactionRow | None]
+) -> list[TransactionRow]:
+    """The rows of a batch's records, in their order (the definition `decode_rows` follows).
 
     A record as txguard writes it (exactly its three headers, in its order: two comparisons
     instead of a search per header) that decodes and passes `check_transaction`'s condition is

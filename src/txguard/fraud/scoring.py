@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 import numpy as np
 
 from txguard.config import Settings
+from txguard.fraud import _wire
 from txguard.fraud.feature_batch import FeatureBatch
 from txguard.fraud.features import ALL_FEATURES
 from txguard.fraud.models.artifact import LoadedModel
@@ -153,52 +154,48 @@ class ModelScorer:
         feature_totals = np.where(positive, top_shares, 0.0).sum(axis=1)
         top_values = features[each_row, top].tolist()
         fired = rule_hits_by_row(self.rules, batch)
-        codes, labels = self._reason_codes, self._reason_labels
-        new_tuple = tuple.__new__
         # Each reason's share of its row's positive total (rows where rules fired are redone;
         # a row without a positive total names no feature).
         top_fractions = (
             top_shares / np.where(feature_totals > 0, feature_totals, 1.0)[:, None]
         ).tolist()
-        results: list[ScoreResult] = []
-        for row, (columns, fractions, values, is_positive) in enumerate(
-            zip(top.tolist(), top_fractions, top_values, positive.tolist(), strict=True)
-        ):
-            hits = fired.get(row)
-            if hits:
-                results.append(
-                    self._with_rules(
-                        float(model_scores[row]),
-                        hits,
-                        float(feature_totals[row]),
-                        [
-                            (codes[column], f"{labels[column]}{value:g}", share)
-                            for column, share, value, keep in zip(
-                                columns, top_shares[row].tolist(), values, is_positive, strict=True
-                            )
-                            if keep
-                        ],
-                        None if shadow_scores is None else shadow_scores[row],
-                    )
-                )
-                continue
-            # tuple.__new__ skips the named tuples' Python-level constructors.
-            reasons = tuple(
+        top_columns = top.tolist()
+        is_positive = positive.tolist()
+        # The rows where no rule fired, in C (`_wire.model_results`): a ScoreResult of the model's
+        # score and, per kept column, ReasonScore(code, f"{label}{value:g}", fraction).
+        results: list[ScoreResult | None] = _wire.model_results(
+            scores,
+            shadow_scores,
+            top_columns,
+            top_fractions,
+            top_values,
+            is_positive,
+            self._reason_codes,
+            self._reason_labels,
+            fired,
+            ScoreResult,
+            ReasonScore,
+        )
+        codes, labels = self._reason_codes, self._reason_labels
+        for row, hits in fired.items():
+            results[row] = self._with_rules(
+                float(model_scores[row]),
+                hits,
+                float(feature_totals[row]),
                 [
-                    new_tuple(ReasonScore, (codes[column], f"{labels[column]}{value:g}", fraction))
-                    for column, fraction, value, keep in zip(
-                        columns, fractions, values, is_positive, strict=True
+                    (codes[column], f"{labels[column]}{value:g}", share)
+                    for column, share, value, keep in zip(
+                        top_columns[row],
+                        top_shares[row].tolist(),
+                        top_values[row],
+                        is_positive[row],
+                        strict=True,
                     )
                     if keep
-                ]
+                ],
+                None if shadow_scores is None else shadow_scores[row],
             )
-            results.append(
-                new_tuple(
-                    ScoreResult,
-                    (scores[row], reasons, None if shadow_scores is None else shadow_scores[row]),
-                )
-            )
-        return results
+        return cast(list[ScoreResult], results)
 
     @staticmethod
     def _with_rules(

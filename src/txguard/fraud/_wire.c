@@ -1,0 +1,853 @@
+/* The detector's per-record wire work in C: reading TransactionCreated records into rows and
+ * writing FraudDecision records.
+ *
+ * `txguard.fraud.wire_speedups` explains when these run; the Python functions they stand in for
+ * (`feature_batch.decode_rows` and `DecisionWriter.records`) are their definition, and the tests
+ * check that both give the same rows and the same bytes.
+ *
+ * The reader takes only what it can read exactly as the protobuf library would: a record with a
+ * field it does not expect the way it comes (a repeated field, an unexpected wire type, a group,
+ * a nested decision, text that is not UTF-8) goes to the caller's fallback, which reads it the
+ * general way and decides what it is (a row, a watermark, a poison record).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------------------------------- */
+/* Reading                                                                                   */
+
+typedef struct {
+    const uint8_t *p;
+    const uint8_t *end;
+} Reader;
+
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t size;
+    int seen;
+} Span;
+
+/* A base-128 varint of at most 10 bytes, the tenth holding only the 64th bit. */
+static int read_varint(Reader *r, uint64_t *out) {
+    uint64_t value = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (r->p >= r->end) {
+            return 0;
+        }
+        uint8_t byte = *r->p++;
+        if (shift == 63 && byte > 1) {
+            return 0;
+        }
+        value |= (uint64_t)(byte & 0x7F) << shift;
+        if (!(byte & 0x80)) {
+            *out = value;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int read_tag(Reader *r, uint32_t *field, uint32_t *wire_type) {
+    uint64_t tag;
+    if (!read_varint(r, &tag) || tag > 0xFFFFFFFFu) {
+        return 0;
+    }
+    *field = (uint32_t)(tag >> 3);
+    *wire_type = (uint32_t)(tag & 7);
+    return *field != 0;
+}
+
+static int read_span(Reader *r, Span *span) {
+    uint64_t size;
+    if (!read_varint(r, &size) || size > (uint64_t)(r->end - r->p)) {
+        return 0;
+    }
+    span->data = r->p;
+    span->size = (Py_ssize_t)size;
+    r->p += size;
+    return 1;
+}
+
+/* Skips a field of a wire type that carries no group. */
+static int skip_field(Reader *r, uint32_t wire_type) {
+    uint64_t ignored;
+    Span span;
+    switch (wire_type) {
+    case 0:
+        return read_varint(r, &ignored);
+    case 1:
+        if (r->end - r->p < 8) {
+            return 0;
+        }
+        r->p += 8;
+        return 1;
+    case 2:
+        return read_span(r, &span);
+    case 5:
+        if (r->end - r->p < 4) {
+            return 0;
+        }
+        r->p += 4;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* A string field once: its bytes. */
+static int take_once(Reader *r, uint32_t wire_type, Span *span) {
+    if (wire_type != 2 || span->seen) {
+        return 0;
+    }
+    span->seen = 1;
+    return read_span(r, span);
+}
+
+static int is_utf8(const Span *span) {
+    for (Py_ssize_t i = 0; i < span->size; i++) {
+        if (span->data[i] & 0x80) {
+            PyObject *text = PyUnicode_DecodeUTF8((const char *)span->data, span->size, "strict");
+            if (text == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            Py_DECREF(text);
+            return 1;
+        }
+    }
+    return 1;
+}
+
+typedef struct {
+    int64_t seconds;
+    int32_t nanos;
+} Timestamp;
+
+/* A google.protobuf.Timestamp holding no field but its two, each at most once. */
+static int read_timestamp(const Span *span, Timestamp *out) {
+    Reader r = {span->data, span->data + span->size};
+    int seen_seconds = 0, seen_nanos = 0;
+    out->seconds = 0;
+    out->nanos = 0;
+    while (r.p < r.end) {
+        uint32_t field, wire_type;
+        uint64_t value;
+        if (!read_tag(&r, &field, &wire_type) || wire_type != 0 || !read_varint(&r, &value)) {
+            return 0;
+        }
+        if (field == 1 && !seen_seconds) {
+            seen_seconds = 1;
+            out->seconds = (int64_t)value;
+        } else if (field == 2 && !seen_nanos) {
+            seen_nanos = 1;
+            out->nanos = (int32_t)(uint32_t)value;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+typedef struct {
+    Span event_id, transaction, transaction_id, account_id, currency, terminal_id;
+    Span occurred_at, accepted_at;
+    int64_t amount_minor;
+    int seen_amount;
+} Event;
+
+/* TransactionCreated's fields that a row needs; 0 when the record needs the general reader. */
+static int read_event(const uint8_t *data, Py_ssize_t size, Event *event) {
+    memset(event, 0, sizeof(*event));
+    Reader r = {data, data + size};
+    while (r.p < r.end) {
+        uint32_t field, wire_type;
+        if (!read_tag(&r, &field, &wire_type)) {
+            return 0;
+        }
+        int ok;
+        switch (field) {
+        case 1:
+            ok = take_once(&r, wire_type, &event->event_id);
+            break;
+        case 2:
+            ok = take_once(&r, wire_type, &event->transaction);
+            break;
+        default:
+            ok = skip_field(&r, wire_type);
+        }
+        if (!ok) {
+            return 0;
+        }
+    }
+    if (!event->transaction.seen) {
+        return 0;
+    }
+    Reader t = {event->transaction.data, event->transaction.data + event->transaction.size};
+    Span other;
+    while (t.p < t.end) {
+        uint32_t field, wire_type;
+        if (!read_tag(&t, &field, &wire_type)) {
+            return 0;
+        }
+        int ok;
+        switch (field) {
+        case 1:
+            ok = take_once(&t, wire_type, &event->transaction_id);
+            break;
+        case 4:
+            ok = take_once(&t, wire_type, &event->account_id);
+            break;
+        case 5: {
+            uint64_t value = 0;
+            ok = wire_type == 0 && !event->seen_amount && read_varint(&t, &value);
+            event->seen_amount = 1;
+            event->amount_minor = (int64_t)value;
+            break;
+        }
+        case 6:
+            ok = take_once(&t, wire_type, &event->currency);
+            break;
+        case 7:
+            ok = take_once(&t, wire_type, &event->terminal_id);
+            break;
+        case 15:
+            ok = take_once(&t, wire_type, &event->occurred_at);
+            break;
+        case 16:
+            ok = take_once(&t, wire_type, &event->accepted_at);
+            break;
+        case 2: case 3: case 8: case 9: case 10: case 11: case 13: case 14:
+            /* Strings the row does not hold: the protobuf library checks their UTF-8 too. */
+            other.seen = 0;
+            ok = take_once(&t, wire_type, &other) && is_utf8(&other);
+            break;
+        case 12: case 17: {
+            uint64_t ignored;
+            ok = wire_type == 0 && read_varint(&t, &ignored);
+            break;
+        }
+        case 18:
+            ok = 0; /* A nested decision: the general reader checks it. */
+            break;
+        default:
+            ok = skip_field(&t, wire_type);
+        }
+        if (!ok) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Writing                                                                                   */
+
+typedef struct {
+    uint8_t *data;
+    Py_ssize_t size;
+    Py_ssize_t capacity;
+} Buffer;
+
+static int reserve(Buffer *b, Py_ssize_t more) {
+    if (b->size + more <= b->capacity) {
+        return 1;
+    }
+    Py_ssize_t capacity = b->capacity ? b->capacity : 256;
+    while (capacity < b->size + more) {
+        capacity *= 2;
+    }
+    uint8_t *data = PyMem_Realloc(b->data, (size_t)capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    b->data = data;
+    b->capacity = capacity;
+    return 1;
+}
+
+static int put_bytes(Buffer *b, const void *data, Py_ssize_t size) {
+    if (!reserve(b, size)) {
+        return 0;
+    }
+    memcpy(b->data + b->size, data, (size_t)size);
+    b->size += size;
+    return 1;
+}
+
+static int put_byte(Buffer *b, uint8_t byte) {
+    return put_bytes(b, &byte, 1);
+}
+
+static int put_varint(Buffer *b, uint64_t value) {
+    uint8_t out[10];
+    int n = 0;
+    while (value > 0x7F) {
+        out[n++] = (uint8_t)(value & 0x7F) | 0x80;
+        value >>= 7;
+    }
+    out[n++] = (uint8_t)value;
+    return put_bytes(b, out, n);
+}
+
+static int put_double(Buffer *b, uint8_t tag, double value) {
+    uint8_t out[9];
+    out[0] = tag;
+    memcpy(out + 1, &value, 8); /* little-endian machines only: checked at import */
+    return put_bytes(b, out, 9);
+}
+
+static int put_field(Buffer *b, uint8_t tag, const char *data, Py_ssize_t size) {
+    return put_byte(b, tag) && put_varint(b, (uint64_t)size) && put_bytes(b, data, size);
+}
+
+static Py_ssize_t varint_size(uint64_t value) {
+    Py_ssize_t n = 1;
+    while (value > 0x7F) {
+        value >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* A Timestamp as the protobuf library writes it: fields left out when zero. */
+static PyObject *timestamp_bytes(const Timestamp *ts) {
+    Buffer b = {0};
+    PyObject *result = NULL;
+    if ((ts->seconds == 0 || (put_byte(&b, 0x08) && put_varint(&b, (uint64_t)ts->seconds))) &&
+        (ts->nanos == 0 ||
+         (put_byte(&b, 0x10) && put_varint(&b, (uint64_t)(int64_t)ts->nanos)))) {
+        result = PyBytes_FromStringAndSize((const char *)b.data, b.size);
+    }
+    PyMem_Free(b.data);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* decode_rows                                                                               */
+
+static PyObject *str_headers, *str_value, *str_partition, *str_offset;
+
+/* Python's a // b. */
+static int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+/* The row of a record whose headers and value the fast path reads; NULL with no error set when
+ * the record needs the fallback. */
+static PyObject *fast_row(PyObject *message, PyTypeObject *row_type, PyObject *event_header,
+                          PyObject *schema_header, PyObject *version_header) {
+    PyObject *headers = PyObject_CallMethodNoArgs(message, str_headers);
+    if (headers == NULL) {
+        return NULL;
+    }
+    int layout = PyList_CheckExact(headers) && PyList_GET_SIZE(headers) == 3;
+    if (layout) {
+        PyObject *first = PyList_GET_ITEM(headers, 0);
+        int equal = PyObject_RichCompareBool(PyList_GET_ITEM(headers, 1), schema_header, Py_EQ);
+        if (equal == 1) {
+            equal = PyObject_RichCompareBool(PyList_GET_ITEM(headers, 2), version_header, Py_EQ);
+        }
+        if (equal == 1) {
+            equal = PyTuple_Check(first) && PyTuple_GET_SIZE(first) >= 1
+                        ? PyObject_RichCompareBool(PyTuple_GET_ITEM(first, 0), event_header, Py_EQ)
+                        : 0;
+        }
+        if (equal < 0) {
+            Py_DECREF(headers);
+            return NULL;
+        }
+        layout = equal;
+    }
+    Py_DECREF(headers);
+    if (!layout) {
+        return NULL;
+    }
+    PyObject *value = PyObject_CallMethodNoArgs(message, str_value);
+    if (value == NULL) {
+        return NULL;
+    }
+    Event event;
+    Timestamp occurred, accepted;
+    if (!PyBytes_CheckExact(value) ||
+        !read_event((const uint8_t *)PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), &event) ||
+        /* `check_transaction`'s condition for a valid transaction */
+        event.event_id.size == 0 || event.transaction_id.size == 0 ||
+        event.account_id.size == 0 || event.currency.size == 0 || event.amount_minor < 0 ||
+        !event.occurred_at.seen || !event.accepted_at.seen ||
+        !read_timestamp(&event.occurred_at, &occurred) ||
+        !read_timestamp(&event.accepted_at, &accepted) ||
+        /* milliseconds that int64 holds */
+        occurred.seconds > INT64_MAX / 1000 - 1 || occurred.seconds < INT64_MIN / 1000 + 1) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    /* The texts first: one that is not UTF-8 sends the record to the fallback. */
+    PyObject *items[12] = {NULL};
+    const Span *texts[5] = {&event.event_id, &event.transaction_id, &event.account_id,
+                            &event.currency, &event.terminal_id};
+    const int slots[5] = {1, 2, 3, 5, 6};
+    for (int i = 0; i < 5; i++) {
+        items[slots[i]] =
+            PyUnicode_DecodeUTF8((const char *)texts[i]->data, texts[i]->size, "strict");
+        if (items[slots[i]] == NULL) {
+            for (int j = 0; j < i; j++) {
+                Py_DECREF(items[slots[j]]);
+            }
+            Py_DECREF(value);
+            if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                PyErr_Clear();
+            }
+            return NULL;
+        }
+    }
+    Py_DECREF(value);
+    items[0] = PyObject_CallMethodNoArgs(message, str_partition);
+    items[4] = items[0] ? PyLong_FromLongLong(event.amount_minor) : NULL;
+    items[7] = items[4] ? PyLong_FromLongLong(occurred.seconds * 1000 +
+                                              floor_div(occurred.nanos, 1000000))
+                        : NULL;
+    items[8] = items[7] ? PyFloat_FromDouble((double)accepted.seconds +
+                                             (double)accepted.nanos / 1e9)
+                        : NULL;
+    items[9] = items[8] ? timestamp_bytes(&occurred) : NULL;
+    items[10] = items[9] ? timestamp_bytes(&accepted) : NULL;
+    items[11] = items[10] ? PyObject_CallMethodNoArgs(message, str_offset) : NULL;
+    if (items[11] == NULL) {
+        for (int i = 0; i < 12; i++) {
+            Py_XDECREF(items[i]);
+        }
+        return NULL;
+    }
+    PyObject *row = row_type->tp_alloc(row_type, 12);
+    if (row == NULL) {
+        for (int i = 0; i < 12; i++) {
+            Py_DECREF(items[i]);
+        }
+        return NULL;
+    }
+    for (int i = 0; i < 12; i++) {
+        PyTuple_SET_ITEM(row, i, items[i]);
+    }
+    return row;
+}
+
+static PyObject *decode_rows(PyObject *module, PyObject *args) {
+    PyObject *records, *fallback, *event_header, *schema_header, *version_header;
+    PyTypeObject *row_type;
+    if (!PyArg_ParseTuple(args, "OOO!OOO", &records, &fallback, &PyType_Type, &row_type,
+                          &event_header, &schema_header, &version_header)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype(row_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "row_type must be a tuple type");
+        return NULL;
+    }
+    PyObject *sequence = PySequence_Fast(records, "records must be a sequence");
+    if (sequence == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
+    PyObject *rows = PyList_New(0);
+    if (rows == NULL) {
+        Py_DECREF(sequence);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *message = PySequence_Fast_GET_ITEM(sequence, i);
+        PyObject *row = fast_row(message, row_type, event_header, schema_header, version_header);
+        if (row == NULL) {
+            if (PyErr_Occurred()) {
+                goto error;
+            }
+            row = PyObject_CallOneArg(fallback, message);
+            if (row == NULL) {
+                goto error;
+            }
+            if (row == Py_None) {
+                Py_DECREF(row);
+                continue;
+            }
+        }
+        int appended = PyList_Append(rows, row);
+        Py_DECREF(row);
+        if (appended < 0) {
+            goto error;
+        }
+    }
+    Py_DECREF(sequence);
+    return rows;
+error:
+    Py_DECREF(sequence);
+    Py_DECREF(rows);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* encode_decisions                                                                          */
+
+static int put_text(Buffer *b, uint8_t tag, PyObject *text, int always) {
+    Py_ssize_t size;
+    const char *data = PyUnicode_AsUTF8AndSize(text, &size);
+    if (data == NULL) {
+        return 0;
+    }
+    return (size == 0 && !always) || put_field(b, tag, data, size);
+}
+
+/* One Reason (code, description, contribution), as `decision_wire._reason` writes it. */
+static int put_reason(Buffer *b, PyObject *reason) {
+    if (!PyTuple_Check(reason) || PyTuple_GET_SIZE(reason) != 3) {
+        PyErr_SetString(PyExc_TypeError, "a reason must be a (code, description, share) tuple");
+        return 0;
+    }
+    Py_ssize_t code_size, text_size;
+    const char *code = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(reason, 0), &code_size);
+    if (code == NULL) {
+        return 0;
+    }
+    const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(reason, 1), &text_size);
+    if (text == NULL) {
+        return 0;
+    }
+    double contribution = PyFloat_AsDouble(PyTuple_GET_ITEM(reason, 2));
+    if (contribution == -1.0 && PyErr_Occurred()) {
+        return 0;
+    }
+    Py_ssize_t body = (code_size ? 1 + varint_size((uint64_t)code_size) + code_size : 0) +
+                      (text_size ? 1 + varint_size((uint64_t)text_size) + text_size : 0) +
+                      (contribution != 0.0 ? 9 : 0);
+    return put_byte(b, 0x3a) && put_varint(b, (uint64_t)body) &&
+           (code_size == 0 || put_field(b, 0x0a, code, code_size)) &&
+           (text_size == 0 || put_field(b, 0x12, text, text_size)) &&
+           (contribution == 0.0 || put_double(b, 0x19, contribution));
+}
+
+/* A decision's value, fields in number order; 0 with an exception set on failure. */
+static int put_decision(Buffer *b, PyObject *row, PyObject *result, PyObject *outcome_object,
+                        PyObject *decision_id, PyObject *versions_and_time,
+                        PyObject *shadow_version) {
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < 11 || !PyTuple_Check(result) ||
+        PyTuple_GET_SIZE(result) < 3 || !PyBytes_Check(decision_id) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(row, 9)) || !PyBytes_Check(PyTuple_GET_ITEM(row, 10))) {
+        PyErr_SetString(PyExc_TypeError, "rows, results or decision ids of the wrong type");
+        return 0;
+    }
+    double score = PyFloat_AsDouble(PyTuple_GET_ITEM(result, 0));
+    if (score == -1.0 && PyErr_Occurred()) {
+        return 0;
+    }
+    long long outcome = PyLong_AsLongLong(outcome_object);
+    if (outcome == -1 && PyErr_Occurred()) {
+        return 0;
+    }
+    PyObject *reasons = PySequence_Fast(PyTuple_GET_ITEM(result, 1), "reasons must be a sequence");
+    if (reasons == NULL) {
+        return 0;
+    }
+    int ok = put_field(b, 0x0a, PyBytes_AS_STRING(decision_id), PyBytes_GET_SIZE(decision_id)) &&
+             put_text(b, 0x12, PyTuple_GET_ITEM(row, 1), 0) &&
+             put_text(b, 0x1a, PyTuple_GET_ITEM(row, 2), 0) &&
+             put_text(b, 0x22, PyTuple_GET_ITEM(row, 3), 0) &&
+             (score == 0.0 || put_double(b, 0x29, score)) &&
+             (outcome == 0 || (put_byte(b, 0x30) && put_varint(b, (uint64_t)outcome)));
+    for (Py_ssize_t i = 0; ok && i < PySequence_Fast_GET_SIZE(reasons); i++) {
+        ok = put_reason(b, PySequence_Fast_GET_ITEM(reasons, i));
+    }
+    Py_DECREF(reasons);
+    if (!ok) {
+        return 0;
+    }
+    PyObject *accepted_at = PyTuple_GET_ITEM(row, 10), *occurred_at = PyTuple_GET_ITEM(row, 9);
+    ok = put_bytes(b, PyBytes_AS_STRING(versions_and_time), PyBytes_GET_SIZE(versions_and_time)) &&
+         put_field(b, 0x5a, PyBytes_AS_STRING(accepted_at), PyBytes_GET_SIZE(accepted_at)) &&
+         put_field(b, 0x62, PyBytes_AS_STRING(occurred_at), PyBytes_GET_SIZE(occurred_at));
+    PyObject *shadow = PyTuple_GET_ITEM(result, 2);
+    if (ok && shadow != Py_None) {
+        double shadow_score = PyFloat_AsDouble(shadow);
+        if (shadow_score == -1.0 && PyErr_Occurred()) {
+            return 0;
+        }
+        ok = (shadow_score == 0.0 || put_double(b, 0x71, shadow_score)) &&
+             put_bytes(b, PyBytes_AS_STRING(shadow_version), PyBytes_GET_SIZE(shadow_version));
+    }
+    return ok;
+}
+
+static PyObject *encode_decisions(PyObject *module, PyObject *args) {
+    PyObject *rows, *results, *outcomes, *decision_ids, *versions_and_time, *shadow_version;
+    PyObject *topic, *event_header, *schema_headers;
+    PyTypeObject *record_type;
+    if (!PyArg_ParseTuple(args, "OOOOO!O!OO!OO!", &rows, &results, &outcomes, &decision_ids,
+                          &PyBytes_Type, &versions_and_time, &PyBytes_Type, &shadow_version,
+                          &topic, &PyType_Type, &record_type, &event_header, &PyTuple_Type,
+                          &schema_headers)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype(record_type, &PyTuple_Type) || PyTuple_GET_SIZE(schema_headers) != 2) {
+        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple type, two schema headers");
+        return NULL;
+    }
+    PyObject *all[4] = {
+        PySequence_Fast(rows, "rows must be a sequence"),
+        PySequence_Fast(results, "results must be a sequence"),
+        PySequence_Fast(outcomes, "outcomes must be a sequence"),
+        PySequence_Fast(decision_ids, "decision ids must be a sequence"),
+    };
+    PyObject *records = NULL;
+    Buffer b = {0};
+    if (!all[0] || !all[1] || !all[2] || !all[3]) {
+        goto done;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(all[0]);
+    for (int i = 1; i < 4; i++) {
+        if (PySequence_Fast_GET_SIZE(all[i]) != count) {
+            PyErr_SetString(PyExc_ValueError, "rows, results, outcomes and ids differ in length");
+            goto done;
+        }
+    }
+    records = PyList_New(count);
+    if (records == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *row = PySequence_Fast_GET_ITEM(all[0], i);
+        PyObject *decision_id = PySequence_Fast_GET_ITEM(all[3], i);
+        b.size = 0;
+        if (!put_decision(&b, row, PySequence_Fast_GET_ITEM(all[1], i),
+                          PySequence_Fast_GET_ITEM(all[2], i), decision_id, versions_and_time,
+                          shadow_version)) {
+            Py_CLEAR(records);
+            goto done;
+        }
+        PyObject *key = PyUnicode_AsUTF8String(PyTuple_GET_ITEM(row, 3));
+        PyObject *value = PyBytes_FromStringAndSize((const char *)b.data, b.size);
+        PyObject *event_id = PyTuple_Pack(2, event_header, decision_id);
+        PyObject *headers = event_id ? PyList_New(3) : NULL;
+        PyObject *partition = PyLong_FromLong(-1);
+        PyObject *record = record_type->tp_alloc(record_type, 5);
+        if (!key || !value || !headers || !partition || !record) {
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            Py_XDECREF(event_id);
+            Py_XDECREF(headers);
+            Py_XDECREF(partition);
+            Py_XDECREF(record);
+            Py_CLEAR(records);
+            goto done;
+        }
+        PyList_SET_ITEM(headers, 0, event_id);
+        for (int h = 0; h < 2; h++) {
+            PyObject *header = PyTuple_GET_ITEM(schema_headers, h);
+            Py_INCREF(header);
+            PyList_SET_ITEM(headers, h + 1, header);
+        }
+        Py_INCREF(topic);
+        PyTuple_SET_ITEM(record, 0, topic);
+        PyTuple_SET_ITEM(record, 1, key);
+        PyTuple_SET_ITEM(record, 2, value);
+        PyTuple_SET_ITEM(record, 3, headers);
+        PyTuple_SET_ITEM(record, 4, partition);
+        PyList_SET_ITEM(records, i, record);
+    }
+done:
+    for (int i = 0; i < 4; i++) {
+        Py_XDECREF(all[i]);
+    }
+    PyMem_Free(b.data);
+    return records;
+}
+
+
+/* ---------------------------------------------------------------------------------------- */
+/* model_results                                                                             */
+
+/* "label" + format(value, "g") */
+static PyObject *described(PyObject *label, PyObject *value_object) {
+    double value = PyFloat_AsDouble(value_object);
+    if (value == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    char *text = PyOS_double_to_string(value, 'g', 6, 0, NULL);
+    if (text == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyUnicode_FromFormat("%U%s", label, text);
+    PyMem_Free(text);
+    return result;
+}
+
+static PyObject *new_tuple(PyTypeObject *type, PyObject **items, Py_ssize_t size) {
+    PyObject *tuple = type->tp_alloc(type, size);
+    if (tuple == NULL) {
+        for (Py_ssize_t i = 0; i < size; i++) {
+            Py_DECREF(items[i]);
+        }
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyTuple_SET_ITEM(tuple, i, items[i]);
+    }
+    return tuple;
+}
+
+#define LIST_ITEM(list, i) PyList_GET_ITEM(list, i)
+
+/* The feature reasons of one row: (code, "label" + value, fraction) for each kept column. */
+static PyObject *row_reasons(PyObject *columns, PyObject *fractions, PyObject *values,
+                             PyObject *keep, PyObject *codes, PyObject *labels,
+                             PyTypeObject *reason_type) {
+    if (!PyList_CheckExact(columns) || !PyList_CheckExact(fractions) ||
+        !PyList_CheckExact(values) || !PyList_CheckExact(keep) ||
+        PyList_GET_SIZE(fractions) != PyList_GET_SIZE(columns) ||
+        PyList_GET_SIZE(values) != PyList_GET_SIZE(columns) ||
+        PyList_GET_SIZE(keep) != PyList_GET_SIZE(columns)) {
+        PyErr_SetString(PyExc_TypeError, "a row's columns, fractions, values and keep differ");
+        return NULL;
+    }
+    Py_ssize_t size = PyList_GET_SIZE(columns), kept = 0;
+    PyObject *reasons = PyTuple_New(size);
+    if (reasons == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t j = 0; j < size; j++) {
+        int keep_it = PyObject_IsTrue(LIST_ITEM(keep, j));
+        if (keep_it < 0) {
+            goto error;
+        }
+        if (!keep_it) {
+            continue;
+        }
+        Py_ssize_t column = PyLong_AsSsize_t(LIST_ITEM(columns, j));
+        if (column == -1 && PyErr_Occurred()) {
+            goto error;
+        }
+        if (column < 0 || column >= PyList_GET_SIZE(codes) || column >= PyList_GET_SIZE(labels)) {
+            PyErr_SetString(PyExc_IndexError, "a reason's column has no code or label");
+            goto error;
+        }
+        PyObject *items[3];
+        items[0] = LIST_ITEM(codes, column);
+        Py_INCREF(items[0]);
+        items[1] = described(LIST_ITEM(labels, column), LIST_ITEM(values, j));
+        if (items[1] == NULL) {
+            Py_DECREF(items[0]);
+            goto error;
+        }
+        items[2] = LIST_ITEM(fractions, j);
+        Py_INCREF(items[2]);
+        PyObject *reason = new_tuple(reason_type, items, 3);
+        if (reason == NULL) {
+            goto error;
+        }
+        PyTuple_SET_ITEM(reasons, kept++, reason);
+    }
+    if (kept < size && _PyTuple_Resize(&reasons, kept) < 0) {
+        return NULL;
+    }
+    return reasons;
+error:
+    Py_DECREF(reasons);
+    return NULL;
+}
+
+static PyObject *model_results(PyObject *module, PyObject *args) {
+    PyObject *scores, *shadow_scores, *columns, *fractions, *values, *keep, *codes, *labels;
+    PyObject *skip;
+    PyTypeObject *result_type, *reason_type;
+    if (!PyArg_ParseTuple(args, "O!OO!O!O!O!O!O!OO!O!", &PyList_Type, &scores, &shadow_scores,
+                          &PyList_Type, &columns, &PyList_Type, &fractions, &PyList_Type,
+                          &values, &PyList_Type, &keep, &PyList_Type, &codes, &PyList_Type,
+                          &labels, &skip, &PyType_Type, &result_type, &PyType_Type,
+                          &reason_type)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(scores);
+    if (!PyType_IsSubtype(result_type, &PyTuple_Type) ||
+        !PyType_IsSubtype(reason_type, &PyTuple_Type) ||
+        (shadow_scores != Py_None &&
+         (!PyList_CheckExact(shadow_scores) || PyList_GET_SIZE(shadow_scores) != count)) ||
+        PyList_GET_SIZE(columns) != count || PyList_GET_SIZE(fractions) != count ||
+        PyList_GET_SIZE(values) != count || PyList_GET_SIZE(keep) != count) {
+        PyErr_SetString(PyExc_TypeError, "model_results: arguments of the wrong type or length");
+        return NULL;
+    }
+    PyObject *results = PyList_New(count);
+    if (results == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t row = 0; row < count; row++) {
+        PyObject *index = PyLong_FromSsize_t(row);
+        if (index == NULL) {
+            goto error;
+        }
+        int skipped = PySequence_Contains(skip, index);
+        Py_DECREF(index);
+        if (skipped < 0) {
+            goto error;
+        }
+        if (skipped) {
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(results, row, Py_None);
+            continue;
+        }
+        PyObject *items[3];
+        items[1] = row_reasons(LIST_ITEM(columns, row), LIST_ITEM(fractions, row),
+                               LIST_ITEM(values, row), LIST_ITEM(keep, row), codes, labels,
+                               reason_type);
+        if (items[1] == NULL) {
+            goto error;
+        }
+        items[0] = LIST_ITEM(scores, row);
+        Py_INCREF(items[0]);
+        items[2] = shadow_scores == Py_None ? Py_None : LIST_ITEM(shadow_scores, row);
+        Py_INCREF(items[2]);
+        PyObject *result = new_tuple(result_type, items, 3);
+        if (result == NULL) {
+            goto error;
+        }
+        PyList_SET_ITEM(results, row, result);
+    }
+    return results;
+error:
+    Py_DECREF(results);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"decode_rows", decode_rows, METH_VARARGS,
+     "decode_rows(records, fallback, row_type, event_header, schema_header, version_header)"},
+    {"encode_decisions", encode_decisions, METH_VARARGS,
+     "encode_decisions(rows, results, outcomes, decision_ids, versions_and_time, "
+     "shadow_version, topic, record_type, event_header, schema_headers)"},
+    {"model_results", model_results, METH_VARARGS,
+     "model_results(scores, shadow_scores, columns, fractions, values, keep, codes, labels, "
+     "skip, result_type, reason_type)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "txguard.fraud._wire",
+    "The detector's per-record wire work in C (see txguard.fraud.wire_speedups).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__wire(void) {
+    const uint16_t one = 1;
+    if (*(const uint8_t *)&one != 1) {
+        PyErr_SetString(PyExc_ImportError, "txguard.fraud._wire needs a little-endian machine");
+        return NULL;
+    }
+    str_headers = PyUnicode_InternFromString("headers");
+    str_value = PyUnicode_InternFromString("value");
+    str_partition = PyUnicode_InternFromString("partition");
+    str_offset = PyUnicode_InternFromString("offset");
+    if (!str_headers || !str_value || !str_partition || !str_offset) {
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,42 @@
+"""The detector's per-record wire work in C (`_wire.c`)."""
+
+from collections.abc import Callable, Container, Sequence
+from typing import Any, TypeVar
+
+_Row = TypeVar("_Row")
+_Record = TypeVar("_Record")
+_Result = TypeVar("_Result")
+
+def decode_rows(
+    records: Sequence[Any],
+    fallback: Callable[[Any], _Row | None],
+    row_type: type[_Row],
+    event_header: str,
+    schema_header: tuple[str, bytes],
+    version_header: tuple[str, bytes],
+) -> list[_Row]: ...
+def encode_decisions(
+    rows: Sequence[tuple[Any, ...]],
+    results: Sequence[tuple[Any, ...]],
+    outcomes: Sequence[int],
+    decision_ids: Sequence[bytes],
+    versions_and_time: bytes,
+    shadow_version: bytes,
+    topic: str,
+    record_type: type[_Record],
+    event_header: str,
+    schema_headers: tuple[tuple[str, bytes], tuple[str, bytes]],
+) -> list[_Record]: ...
+def model_results(
+    scores: list[float],
+    shadow_scores: list[float] | None,
+    columns: list[list[int]],
+    fractions: list[list[float]],
+    values: list[list[float]],
+    keep: list[list[bool]],
+    codes: list[str],
+    labels: list[str],
+    skip: Container[int],
+    result_type: type[_Result],
+    reason_type: type[Any],
+) -> list[_Result | None]: ...
