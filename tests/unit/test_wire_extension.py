@@ -273,6 +273,10 @@ def test_records_refuse_rows_of_the_wrong_shape() -> None:
         )
 
 
+def flat(rows: list[list[Any]]) -> list[Any]:
+    return [item for row in rows for item in row]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(floats, min_size=3, max_size=3), max_size=6), st.data())
 def test_model_results_name_each_kept_feature_with_its_value(
@@ -287,8 +291,8 @@ def test_model_results_name_each_kept_feature_with_its_value(
     codes, labels = ["feature.A", "feature.B", "feature.C"], ["A = ", "B = ", "C = "]
     scores = [n / 10 for n in range(count)]
     got = _wire.model_results(
-        scores, shadow, columns, fractions, values, keep, codes, labels, skip,
-        ScoreResult, ReasonScore,
+        scores, shadow, 3, flat(columns), flat(fractions), flat(values), flat(keep), codes,
+        labels, skip, ScoreResult, ReasonScore,
     )  # fmt: skip
     for row in range(count):
         if row in skip:
@@ -313,9 +317,10 @@ def test_model_results_name_each_kept_feature_with_its_value(
 
 def test_model_results_format_values_as_python_does() -> None:
     values = [0.0, -0.0, 1.0, 123456.0, 1234567.0, 1e-5, 132.98, math.inf, -math.inf, math.nan]
+    width = len(values)
     got = _wire.model_results(
-        [0.5], None, [[0] * len(values)], [[1.0] * len(values)], [values],
-        [[True] * len(values)], ["c"], ["x="], set(), ScoreResult, ReasonScore,
+        [0.5], None, width, [0] * width, [1.0] * width, values, [True] * width, ["c"], ["x="],
+        set(), ScoreResult, ReasonScore,
     )  # fmt: skip
     result = got[0]
     assert result is not None
@@ -325,11 +330,11 @@ def test_model_results_format_values_as_python_does() -> None:
 def test_model_results_refuse_arguments_of_different_lengths() -> None:
     with pytest.raises(TypeError):
         _wire.model_results(
-            [0.5, 0.5], None, [[0]], [[1.0]], [[1.0]], [[True]], ["c"], ["x="], set(),
+            [0.5, 0.5], None, 1, [0], [1.0], [1.0], [True], ["c"], ["x="], set(),
             ScoreResult, ReasonScore,
         )  # fmt: skip
     with pytest.raises(IndexError):
         _wire.model_results(
-            [0.5], None, [[5]], [[1.0]], [[1.0]], [[True]], ["c"], ["x="], set(),
+            [0.5], None, 1, [5], [1.0], [1.0], [True], ["c"], ["x="], set(),
             ScoreResult, ReasonScore,
         )  # fmt: skip

@@ -15,6 +15,16 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A tuple of atomic values (numbers, text, bytes, None, or such tuples) can hold no reference
+ * cycle: the cycle collector need not walk it. Python leaves named tuples to its collector for
+ * their whole life; untracked, a batch's rows, reasons and results cost its collections nothing. */
+static PyObject *untracked(PyObject *tuple) {
+    if (tuple != NULL) {
+        PyObject_GC_UnTrack(tuple);
+    }
+    return tuple;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Reading                                                                                   */
 
@@ -432,7 +442,7 @@ static PyObject *fast_row(PyObject *message, PyTypeObject *row_type, PyObject *e
     for (int i = 0; i < 12; i++) {
         PyTuple_SET_ITEM(row, i, items[i]);
     }
-    return row;
+    return untracked(row);
 }
 
 static PyObject *decode_rows(PyObject *module, PyObject *args) {
@@ -625,7 +635,7 @@ static PyObject *encode_decisions(PyObject *module, PyObject *args) {
         }
         PyObject *key = PyUnicode_AsUTF8String(PyTuple_GET_ITEM(row, 3));
         PyObject *value = PyBytes_FromStringAndSize((const char *)b.data, b.size);
-        PyObject *event_id = PyTuple_Pack(2, event_header, decision_id);
+        PyObject *event_id = untracked(PyTuple_Pack(2, event_header, decision_id));
         PyObject *headers = event_id ? PyList_New(3) : NULL;
         PyObject *partition = PyLong_FromLong(-1);
         PyObject *record = record_type->tp_alloc(record_type, 5);
@@ -694,34 +704,25 @@ static PyObject *new_tuple(PyTypeObject *type, PyObject **items, Py_ssize_t size
     return tuple;
 }
 
-#define LIST_ITEM(list, i) PyList_GET_ITEM(list, i)
-
-/* The feature reasons of one row: (code, "label" + value, fraction) for each kept column. */
-static PyObject *row_reasons(PyObject *columns, PyObject *fractions, PyObject *values,
-                             PyObject *keep, PyObject *codes, PyObject *labels,
-                             PyTypeObject *reason_type) {
-    if (!PyList_CheckExact(columns) || !PyList_CheckExact(fractions) ||
-        !PyList_CheckExact(values) || !PyList_CheckExact(keep) ||
-        PyList_GET_SIZE(fractions) != PyList_GET_SIZE(columns) ||
-        PyList_GET_SIZE(values) != PyList_GET_SIZE(columns) ||
-        PyList_GET_SIZE(keep) != PyList_GET_SIZE(columns)) {
-        PyErr_SetString(PyExc_TypeError, "a row's columns, fractions, values and keep differ");
-        return NULL;
-    }
-    Py_ssize_t size = PyList_GET_SIZE(columns), kept = 0;
-    PyObject *reasons = PyTuple_New(size);
+/* The feature reasons of one row: (code, "label" + value, fraction) for each kept column of the
+ * row's `width` entries from `first` on in the flat lists. */
+static PyObject *row_reasons(Py_ssize_t first, Py_ssize_t width, PyObject *columns,
+                             PyObject *fractions, PyObject *values, PyObject *keep,
+                             PyObject *codes, PyObject *labels, PyTypeObject *reason_type) {
+    Py_ssize_t kept = 0;
+    PyObject *reasons = PyTuple_New(width);
     if (reasons == NULL) {
         return NULL;
     }
-    for (Py_ssize_t j = 0; j < size; j++) {
-        int keep_it = PyObject_IsTrue(LIST_ITEM(keep, j));
+    for (Py_ssize_t j = first; j < first + width; j++) {
+        int keep_it = PyObject_IsTrue(PyList_GET_ITEM(keep, j));
         if (keep_it < 0) {
             goto error;
         }
         if (!keep_it) {
             continue;
         }
-        Py_ssize_t column = PyLong_AsSsize_t(LIST_ITEM(columns, j));
+        Py_ssize_t column = PyLong_AsSsize_t(PyList_GET_ITEM(columns, j));
         if (column == -1 && PyErr_Occurred()) {
             goto error;
         }
@@ -730,25 +731,25 @@ static PyObject *row_reasons(PyObject *columns, PyObject *fractions, PyObject *v
             goto error;
         }
         PyObject *items[3];
-        items[0] = LIST_ITEM(codes, column);
+        items[0] = PyList_GET_ITEM(codes, column);
         Py_INCREF(items[0]);
-        items[1] = described(LIST_ITEM(labels, column), LIST_ITEM(values, j));
+        items[1] = described(PyList_GET_ITEM(labels, column), PyList_GET_ITEM(values, j));
         if (items[1] == NULL) {
             Py_DECREF(items[0]);
             goto error;
         }
-        items[2] = LIST_ITEM(fractions, j);
+        items[2] = PyList_GET_ITEM(fractions, j);
         Py_INCREF(items[2]);
-        PyObject *reason = new_tuple(reason_type, items, 3);
+        PyObject *reason = untracked(new_tuple(reason_type, items, 3));
         if (reason == NULL) {
             goto error;
         }
         PyTuple_SET_ITEM(reasons, kept++, reason);
     }
-    if (kept < size && _PyTuple_Resize(&reasons, kept) < 0) {
+    if (kept < width && _PyTuple_Resize(&reasons, kept) < 0) {
         return NULL;
     }
-    return reasons;
+    return untracked(reasons);
 error:
     Py_DECREF(reasons);
     return NULL;
@@ -757,9 +758,10 @@ error:
 static PyObject *model_results(PyObject *module, PyObject *args) {
     PyObject *scores, *shadow_scores, *columns, *fractions, *values, *keep, *codes, *labels;
     PyObject *skip;
+    Py_ssize_t width;
     PyTypeObject *result_type, *reason_type;
-    if (!PyArg_ParseTuple(args, "O!OO!O!O!O!O!O!OO!O!", &PyList_Type, &scores, &shadow_scores,
-                          &PyList_Type, &columns, &PyList_Type, &fractions, &PyList_Type,
+    if (!PyArg_ParseTuple(args, "O!OnO!O!O!O!O!O!OO!O!", &PyList_Type, &scores, &shadow_scores,
+                          &width, &PyList_Type, &columns, &PyList_Type, &fractions, &PyList_Type,
                           &values, &PyList_Type, &keep, &PyList_Type, &codes, &PyList_Type,
                           &labels, &skip, &PyType_Type, &result_type, &PyType_Type,
                           &reason_type)) {
@@ -767,11 +769,11 @@ static PyObject *model_results(PyObject *module, PyObject *args) {
     }
     Py_ssize_t count = PyList_GET_SIZE(scores);
     if (!PyType_IsSubtype(result_type, &PyTuple_Type) ||
-        !PyType_IsSubtype(reason_type, &PyTuple_Type) ||
+        !PyType_IsSubtype(reason_type, &PyTuple_Type) || width < 0 ||
         (shadow_scores != Py_None &&
          (!PyList_CheckExact(shadow_scores) || PyList_GET_SIZE(shadow_scores) != count)) ||
-        PyList_GET_SIZE(columns) != count || PyList_GET_SIZE(fractions) != count ||
-        PyList_GET_SIZE(values) != count || PyList_GET_SIZE(keep) != count) {
+        PyList_GET_SIZE(columns) != count * width || PyList_GET_SIZE(fractions) != count * width ||
+        PyList_GET_SIZE(values) != count * width || PyList_GET_SIZE(keep) != count * width) {
         PyErr_SetString(PyExc_TypeError, "model_results: arguments of the wrong type or length");
         return NULL;
     }
@@ -795,17 +797,16 @@ static PyObject *model_results(PyObject *module, PyObject *args) {
             continue;
         }
         PyObject *items[3];
-        items[1] = row_reasons(LIST_ITEM(columns, row), LIST_ITEM(fractions, row),
-                               LIST_ITEM(values, row), LIST_ITEM(keep, row), codes, labels,
+        items[1] = row_reasons(row * width, width, columns, fractions, values, keep, codes, labels,
                                reason_type);
         if (items[1] == NULL) {
             goto error;
         }
-        items[0] = LIST_ITEM(scores, row);
+        items[0] = PyList_GET_ITEM(scores, row);
         Py_INCREF(items[0]);
-        items[2] = shadow_scores == Py_None ? Py_None : LIST_ITEM(shadow_scores, row);
+        items[2] = shadow_scores == Py_None ? Py_None : PyList_GET_ITEM(shadow_scores, row);
         Py_INCREF(items[2]);
-        PyObject *result = new_tuple(result_type, items, 3);
+        PyObject *result = untracked(new_tuple(result_type, items, 3));
         if (result == NULL) {
             goto error;
         }
@@ -826,7 +827,8 @@ static PyMethodDef methods[] = {
      "encode_decisions(rows, results, outcomes, decision_ids, versions_and_time, "
      "shadow_version, topic, record_type, event_header, schema_headers)"},
     {"model_results", model_results, METH_VARARGS,
-     "model_results(scores, shadow_scores, columns, fractions, values, keep, codes, labels, "
+     "model_results(scores, shadow_scores, width, columns, fractions, values, keep, codes, "
+     "labels, "
      "skip, result_type, reason_type)"},
     {NULL, NULL, 0, NULL},
 };

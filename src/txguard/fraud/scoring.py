@@ -152,24 +152,22 @@ class ModelScorer:
         top_shares = contributions[each_row, top]
         positive = top_shares > 0
         feature_totals = np.where(positive, top_shares, 0.0).sum(axis=1)
-        top_values = features[each_row, top].tolist()
+        top_values = features[each_row, top]
         fired = rule_hits_by_row(self.rules, batch)
         # Each reason's share of its row's positive total (rows where rules fired are redone;
         # a row without a positive total names no feature).
-        top_fractions = (
-            top_shares / np.where(feature_totals > 0, feature_totals, 1.0)[:, None]
-        ).tolist()
-        top_columns = top.tolist()
-        is_positive = positive.tolist()
+        top_fractions = top_shares / np.where(feature_totals > 0, feature_totals, 1.0)[:, None]
         # The rows where no rule fired, in C (`_wire.model_results`): a ScoreResult of the model's
-        # score and, per kept column, ReasonScore(code, f"{label}{value:g}", fraction).
+        # score and, per kept column, ReasonScore(code, f"{label}{value:g}", fraction). The
+        # per-row arrays go flat, row after row: one list each instead of one per row.
         results: list[ScoreResult | None] = _wire.model_results(
             scores,
             shadow_scores,
-            top_columns,
-            top_fractions,
-            top_values,
-            is_positive,
+            top.shape[1],
+            top.ravel().tolist(),
+            top_fractions.ravel().tolist(),
+            top_values.ravel().tolist(),
+            positive.ravel().tolist(),
             self._reason_codes,
             self._reason_labels,
             fired,
@@ -185,10 +183,10 @@ class ModelScorer:
                 [
                     (codes[column], f"{labels[column]}{value:g}", share)
                     for column, share, value, keep in zip(
-                        top_columns[row],
+                        top[row].tolist(),
                         top_shares[row].tolist(),
-                        top_values[row],
-                        is_positive[row],
+                        top_values[row].tolist(),
+                        positive[row].tolist(),
                         strict=True,
                     )
                     if keep
