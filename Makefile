@@ -13,7 +13,7 @@ PROMTOOL ?= promtool
 install: $(STAMP)
 
 # The detector's C extension is compiled by the install: a change to its source installs again.
-$(STAMP): pyproject.toml src/txguard/fraud/_wire.c
+$(STAMP): pyproject.toml setup.py src/txguard/fraud/_per_record.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "txguard needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -31,8 +31,8 @@ proto-check: install
 	$(BIN)/python -m txguard.schema.codegen --check
 
 lint: install proto-check
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests setup.py
+	$(BIN)/ruff format --check src tests setup.py
 	$(BIN)/mypy
 
 unit: install

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from txguard.fraud import _wire
+from txguard.fraud import _per_record
 from txguard.fraud.feature_batch import TransactionRow
 from txguard.fraud.features import ALL_FEATURES
 from txguard.fraud.scoring import ScoreResult
@@ -173,7 +173,7 @@ class DecisionWriter:
     ) -> list[OutgoingRecord]:
         """One record per row: key = account id, value = the FraudDecision, txguard headers.
 
-        Without features, the C extension `txguard.fraud._wire` writes them, byte for byte as
+        Without features, the C extension `txguard.fraud._per_record` writes them, byte for byte as
         `records_in_python` does."""
         if features is not None:
             return self.records_in_python(
@@ -186,7 +186,7 @@ class DecisionWriter:
                 shadow_model_version=shadow_model_version,
                 features=features,
             )
-        return _wire.encode_decisions(
+        return _per_record.encode_decisions(
             rows,
             results,
             outcomes,

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
-from txguard.fraud import _wire
+from txguard.fraud import _per_record
 from txguard.fraud.features import (
     ALL_FEATURES,
     DAY_MS,
@@ -38,7 +38,7 @@ from txguard.fraud.features import (
     record_and_compute,
     terminal_features,
 )
-from txguard.fraud.state import AccountHistory, DetectorState, event_id_hash
+from txguard.fraud.state import AccountHistory, DetectorState
 from txguard.fraud.terminal_table import (
     PACK_MAX_TIME_MS,
     PACK_STRIDE,
@@ -189,8 +189,9 @@ def decode_rows(
     records: Sequence[Message], fallback: Callable[[Message], TransactionRow | None]
 ) -> list[TransactionRow]:
     """The rows of a batch's records, in their order: `decode_rows_in_python`'s rows, read by
-    the C extension `txguard.fraud._wire`, which decodes the usual records' Protobuf itself."""
-    return _wire.decode_rows(
+    the C extension `txguard.fraud._per_record`, which decodes the usual records' Protobuf
+    itself."""
+    return _per_record.decode_rows(
         records,
         fallback,
         TransactionRow,
@@ -309,11 +310,13 @@ class _Account:
 
     __slots__ = ("hashes", "history", "partition", "rows")
 
-    def __init__(self, partition: int, history: AccountHistory) -> None:
+    def __init__(
+        self, partition: int, history: AccountHistory, rows: list[int], hashes: list[int]
+    ) -> None:
         self.partition = partition
         self.history = history
-        self.rows: list[int] = []
-        self.hashes: list[int] = []
+        self.rows = rows
+        self.hashes = hashes
 
 
 def observe_batch(
@@ -331,14 +334,13 @@ def observe_batch(
     dropped and counted. The rows of the result are the other events, in batch order. A batch of
     fewer than `columnwise_min_rows` rows is computed event by event.
     """
-    accounts: dict[tuple[int, str], _Account] = {}
-    for index, row in enumerate(rows):
-        key = (row.partition, row.account_id)
-        account = accounts.get(key)
-        if account is None:
-            account = accounts[key] = _Account(row.partition, state.history(*key))
-        account.rows.append(index)
-        account.hashes.append(event_id_hash(row.event_id))
+    # The rows by account in C (`_per_record.group_rows`), with their event ids' `event_id_hash`.
+    accounts: dict[tuple[int, str], _Account] = {
+        (partition, account_id): _Account(
+            partition, state.history(partition, account_id), indices, hashes
+        )
+        for partition, account_id, indices, hashes in _per_record.group_rows(rows)
+    }
     count = len(rows)
     times = [row.occurred_ms for row in rows]
     amounts = [row.amount_minor for row in rows]

@@ -13,7 +13,7 @@ from typing import NamedTuple, Protocol, cast
 import numpy as np
 
 from txguard.config import Settings
-from txguard.fraud import _wire
+from txguard.fraud import _per_record
 from txguard.fraud.feature_batch import FeatureBatch
 from txguard.fraud.features import ALL_FEATURES
 from txguard.fraud.models.artifact import LoadedModel
@@ -157,10 +157,10 @@ class ModelScorer:
         # Each reason's share of its row's positive total (rows where rules fired are redone;
         # a row without a positive total names no feature).
         top_fractions = top_shares / np.where(feature_totals > 0, feature_totals, 1.0)[:, None]
-        # The rows where no rule fired, in C (`_wire.model_results`): a ScoreResult of the model's
-        # score and, per kept column, ReasonScore(code, f"{label}{value:g}", fraction). The
-        # per-row arrays go flat, row after row: one list each instead of one per row.
-        results: list[ScoreResult | None] = _wire.model_results(
+        # The rows where no rule fired, in C (`_per_record.model_results`): a ScoreResult of the
+        # model's score and, per kept column, ReasonScore(code, f"{label}{value:g}", fraction).
+        # The per-row arrays go flat, row after row: one list each instead of one per row.
+        results: list[ScoreResult | None] = _per_record.model_results(
             scores,
             shadow_scores,
             top.shape[1],

@@ -1,8 +1,10 @@
-"""The C extension `txguard.fraud._wire` gives what the Python definitions give, for any input.
+"""The C extension `txguard.fraud._per_record` gives what the Python definitions give, for any
+input.
 
 `decode_rows` must return `decode_rows_in_python`'s rows for any record (a record the C reader
 does not take goes to the same fallback); `DecisionWriter.records` must write
-`records_in_python`'s bytes; `model_results` must build the reasons `f"{label}{value:g}"` names.
+`records_in_python`'s bytes; `model_results` must build the reasons `f"{label}{value:g}"` names;
+`group_rows` must group rows by account with `state.event_id_hash` of each event id.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from txguard.fraud import _wire, decision_wire
+from txguard.fraud import _per_record, decision_wire
 from txguard.fraud.decision_wire import DecisionWriter
 from txguard.fraud.feature_batch import TransactionRow, decode_rows, decode_rows_in_python
 from txguard.fraud.scoring import ReasonScore, ScoreResult
+from txguard.fraud.state import event_id_hash
 from txguard.kafka.consumer_loop import OutgoingRecord
 from txguard.kafka.serde import (
     HEADER_EVENT_ID,
@@ -290,7 +293,7 @@ def test_model_results_name_each_kept_feature_with_its_value(
     fractions = [[0.5, 0.3, 0.2]] * count
     codes, labels = ["feature.A", "feature.B", "feature.C"], ["A = ", "B = ", "C = "]
     scores = [n / 10 for n in range(count)]
-    got = _wire.model_results(
+    got = _per_record.model_results(
         scores, shadow, 3, flat(columns), flat(fractions), flat(values), flat(keep), codes,
         labels, skip, ScoreResult, ReasonScore,
     )  # fmt: skip
@@ -318,7 +321,7 @@ def test_model_results_name_each_kept_feature_with_its_value(
 def test_model_results_format_values_as_python_does() -> None:
     values = [0.0, -0.0, 1.0, 123456.0, 1234567.0, 1e-5, 132.98, math.inf, -math.inf, math.nan]
     width = len(values)
-    got = _wire.model_results(
+    got = _per_record.model_results(
         [0.5], None, width, [0] * width, [1.0] * width, values, [True] * width, ["c"], ["x="],
         set(), ScoreResult, ReasonScore,
     )  # fmt: skip
@@ -329,12 +332,46 @@ def test_model_results_format_values_as_python_does() -> None:
 
 def test_model_results_refuse_arguments_of_different_lengths() -> None:
     with pytest.raises(TypeError):
-        _wire.model_results(
+        _per_record.model_results(
             [0.5, 0.5], None, 1, [0], [1.0], [1.0], [True], ["c"], ["x="], set(),
             ScoreResult, ReasonScore,
         )  # fmt: skip
     with pytest.raises(IndexError):
-        _wire.model_results(
+        _per_record.model_results(
             [0.5], None, 1, [5], [1.0], [1.0], [True], ["c"], ["x="], set(),
             ScoreResult, ReasonScore,
         )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.integers(0, 300).map(lambda n: "x" * n), st.just("é" * 64)))
+def test_event_id_hash_in_c_is_the_states(event_id: str) -> None:
+    assert _per_record.event_id_hash(event_id) == event_id_hash(event_id)
+
+
+def test_event_id_hash_in_c_around_blake2bs_block_size() -> None:
+    for size in (0, 1, 127, 128, 129, 255, 256, 257, 1_000):
+        event_id = "".join(chr(97 + n % 26) for n in range(size))
+        assert _per_record.event_id_hash(event_id) == event_id_hash(event_id)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["a", "b", "é", ""]), texts), max_size=12)
+)
+def test_group_rows_groups_by_partition_and_account_in_order_of_first_appearance(
+    events: list[tuple[int, str, str]],
+) -> None:
+    rows = [
+        TransactionRow(partition, event_id, "t", account_id, 1, "EUR", "", 0, 0.0, b"", b"", n)
+        for n, (partition, account_id, event_id) in enumerate(events)
+    ]
+    expected: dict[tuple[int, str], tuple[list[int], list[int]]] = {}
+    for index, row in enumerate(rows):
+        indices, hashes = expected.setdefault((row.partition, row.account_id), ([], []))
+        indices.append(index)
+        hashes.append(event_id_hash(row.event_id))
+    assert _per_record.group_rows(rows) == [
+        (partition, account_id, indices, hashes)
+        for (partition, account_id), (indices, hashes) in expected.items()
+    ]

@@ -1,9 +1,12 @@
-/* The detector's per-record wire work in C: reading TransactionCreated records into rows and
- * writing FraudDecision records.
+/* The detector's per-record work in C (docs/pipeline.md, "One batch at a time"):
  *
- * `txguard.fraud.wire_speedups` explains when these run; the Python functions they stand in for
- * (`feature_batch.decode_rows` and `DecisionWriter.records`) are their definition, and the tests
- * check that both give the same rows and the same bytes.
+ * - decode_rows: TransactionCreated records into rows (`feature_batch.decode_rows_in_python`);
+ * - group_rows: a batch's rows by account, with each event id's hash (`state.event_id_hash`);
+ * - model_results: the reasons of the rows where no rule fired (`scoring.ModelScorer`);
+ * - encode_decisions: FraudDecision records (`DecisionWriter.records_in_python`).
+ *
+ * The Python functions named are their definition; tests/unit/test_per_record_extension.py
+ * checks that both give the same rows, groups, reasons and bytes.
  *
  * The reader takes only what it can read exactly as the protobuf library would: a record with a
  * field it does not expect the way it comes (a repeated field, an unexpected wire type, a group,
@@ -818,6 +821,181 @@ error:
     return NULL;
 }
 
+
+/* ---------------------------------------------------------------------------------------- */
+/* group_rows: a batch's rows by account, with their event ids' hashes                       */
+
+/* BLAKE2b (RFC 7693) with an 8-byte digest and no key: `state.event_id_hash`'s hash. */
+static const uint64_t BLAKE2B_IV[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+    0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+};
+
+static const uint8_t BLAKE2B_SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+static uint64_t rotr64(uint64_t x, int n) {
+    return (x >> n) | (x << (64 - n));
+}
+
+static uint64_t load64_le(const uint8_t *p) {
+    uint64_t value = 0;
+    for (int i = 7; i >= 0; i--) {
+        value = (value << 8) | p[i];
+    }
+    return value;
+}
+
+#define BLAKE2B_G(a, b, c, d, x, y)                                                             \
+    do {                                                                                        \
+        v[a] = v[a] + v[b] + (x);                                                               \
+        v[d] = rotr64(v[d] ^ v[a], 32);                                                         \
+        v[c] = v[c] + v[d];                                                                     \
+        v[b] = rotr64(v[b] ^ v[c], 24);                                                         \
+        v[a] = v[a] + v[b] + (y);                                                               \
+        v[d] = rotr64(v[d] ^ v[a], 16);                                                         \
+        v[c] = v[c] + v[d];                                                                     \
+        v[b] = rotr64(v[b] ^ v[c], 63);                                                         \
+    } while (0)
+
+static void blake2b_compress(uint64_t h[8], const uint8_t block[128], uint64_t counter,
+                             int last) {
+    uint64_t v[16], m[16];
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = BLAKE2B_IV[i];
+    }
+    v[12] ^= counter;
+    if (last) {
+        v[14] = ~v[14];
+    }
+    for (int i = 0; i < 16; i++) {
+        m[i] = load64_le(block + 8 * i);
+    }
+    for (int round = 0; round < 12; round++) {
+        const uint8_t *s = BLAKE2B_SIGMA[round];
+        BLAKE2B_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
+        BLAKE2B_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
+        BLAKE2B_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
+        BLAKE2B_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
+        BLAKE2B_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
+        BLAKE2B_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
+        BLAKE2B_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
+        BLAKE2B_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) {
+        h[i] ^= v[i] ^ v[i + 8];
+    }
+}
+
+/* The digest's 8 bytes read as a little-endian integer. */
+static uint64_t blake2b_64(const uint8_t *data, Py_ssize_t size) {
+    uint64_t h[8];
+    memcpy(h, BLAKE2B_IV, sizeof(h));
+    h[0] ^= 0x01010000ULL ^ 8; /* fanout 1, depth 1, no key, 8-byte digest */
+    uint64_t counter = 0;
+    while (size > 128) {
+        counter += 128;
+        blake2b_compress(h, data, counter, 0);
+        data += 128;
+        size -= 128;
+    }
+    uint8_t block[128] = {0};
+    memcpy(block, data, (size_t)size);
+    counter += (uint64_t)size;
+    blake2b_compress(h, block, counter, 1);
+    return h[0];
+}
+
+static PyObject *event_id_hash(PyObject *module, PyObject *event_id) {
+    Py_ssize_t size;
+    const char *text = PyUnicode_AsUTF8AndSize(event_id, &size);
+    if (text == NULL) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(blake2b_64((const uint8_t *)text, size));
+}
+
+/* Rows by (partition, account id), in order of first appearance: one
+ * (partition, account_id, row indices, event id hashes) per account. */
+static PyObject *group_rows(PyObject *module, PyObject *rows_object) {
+    PyObject *rows = PySequence_Fast(rows_object, "rows must be a sequence");
+    if (rows == NULL) {
+        return NULL;
+    }
+    PyObject *index_of = PyDict_New(); /* (partition, account id) -> its group */
+    PyObject *groups = PyList_New(0);
+    if (index_of == NULL || groups == NULL) {
+        goto error;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(rows); i++) {
+        PyObject *row = PySequence_Fast_GET_ITEM(rows, i);
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < 4) {
+            PyErr_SetString(PyExc_TypeError, "a row must be a TransactionRow");
+            goto error;
+        }
+        PyObject *partition = PyTuple_GET_ITEM(row, 0), *account_id = PyTuple_GET_ITEM(row, 3);
+        Py_ssize_t size;
+        const char *event_id = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(row, 1), &size);
+        if (event_id == NULL) {
+            goto error;
+        }
+        PyObject *key = PyTuple_Pack(2, partition, account_id);
+        if (key == NULL) {
+            goto error;
+        }
+        PyObject *group = PyDict_GetItemWithError(index_of, key); /* borrowed */
+        if (group == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(key);
+                goto error;
+            }
+            PyObject *indices = PyList_New(0), *hashes = PyList_New(0);
+            group = indices && hashes ? PyTuple_Pack(4, partition, account_id, indices, hashes)
+                                      : NULL;
+            Py_XDECREF(indices);
+            Py_XDECREF(hashes);
+            int stored = group ? PyDict_SetItem(index_of, key, group) : -1;
+            int listed = stored == 0 ? PyList_Append(groups, group) : -1;
+            Py_XDECREF(group); /* the dict and the list hold it */
+            if (listed < 0) {
+                Py_DECREF(key);
+                goto error;
+            }
+        }
+        Py_DECREF(key);
+        PyObject *index = PyLong_FromSsize_t(i);
+        PyObject *hash = PyLong_FromUnsignedLongLong(blake2b_64((const uint8_t *)event_id, size));
+        int appended = index && hash && PyList_Append(PyTuple_GET_ITEM(group, 2), index) == 0 &&
+                       PyList_Append(PyTuple_GET_ITEM(group, 3), hash) == 0;
+        Py_XDECREF(index);
+        Py_XDECREF(hash);
+        if (!appended) {
+            goto error;
+        }
+    }
+    Py_DECREF(rows);
+    Py_DECREF(index_of);
+    return groups;
+error:
+    Py_DECREF(rows);
+    Py_XDECREF(index_of);
+    Py_XDECREF(groups);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -830,18 +1008,21 @@ static PyMethodDef methods[] = {
      "model_results(scores, shadow_scores, width, columns, fractions, values, keep, codes, "
      "labels, "
      "skip, result_type, reason_type)"},
+    {"event_id_hash", event_id_hash, METH_O, "event_id_hash(event_id): state.event_id_hash"},
+    {"group_rows", group_rows, METH_O,
+     "group_rows(rows): (partition, account_id, row indices, event id hashes) per account"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "txguard.fraud._wire",
-    "The detector's per-record wire work in C (see txguard.fraud.wire_speedups).", -1, methods,
+    PyModuleDef_HEAD_INIT, "txguard.fraud._per_record",
+    "The detector's per-record work in C (see _per_record.c).", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__wire(void) {
+PyMODINIT_FUNC PyInit__per_record(void) {
     const uint16_t one = 1;
     if (*(const uint8_t *)&one != 1) {
-        PyErr_SetString(PyExc_ImportError, "txguard.fraud._wire needs a little-endian machine");
+        PyErr_SetString(PyExc_ImportError, "txguard.fraud._per_record needs a little-endian machine");
         return NULL;
     }
     str_headers = PyUnicode_InternFromString("headers");

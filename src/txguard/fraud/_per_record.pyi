@@ -1,4 +1,4 @@
-"""The detector's per-record wire work in C (`_wire.c`)."""
+"""The detector's per-record work in C (`_per_record.c`)."""
 
 from collections.abc import Callable, Container, Sequence
 from typing import Any, TypeVar
@@ -41,3 +41,5 @@ def model_results(
     result_type: type[_Result],
     reason_type: type[Any],
 ) -> list[_Result | None]: ...
+def event_id_hash(event_id: str) -> int: ...
+def group_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[int, str, list[int], list[int]]]: ...
