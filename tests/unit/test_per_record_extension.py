@@ -52,7 +52,14 @@ texts = st.one_of(
     st.text(max_size=12), st.sampled_from(["", "acct-1", "EUR", "é" * 70, "\u65e5" * 50])
 )
 int64s = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-5, 10**9))
-seconds = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(10**12), 10**12), st.just(0))
+# Around the largest seconds whose milliseconds int64 holds, too.
+seconds = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-(10**12), 10**12),
+    st.just(0),
+    st.integers(-9_223_372_036_854_776, -9_223_372_036_854_770),
+    st.integers(9_223_372_036_854_770, 9_223_372_036_854_776),
+)
 nanos = st.one_of(st.integers(-(2**31), 2**31 - 1), st.integers(0, 999_999_999), st.just(0))
 
 
@@ -83,6 +90,8 @@ TRANSACTION_EXTRAS = [
 ]
 EVENT_EXTRAS = [
     b"",
+    b"\x8a\x80\x80\x80\x80\x00\x03e-9",  # the event id's tag in 6 bytes (overlong)
+    b"\x0a\x83\x80\x80\x80\x80\x00e-9",  # the event id's length in 6 bytes (overlong)
     tag(1, 2) + b"\x03e-2",  # the event id again
     tag(3, 0) + varint(1),  # unknown field
     length_delimited(tag(2, 2), Transaction(account_id="acct-3").SerializeToString()),  # merged
@@ -375,3 +384,48 @@ def test_group_rows_groups_by_partition_and_account_in_order_of_first_appearance
         (partition, account_id, indices, hashes)
         for (partition, account_id), (indices, hashes) in expected.items()
     ]
+
+
+def test_overlong_tags_and_lengths_are_not_read_as_fields() -> None:
+    """The protobuf library refuses a tag or a length written in more than 5 bytes."""
+    transaction = TransactionCreated.FromString(usual_event("e-1")).transaction.SerializeToString()
+    values = [
+        b"\x8a\x80\x80\x80\x80\x00\x03e-1" + length_delimited(tag(2, 2), transaction),
+        b"\x0a\x83\x80\x80\x80\x80\x00e-1" + length_delimited(tag(2, 2), transaction),
+        b"\x0a\x03e-1\x92\x80\x80\x80\x80\x00" + varint(len(transaction)) + transaction,
+    ]
+    messages = as_messages([(value, USUAL_HEADERS) for value in values])
+    assert decode_rows(messages, general_reading) == []
+    assert decode_rows_in_python(messages, general_reading) == []
+
+
+def test_milliseconds_beyond_int64_are_python_integers() -> None:
+    event = TransactionCreated.FromString(usual_event("e-1"))
+    event.transaction.occurred_at.seconds = 9_223_372_036_854_774
+    event.transaction.occurred_at.nanos = 2_147_483_647
+    messages = as_messages([(event.SerializeToString(), USUAL_HEADERS)])
+    rows = decode_rows(messages, general_reading)
+    assert rows == decode_rows_in_python(messages, general_reading)
+    assert rows[0].occurred_ms == 9_223_372_036_854_776_147
+
+
+def test_a_fallback_that_empties_the_batch_ends_it_as_a_loop_would() -> None:
+    records = as_messages(
+        [(usual_event("e-1"), USUAL_HEADERS), (b"\xff", USUAL_HEADERS)]
+        + [(usual_event(f"e-{n}"), USUAL_HEADERS) for n in range(2, 5)]
+    )
+
+    def emptying(message: Message) -> TransactionRow | None:
+        records.clear()
+        return None
+
+    rows = decode_rows(records, emptying)
+    assert [row.event_id for row in rows] == ["e-1"]
+
+
+def test_model_results_refuse_a_label_that_is_not_text() -> None:
+    with pytest.raises(TypeError):
+        _per_record.model_results(
+            [0.5], None, 1, [0], [1.0], [1.0], [True], ["c"], [cast(str, b"x=")], set(),
+            ScoreResult, ReasonScore,
+        )  # fmt: skip

@@ -62,9 +62,15 @@ static int read_varint(Reader *r, uint64_t *out) {
     return 0;
 }
 
+/* A tag or a length: upb reads these in at most 5 bytes and refuses larger values. */
+static int read_varint32(Reader *r, uint64_t *out) {
+    const uint8_t *start = r->p;
+    return read_varint(r, out) && r->p - start <= 5 && *out < 0x7FFFFFFFu;
+}
+
 static int read_tag(Reader *r, uint32_t *field, uint32_t *wire_type) {
     uint64_t tag;
-    if (!read_varint(r, &tag) || tag > 0xFFFFFFFFu) {
+    if (!read_varint32(r, &tag)) {
         return 0;
     }
     *field = (uint32_t)(tag >> 3);
@@ -74,7 +80,7 @@ static int read_tag(Reader *r, uint32_t *field, uint32_t *wire_type) {
 
 static int read_span(Reader *r, Span *span) {
     uint64_t size;
-    if (!read_varint(r, &size) || size > (uint64_t)(r->end - r->p)) {
+    if (!read_varint32(r, &size) || size > (uint64_t)(r->end - r->p)) {
         return 0;
     }
     span->data = r->p;
@@ -349,6 +355,13 @@ static int64_t floor_div(int64_t a, int64_t b) {
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
+/* seconds * 1000 + nanos // 1_000_000, or 0 when int64 cannot hold it. */
+static int occurred_ms(const Timestamp *ts, int64_t *out) {
+    int64_t ms;
+    return !__builtin_mul_overflow(ts->seconds, (int64_t)1000, &ms) &&
+           !__builtin_add_overflow(ms, floor_div(ts->nanos, 1000000), out);
+}
+
 /* The row of a record whose headers and value the fast path reads; NULL with no error set when
  * the record needs the fallback. */
 static PyObject *fast_row(PyObject *message, PyTypeObject *row_type, PyObject *event_header,
@@ -385,6 +398,7 @@ static PyObject *fast_row(PyObject *message, PyTypeObject *row_type, PyObject *e
     }
     Event event;
     Timestamp occurred, accepted;
+    int64_t occurred_at_ms;
     if (!PyBytes_CheckExact(value) ||
         !read_event((const uint8_t *)PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), &event) ||
         /* `check_transaction`'s condition for a valid transaction */
@@ -393,8 +407,8 @@ static PyObject *fast_row(PyObject *message, PyTypeObject *row_type, PyObject *e
         !event.occurred_at.seen || !event.accepted_at.seen ||
         !read_timestamp(&event.occurred_at, &occurred) ||
         !read_timestamp(&event.accepted_at, &accepted) ||
-        /* milliseconds that int64 holds */
-        occurred.seconds > INT64_MAX / 1000 - 1 || occurred.seconds < INT64_MIN / 1000 + 1) {
+        /* milliseconds that int64 holds (else Python's integers do it) */
+        !occurred_ms(&occurred, &occurred_at_ms)) {
         Py_DECREF(value);
         return NULL;
     }
@@ -420,9 +434,7 @@ static PyObject *fast_row(PyObject *message, PyTypeObject *row_type, PyObject *e
     Py_DECREF(value);
     items[0] = PyObject_CallMethodNoArgs(message, str_partition);
     items[4] = items[0] ? PyLong_FromLongLong(event.amount_minor) : NULL;
-    items[7] = items[4] ? PyLong_FromLongLong(occurred.seconds * 1000 +
-                                              floor_div(occurred.nanos, 1000000))
-                        : NULL;
+    items[7] = items[4] ? PyLong_FromLongLong(occurred_at_ms) : NULL;
     items[8] = items[7] ? PyFloat_FromDouble((double)accepted.seconds +
                                              (double)accepted.nanos / 1e9)
                         : NULL;
@@ -463,27 +475,26 @@ static PyObject *decode_rows(PyObject *module, PyObject *args) {
     if (sequence == NULL) {
         return NULL;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(sequence);
     PyObject *rows = PyList_New(0);
     if (rows == NULL) {
         Py_DECREF(sequence);
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < count; i++) {
+    /* The fallback is Python code: the list may change under it, as under a for loop. */
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(sequence); i++) {
         PyObject *message = PySequence_Fast_GET_ITEM(sequence, i);
+        Py_INCREF(message);
         PyObject *row = fast_row(message, row_type, event_header, schema_header, version_header);
-        if (row == NULL) {
-            if (PyErr_Occurred()) {
-                goto error;
-            }
+        if (row == NULL && !PyErr_Occurred()) {
             row = PyObject_CallOneArg(fallback, message);
-            if (row == NULL) {
-                goto error;
-            }
-            if (row == Py_None) {
-                Py_DECREF(row);
-                continue;
-            }
+        }
+        Py_DECREF(message);
+        if (row == NULL) {
+            goto error;
+        }
+        if (row == Py_None) {
+            Py_DECREF(row);
+            continue;
         }
         int appended = PyList_Append(rows, row);
         Py_DECREF(row);
@@ -604,20 +615,21 @@ static PyObject *encode_decisions(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "record_type must be a tuple type, two schema headers");
         return NULL;
     }
+    /* Copies: converting an item may run Python code, which could change the caller's lists. */
     PyObject *all[4] = {
-        PySequence_Fast(rows, "rows must be a sequence"),
-        PySequence_Fast(results, "results must be a sequence"),
-        PySequence_Fast(outcomes, "outcomes must be a sequence"),
-        PySequence_Fast(decision_ids, "decision ids must be a sequence"),
+        PySequence_List(rows),
+        PySequence_List(results),
+        PySequence_List(outcomes),
+        PySequence_List(decision_ids),
     };
     PyObject *records = NULL;
     Buffer b = {0};
     if (!all[0] || !all[1] || !all[2] || !all[3]) {
         goto done;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(all[0]);
+    Py_ssize_t count = PyList_GET_SIZE(all[0]);
     for (int i = 1; i < 4; i++) {
-        if (PySequence_Fast_GET_SIZE(all[i]) != count) {
+        if (PyList_GET_SIZE(all[i]) != count) {
             PyErr_SetString(PyExc_ValueError, "rows, results, outcomes and ids differ in length");
             goto done;
         }
@@ -627,22 +639,22 @@ static PyObject *encode_decisions(PyObject *module, PyObject *args) {
         goto done;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *row = PySequence_Fast_GET_ITEM(all[0], i);
-        PyObject *decision_id = PySequence_Fast_GET_ITEM(all[3], i);
+        PyObject *row = PyList_GET_ITEM(all[0], i);
+        PyObject *decision_id = PyList_GET_ITEM(all[3], i);
         b.size = 0;
-        if (!put_decision(&b, row, PySequence_Fast_GET_ITEM(all[1], i),
-                          PySequence_Fast_GET_ITEM(all[2], i), decision_id, versions_and_time,
-                          shadow_version)) {
+        if (!put_decision(&b, row, PyList_GET_ITEM(all[1], i), PyList_GET_ITEM(all[2], i),
+                          decision_id, versions_and_time, shadow_version)) {
             Py_CLEAR(records);
             goto done;
         }
+        /* Each made only once the one before it was (no call with an exception set). */
         PyObject *key = PyUnicode_AsUTF8String(PyTuple_GET_ITEM(row, 3));
-        PyObject *value = PyBytes_FromStringAndSize((const char *)b.data, b.size);
-        PyObject *event_id = untracked(PyTuple_Pack(2, event_header, decision_id));
+        PyObject *value = key ? PyBytes_FromStringAndSize((const char *)b.data, b.size) : NULL;
+        PyObject *event_id = value ? untracked(PyTuple_Pack(2, event_header, decision_id)) : NULL;
         PyObject *headers = event_id ? PyList_New(3) : NULL;
-        PyObject *partition = PyLong_FromLong(-1);
-        PyObject *record = record_type->tp_alloc(record_type, 5);
-        if (!key || !value || !headers || !partition || !record) {
+        PyObject *partition = headers ? PyLong_FromLong(-1) : NULL;
+        PyObject *record = partition ? record_type->tp_alloc(record_type, 5) : NULL;
+        if (!record) {
             Py_XDECREF(key);
             Py_XDECREF(value);
             Py_XDECREF(event_id);
@@ -680,6 +692,10 @@ done:
 
 /* "label" + format(value, "g") */
 static PyObject *described(PyObject *label, PyObject *value_object) {
+    if (!PyUnicode_Check(label)) {
+        PyErr_SetString(PyExc_TypeError, "a reason label must be a str");
+        return NULL;
+    }
     double value = PyFloat_AsDouble(value_object);
     if (value == -1.0 && PyErr_Occurred()) {
         return NULL;
@@ -758,6 +774,12 @@ error:
     return NULL;
 }
 
+static PyObject *model_results_of(PyObject *scores, PyObject *shadow_scores, Py_ssize_t width,
+                                  PyObject *columns, PyObject *fractions, PyObject *values,
+                                  PyObject *keep, PyObject *codes, PyObject *labels,
+                                  PyObject *skip, PyTypeObject *result_type,
+                                  PyTypeObject *reason_type);
+
 static PyObject *model_results(PyObject *module, PyObject *args) {
     PyObject *scores, *shadow_scores, *columns, *fractions, *values, *keep, *codes, *labels;
     PyObject *skip;
@@ -773,6 +795,7 @@ static PyObject *model_results(PyObject *module, PyObject *args) {
     Py_ssize_t count = PyList_GET_SIZE(scores);
     if (!PyType_IsSubtype(result_type, &PyTuple_Type) ||
         !PyType_IsSubtype(reason_type, &PyTuple_Type) || width < 0 ||
+        (width > 0 && count > PY_SSIZE_T_MAX / width) ||
         (shadow_scores != Py_None &&
          (!PyList_CheckExact(shadow_scores) || PyList_GET_SIZE(shadow_scores) != count)) ||
         PyList_GET_SIZE(columns) != count * width || PyList_GET_SIZE(fractions) != count * width ||
@@ -780,6 +803,32 @@ static PyObject *model_results(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "model_results: arguments of the wrong type or length");
         return NULL;
     }
+    /* Copies: converting an item may run Python code, which could change the caller's lists. */
+    PyObject *given[8] = {scores, shadow_scores, columns, fractions, values, keep, codes, labels};
+    PyObject *copies[8] = {NULL};
+    PyObject *results = NULL;
+    for (int i = 0; i < 8; i++) {
+        copies[i] = given[i] == Py_None ? Py_NewRef(Py_None)
+                                        : PyList_GetSlice(given[i], 0, PyList_GET_SIZE(given[i]));
+        if (copies[i] == NULL) {
+            goto done;
+        }
+    }
+    results = model_results_of(copies[0], copies[1], width, copies[2], copies[3], copies[4],
+                               copies[5], copies[6], copies[7], skip, result_type, reason_type);
+done:
+    for (int i = 0; i < 8; i++) {
+        Py_XDECREF(copies[i]);
+    }
+    return results;
+}
+
+static PyObject *model_results_of(PyObject *scores, PyObject *shadow_scores, Py_ssize_t width,
+                                  PyObject *columns, PyObject *fractions, PyObject *values,
+                                  PyObject *keep, PyObject *codes, PyObject *labels,
+                                  PyObject *skip, PyTypeObject *result_type,
+                                  PyTypeObject *reason_type) {
+    Py_ssize_t count = PyList_GET_SIZE(scores);
     PyObject *results = PyList_New(count);
     if (results == NULL) {
         return NULL;
@@ -977,7 +1026,8 @@ static PyObject *group_rows(PyObject *module, PyObject *rows_object) {
         }
         Py_DECREF(key);
         PyObject *index = PyLong_FromSsize_t(i);
-        PyObject *hash = PyLong_FromUnsignedLongLong(blake2b_64((const uint8_t *)event_id, size));
+        PyObject *hash =
+            index ? PyLong_FromUnsignedLongLong(blake2b_64((const uint8_t *)event_id, size)) : NULL;
         int appended = index && hash && PyList_Append(PyTuple_GET_ITEM(group, 2), index) == 0 &&
                        PyList_Append(PyTuple_GET_ITEM(group, 3), hash) == 0;
         Py_XDECREF(index);
