@@ -214,21 +214,28 @@ def run_detector(
 
 
 def rebalance_timings(log_paths: list[Path], started_at: list[float]) -> list[dict[str, Any]]:
-    """For each instance after the first: from the first revocation an older instance logged
-    after it started (its partitions checkpointed and let go) to its own assignment (state
-    restored, about to process), and from its process start to that assignment."""
+    """For each instance but the one assigned first: from the first revocation another instance
+    logged after this one started (its partitions checkpointed and let go) to this one's own
+    assignment (state restored, about to process), and from its process start to that
+    assignment. An instance never assigned is reported as such."""
+    own = [assignments(path) for path in log_paths]
+    assigned_at = [found[0].time if found else None for found in own]
+    known = [moment for moment in assigned_at if moment is not None]
+    first = assigned_at.index(min(known)) if known else None
     timings: list[dict[str, Any]] = []
-    for index in range(1, len(log_paths)):
-        own = assignments(log_paths[index])
-        if not own:
+    for index, found in enumerate(own):
+        if index == first:
+            continue
+        if not found:
             timings.append({"instance": index + 1, "assigned": False})
             continue
-        assigned = own[0]
+        assigned = found[0]
         revoked = [
             moment
-            for older in log_paths[:index]
-            for moment, _parts in revocations(older)
-            if moment >= started_at[index]
+            for other, path in enumerate(log_paths)
+            if other != index
+            for moment, _parts in revocations(path)
+            if started_at[index] <= moment <= assigned.time
         ]
         handover = assigned.time - min(revoked) if revoked else None
         timings.append(

@@ -370,7 +370,13 @@ def _scaling_section(scaling: Mapping[str, Any] | None) -> list[str]:
         for run in scaling["runs"].values()
         if run.get("throughput_per_s") is None and run.get("undecided_at_complete") == 0
     ]
-    lines = ["## Scaling: detector instances in one group", "", *_table(header, rows)]
+    method = (
+        "The instances of a run start together in a new group. Throughput counts the decisions "
+        "from the moment every instance has its partitions until all are decided (or the window "
+        "ends). Handover, for each instance but the first assigned: from the first revocation "
+        "another instance logged after this one started to this one's assignment."
+    )
+    lines = ["## Scaling: detector instances in one group", "", method, "", *_table(header, rows)]
     return [*lines, "", *notes] if notes else lines
 
 

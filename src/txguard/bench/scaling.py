@@ -1,12 +1,13 @@
 """1, 2, 3 ... detector instances in one group on the pre-filled topic: throughput once the
 group is complete, and how long each added instance took to take over its partitions.
 
-Each count runs in a fresh group (empty state, from the first offset). The first instance starts
-alone; once it decides, the others are started together, as an operator scales out under load,
-and the group is complete once each has its partitions. Throughput is then measured over a window
-of `window_seconds` (or until every transaction is decided) from that moment. Joining one at a
-time would leave too little of the input for the window: each instance takes seconds to start,
-load the terminal table and be assigned, while the first one decides thousands a second.
+Each count runs in a fresh group (empty state, from the first offset). The instances are started
+together and the group is complete once each has its partitions; throughput is then measured
+over a window of `window_seconds` (or until every transaction is decided) from that moment. Each
+instance takes seconds to start, load the terminal table and be assigned: the first one assigned
+decides alone until the others join, which is the handover the table reports (its partitions
+revoked, to the newcomer's assignment). Started one after the other, the first instance decided
+most of the input alone, and the partitions it kept had little left for the window.
 """
 
 from __future__ import annotations
@@ -86,16 +87,7 @@ def _scale_run(
             for index in range(count):
                 started_at.append(time.time())
                 instances.append(start_detector(env, work_dir / f"instance-{index + 1}"))
-                if index == 0:
-                    wait_for_records(
-                        watcher,
-                        baseline,
-                        1,
-                        instances,
-                        first_timeout=first_timeout,
-                        stall_timeout=stall_timeout,
-                    )
-            for instance in instances[1:]:
+            for instance in instances:
                 _wait_assigned(instance)
             complete_at = time.time()
             left_at_complete = prefill.transactions - watcher.records_since(baseline)
