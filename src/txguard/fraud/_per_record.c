@@ -28,6 +28,21 @@ static PyObject *untracked(PyObject *tuple) {
     return tuple;
 }
 
+/* A `type` tuple holding `items`, whose references it takes (also when it fails). */
+static PyObject *new_tuple(PyTypeObject *type, PyObject **items, Py_ssize_t size) {
+    PyObject *tuple = type->tp_alloc(type, size);
+    if (tuple == NULL) {
+        for (Py_ssize_t i = 0; i < size; i++) {
+            Py_DECREF(items[i]);
+        }
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyTuple_SET_ITEM(tuple, i, items[i]);
+    }
+    return tuple;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Reading                                                                                   */
 
@@ -447,17 +462,7 @@ static PyObject *fast_row(PyObject *message, PyTypeObject *row_type, PyObject *e
         }
         return NULL;
     }
-    PyObject *row = row_type->tp_alloc(row_type, 12);
-    if (row == NULL) {
-        for (int i = 0; i < 12; i++) {
-            Py_DECREF(items[i]);
-        }
-        return NULL;
-    }
-    for (int i = 0; i < 12; i++) {
-        PyTuple_SET_ITEM(row, i, items[i]);
-    }
-    return untracked(row);
+    return untracked(new_tuple(row_type, items, 12));
 }
 
 static PyObject *decode_rows(PyObject *module, PyObject *args) {
@@ -513,13 +518,14 @@ error:
 /* ---------------------------------------------------------------------------------------- */
 /* encode_decisions                                                                          */
 
-static int put_text(Buffer *b, uint8_t tag, PyObject *text, int always) {
+/* A string field, or nothing for the empty string (proto3's default). */
+static int put_text(Buffer *b, uint8_t tag, PyObject *text) {
     Py_ssize_t size;
     const char *data = PyUnicode_AsUTF8AndSize(text, &size);
     if (data == NULL) {
         return 0;
     }
-    return (size == 0 && !always) || put_field(b, tag, data, size);
+    return size == 0 || put_field(b, tag, data, size);
 }
 
 /* One Reason (code, description, contribution), as `decision_wire._reason` writes it. */
@@ -573,9 +579,9 @@ static int put_decision(Buffer *b, PyObject *row, PyObject *result, PyObject *ou
         return 0;
     }
     int ok = put_field(b, 0x0a, PyBytes_AS_STRING(decision_id), PyBytes_GET_SIZE(decision_id)) &&
-             put_text(b, 0x12, PyTuple_GET_ITEM(row, 1), 0) &&
-             put_text(b, 0x1a, PyTuple_GET_ITEM(row, 2), 0) &&
-             put_text(b, 0x22, PyTuple_GET_ITEM(row, 3), 0) &&
+             put_text(b, 0x12, PyTuple_GET_ITEM(row, 1)) &&
+             put_text(b, 0x1a, PyTuple_GET_ITEM(row, 2)) &&
+             put_text(b, 0x22, PyTuple_GET_ITEM(row, 3)) &&
              (score == 0.0 || put_double(b, 0x29, score)) &&
              (outcome == 0 || (put_byte(b, 0x30) && put_varint(b, (uint64_t)outcome)));
     for (Py_ssize_t i = 0; ok && i < PySequence_Fast_GET_SIZE(reasons); i++) {
@@ -653,29 +659,24 @@ static PyObject *encode_decisions(PyObject *module, PyObject *args) {
         PyObject *event_id = value ? untracked(PyTuple_Pack(2, event_header, decision_id)) : NULL;
         PyObject *headers = event_id ? PyList_New(3) : NULL;
         PyObject *partition = headers ? PyLong_FromLong(-1) : NULL;
-        PyObject *record = partition ? record_type->tp_alloc(record_type, 5) : NULL;
-        if (!record) {
+        if (!partition) {
             Py_XDECREF(key);
             Py_XDECREF(value);
             Py_XDECREF(event_id);
             Py_XDECREF(headers);
-            Py_XDECREF(partition);
-            Py_XDECREF(record);
             Py_CLEAR(records);
             goto done;
         }
         PyList_SET_ITEM(headers, 0, event_id);
         for (int h = 0; h < 2; h++) {
-            PyObject *header = PyTuple_GET_ITEM(schema_headers, h);
-            Py_INCREF(header);
-            PyList_SET_ITEM(headers, h + 1, header);
+            PyList_SET_ITEM(headers, h + 1, Py_NewRef(PyTuple_GET_ITEM(schema_headers, h)));
         }
-        Py_INCREF(topic);
-        PyTuple_SET_ITEM(record, 0, topic);
-        PyTuple_SET_ITEM(record, 1, key);
-        PyTuple_SET_ITEM(record, 2, value);
-        PyTuple_SET_ITEM(record, 3, headers);
-        PyTuple_SET_ITEM(record, 4, partition);
+        PyObject *items[5] = {Py_NewRef(topic), key, value, headers, partition};
+        PyObject *record = new_tuple(record_type, items, 5);
+        if (!record) {
+            Py_CLEAR(records);
+            goto done;
+        }
         PyList_SET_ITEM(records, i, record);
     }
 done:
@@ -685,7 +686,6 @@ done:
     PyMem_Free(b.data);
     return records;
 }
-
 
 /* ---------------------------------------------------------------------------------------- */
 /* model_results                                                                             */
@@ -707,20 +707,6 @@ static PyObject *described(PyObject *label, PyObject *value_object) {
     PyObject *result = PyUnicode_FromFormat("%U%s", label, text);
     PyMem_Free(text);
     return result;
-}
-
-static PyObject *new_tuple(PyTypeObject *type, PyObject **items, Py_ssize_t size) {
-    PyObject *tuple = type->tp_alloc(type, size);
-    if (tuple == NULL) {
-        for (Py_ssize_t i = 0; i < size; i++) {
-            Py_DECREF(items[i]);
-        }
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < size; i++) {
-        PyTuple_SET_ITEM(tuple, i, items[i]);
-    }
-    return tuple;
 }
 
 /* The feature reasons of one row: (code, "label" + value, fraction) for each kept column of the
@@ -869,7 +855,6 @@ error:
     Py_DECREF(results);
     return NULL;
 }
-
 
 /* ---------------------------------------------------------------------------------------- */
 /* group_rows: a batch's rows by account, with their event ids' hashes                       */
@@ -1072,7 +1057,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__per_record(void) {
     const uint16_t one = 1;
     if (*(const uint8_t *)&one != 1) {
-        PyErr_SetString(PyExc_ImportError, "txguard.fraud._per_record needs a little-endian machine");
+        PyErr_SetString(PyExc_ImportError,
+                        "txguard.fraud._per_record needs a little-endian machine");
         return NULL;
     }
     str_headers = PyUnicode_InternFromString("headers");
