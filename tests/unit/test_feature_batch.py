@@ -7,6 +7,8 @@ agree bit for bit, whatever the order, duplicates, amounts, limits and batch bou
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -219,6 +221,27 @@ def test_sums_too_large_for_int64_products_give_the_same_features() -> None:
     assert matrix.tolist() == [list(values) for values in expected]
     zscores = matrix[:, ALL_FEATURES.index("CUSTOMER_ID_AMOUNT_ZSCORE_30DAY")]
     assert np.count_nonzero(zscores) > 60
+
+
+def test_z_scores_round_a_spread_beyond_64_bits_as_python_does() -> None:
+    # With 900 amounts near 2**26 a z-score's spread m*s2 - s1**2 needs more than 64 bits: it
+    # is rounded to a double once, ties to even, as float(int) rounds it. At event 892 of this
+    # seed the bits below the top 64 decide the rounding, and with it the z-score.
+    rng = random.Random(120)
+    amounts = [rng.randrange(1 << 25, 1 << 26) for _ in range(900)]
+    m, s1, s2 = 892, sum(amounts[:892]), sum(a * a for a in amounts[:892])
+    spread = m * s2 - s1 * s1
+    shift = spread.bit_length() - 64
+    from_top_bits = float(spread >> shift) * 2.0**shift
+    numerator = m * amounts[892] - s1
+    assert numerator / math.sqrt(from_top_bits) != numerator / math.sqrt(spread)
+    spec = [(0, ACCOUNTS[0], 1_800_000, amount, TERMINALS[0], False) for amount in amounts]
+    rows = build_rows(spec)
+    table = table_with_frauds()
+    limits = StateLimits()
+    expected, _, _, _ = one_by_one(rows, table, limits, 3_600_000)
+    matrix, _, _, _ = in_batches(rows, [400, 300], table, limits, 3_600_000)
+    assert matrix.tolist() == [list(values) for values in expected]
 
 
 @pytest.mark.parametrize("columnwise_min_rows", [1, 1000], ids=["column-wise", "one-by-one"])

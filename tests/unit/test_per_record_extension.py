@@ -20,9 +20,15 @@ from hypothesis import strategies as st
 
 from txguard.fraud import _per_record, decision_wire
 from txguard.fraud.decision_wire import DecisionWriter
-from txguard.fraud.feature_batch import TransactionRow, decode_rows, decode_rows_in_python
+from txguard.fraud.feature_batch import (
+    TransactionRow,
+    _Account,
+    _appendable,
+    decode_rows,
+    decode_rows_in_python,
+)
 from txguard.fraud.scoring import ReasonScore, ScoreResult
-from txguard.fraud.state import event_id_hash
+from txguard.fraud.state import AccountHistory, event_id_hash
 from txguard.kafka.consumer_loop import OutgoingRecord
 from txguard.kafka.serde import (
     HEADER_EVENT_ID,
@@ -429,3 +435,92 @@ def test_model_results_refuse_a_label_that_is_not_text() -> None:
             [0.5], None, 1, [0], [1.0], [1.0], [True], ["c"], [cast(str, b"x=")], set(),
             ScoreResult, ReasonScore,
         )  # fmt: skip
+
+
+# -- appending a batch's events to an account ----------------------------------------------
+
+_LONGEST_MS = 1_000
+_MAX_EVENTS = 8
+_MAX_AMOUNT = 1 << 10
+_MAX_TIME_MS = 1 << 20
+
+
+def _history(events: list[tuple[int, int, int]], last: int, bound: int) -> AccountHistory:
+    history = AccountHistory("acct")
+    for id_hash, time_ms, amount in events:
+        history.hashes.append(id_hash)
+        history.times_ms.append(time_ms)
+        history.amounts_minor.append(amount)
+    history.last_event_time_ms = last
+    history.amount_bound_minor = bound
+    return history
+
+
+def _state(history: AccountHistory) -> tuple[object, ...]:
+    return (
+        list(history.hashes),
+        list(history.times_ms),
+        list(history.amounts_minor),
+        history.last_event_time_ms,
+        history.amount_bound_minor,
+    )
+
+
+# Few hash values: collisions with the history and inside the batch. Amounts around the bounds
+# (negative ones too, which only the history can hold). Batch times mostly in order from the
+# account's last event time, now and then back, or at the time bound.
+_hashes = st.integers(0, 24)
+_amounts = st.sampled_from([-3, -1, 0, 5, _MAX_AMOUNT - 1, _MAX_AMOUNT, _MAX_AMOUNT + 2])
+_steps = st.one_of(st.integers(0, 30), st.integers(0, 30), st.just(-1), st.just(_MAX_TIME_MS))
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    remembered=st.lists(st.tuples(_hashes, st.integers(0, 1_200), _amounts), max_size=8),
+    last=st.one_of(st.integers(900, 1_200), st.just(_LONGEST_MS - 40)),
+    bound=st.one_of(st.integers(0, _MAX_AMOUNT - 1), st.integers(_MAX_AMOUNT, 1 << 70)),
+    batch=st.lists(
+        st.tuples(_hashes, _steps, st.sampled_from([0, 7, _MAX_AMOUNT - 1, _MAX_AMOUNT, -1])),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_append_if_appendable_decides_and_appends_as_python_does(
+    remembered: list[tuple[int, int, int]],
+    last: int,
+    bound: int,
+    batch: list[tuple[int, int, int]],
+) -> None:
+    batch_times: list[int] = []
+    clock = last
+    for _, step, _ in batch:
+        clock = step if step == _MAX_TIME_MS else clock + step
+        batch_times.append(clock)
+    batch = [(h, t, a) for (h, _, a), t in zip(batch, batch_times, strict=True)]
+    # The batch: unrelated rows around the account's, whose events sit at `indices`.
+    times = [0, *(time_ms for _, time_ms, _ in batch), 0]
+    amounts = [0, *(amount for _, _, amount in batch), 0]
+    indices = list(range(1, len(batch) + 1))
+    hashes = [id_hash for id_hash, _, _ in batch]
+    in_python = _history(remembered, last, bound)
+    in_c = _history(remembered, last, bound)
+    account = _Account(0, in_python, indices, hashes)
+    expected = _appendable(
+        account,
+        times,
+        amounts,
+        _LONGEST_MS,
+        max_events=_MAX_EVENTS,
+        max_amount=_MAX_AMOUNT,
+        max_time_ms=_MAX_TIME_MS,
+    )
+    if expected:
+        for index, id_hash in zip(indices, hashes, strict=True):
+            in_python.append_in_order(id_hash, times[index], amounts[index])
+
+    appended = _per_record.append_if_appendable(
+        in_c, indices, hashes, times, amounts, _LONGEST_MS, _MAX_EVENTS, _MAX_AMOUNT, _MAX_TIME_MS
+    )
+
+    assert appended is expected
+    assert _state(in_c) == _state(in_python)

@@ -3,7 +3,11 @@
  * - decode_rows: TransactionCreated records into rows (`feature_batch.decode_rows_in_python`);
  * - group_rows: a batch's rows by account, with each event id's hash (`state.event_id_hash`);
  * - model_results: the reasons of the rows where no rule fired (`scoring.ModelScorer`);
- * - encode_decisions: FraudDecision records (`DecisionWriter.records_in_python`).
+ * - encode_decisions: FraudDecision records (`DecisionWriter.records_in_python`);
+ * - append_if_appendable: a batch's events of one account appended to its history when they
+ *   can be computed column-wise (`feature_batch._appendable`, `AccountHistory.append_in_order`);
+ * - customer_columns: the customer features of a batch's appended events (`features.py`'s
+ *   `record_and_compute`, one event at a time).
  *
  * The Python functions named are their definition; tests/unit/test_per_record_extension.py
  * checks that both give the same rows, groups, reasons and bytes.
@@ -15,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -1031,6 +1036,506 @@ error:
     return NULL;
 }
 
+
+/* ---------------------------------------------------------------------------------------- */
+/* Customer features of appended events (`feature_batch._appended_features`)                */
+
+/* An int64 buffer of an array.array("q") or a numpy int64 array. */
+static int int64_buffer(PyObject *object, Py_buffer *view, int writable) {
+    int flags = PyBUF_FORMAT | PyBUF_ND | PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(object, view, flags) < 0) {
+        return 0;
+    }
+    const char *format = view->format ? view->format : "B";
+    if (*format == '<' || *format == '=' || *format == '@') {
+        format++;
+    }
+    if (view->itemsize != 8 || view->ndim != 1 || (strcmp(format, "q") && strcmp(format, "l"))) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "expected a one-dimensional buffer of int64");
+        return 0;
+    }
+    return 1;
+}
+
+/* The first position in [0, end) whose time is after `bound` (end if none): bisect_right. */
+static Py_ssize_t first_after(const int64_t *times, Py_ssize_t end, int64_t bound) {
+    Py_ssize_t lo = 0, hi = end;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (times[mid] > bound) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    return lo;
+}
+
+/* A positive 128-bit integer as the nearest double (ties to even), as Python's float(int). */
+static double nearest_double(__int128 value) {
+    if (value <= (__int128)INT64_MAX) {
+        return (double)(int64_t)value;
+    }
+    unsigned __int128 v = (unsigned __int128)value;
+    int shift = 0;
+    while ((v >> shift) > (unsigned __int128)UINT64_MAX) {
+        shift++;
+    }
+    uint64_t top = (uint64_t)(v >> shift);
+    /* The bits shifted out only decide ties: one sticky bit below the 53 kept keeps them. */
+    if (shift && (v & (((unsigned __int128)1 << shift) - 1))) {
+        top |= 1;
+    }
+    /* uint64 to double, rounded once: halve with the lost bit kept sticky, then double. */
+    double rounded = (double)(int64_t)((top >> 1) | (top & 1)) * 2.0;
+    return ldexp(rounded, shift);
+}
+
+#define N_WINDOWS 3
+/* Columns of `values`, in this order: TX_AMOUNT, TX_DURING_WEEKEND, TX_DURING_NIGHT, the six
+ * customer window columns (count and mean per window), the hour count, the seconds since the
+ * previous event, the amount ratio and the z-score. */
+#define N_COLUMNS (3 + 2 * N_WINDOWS + 4)
+
+typedef struct {
+    Py_ssize_t columns[N_COLUMNS];
+    int64_t windows_ms[N_WINDOWS];
+    int64_t hour_ms, velocity_ms, history_ms, max_events;
+} CustomerSpec;
+
+/* One appended event at `position` of its account: its customer and calendar columns. */
+static void customer_row(const CustomerSpec *spec, const int64_t *times, const int64_t *amounts,
+                         Py_ssize_t position, double scale, double *out, int64_t *in_velocity) {
+    const int64_t time_ms = times[position], amount = amounts[position];
+    const Py_ssize_t end = position + 1;
+    Py_ssize_t lowest = first_after(times, end, time_ms - spec->history_ms);
+    if (end - spec->max_events > lowest) {
+        lowest = end - spec->max_events;
+    }
+    Py_ssize_t start = lowest;
+    for (int w = 0; w < N_WINDOWS; w++) {
+        start = first_after(times, end, time_ms - spec->windows_ms[w]);
+        if (start < lowest) {
+            start = lowest;
+        }
+        int64_t count = end - start, sum = 0;
+        for (Py_ssize_t i = start; i < end; i++) {
+            sum += amounts[i];
+        }
+        out[spec->columns[3 + 2 * w]] = (double)count;
+        out[spec->columns[4 + 2 * w]] = (double)sum / (double)count / scale;
+    }
+    const Py_ssize_t start_longest = start;
+    Py_ssize_t hour_start = first_after(times, end, time_ms - spec->hour_ms);
+    Py_ssize_t velocity_start = first_after(times, end, time_ms - spec->velocity_ms);
+    *in_velocity = end - (velocity_start > lowest ? velocity_start : lowest);
+    int64_t longest_ms = spec->windows_ms[N_WINDOWS - 1], since_previous = longest_ms;
+    if (position > start_longest && time_ms - times[position - 1] < longest_ms) {
+        since_previous = time_ms - times[position - 1];
+    }
+    /* The amounts before this event in its longest window: m of them, summing to s1 (squares
+     * s2), in integers as exact as the final division. */
+    int64_t m = position - start_longest, s1 = 0;
+    __int128 s2 = 0;
+    for (Py_ssize_t i = start_longest; i < position; i++) {
+        s1 += amounts[i];
+        s2 += (__int128)amounts[i] * amounts[i];
+    }
+    double ratio = 1.0, zscore = 0.0;
+    if (m > 0 && s1 != 0) {
+        ratio = (double)(amount * m) / (double)s1;
+    }
+    if (m >= 2) {
+        __int128 spread = (__int128)m * s2 - (__int128)s1 * s1;
+        if (spread > 0) {
+            zscore = (double)(m * amount - s1) / sqrt(nearest_double(spread));
+        }
+    }
+    int64_t seconds = time_ms / 1000; /* times are positive here */
+    out[spec->columns[0]] = (double)amount / scale;
+    out[spec->columns[1]] = (seconds / 86400 + 3) % 7 >= 5 ? 1.0 : 0.0;
+    out[spec->columns[2]] = (seconds % 86400) / 3600 <= 6 ? 1.0 : 0.0;
+    out[spec->columns[3 + 2 * N_WINDOWS]] = (double)(end - (hour_start > lowest ? hour_start : lowest));
+    out[spec->columns[4 + 2 * N_WINDOWS]] = (double)since_previous / 1000.0;
+    out[spec->columns[5 + 2 * N_WINDOWS]] = ratio;
+    out[spec->columns[6 + 2 * N_WINDOWS]] = zscore;
+}
+
+static PyObject *str_history, *str_rows, *str_times_ms, *str_amounts_minor;
+
+/* customer_columns(accounts, rows, currency_field, scales, values, in_velocity, row_out,
+ *                  time_out, columns, windows_ms, hour_ms, velocity_ms, history_ms, max_events)
+ * For each account (`rows`: its batch rows, the last events of `history`), each event's
+ * columns into its row of `values` and `in_velocity`; the rows and their times, in account
+ * order, into `row_out` and `time_out`. Returns how many events. */
+static PyObject *customer_columns(PyObject *module, PyObject *args) {
+    PyObject *accounts, *rows, *scales, *values_object, *velocity_object, *row_object;
+    PyObject *time_object, *columns_object, *windows_object;
+    Py_ssize_t currency_field;
+    CustomerSpec spec;
+    if (!PyArg_ParseTuple(args, "O!O!nO!OOOOO!O!LLLL", &PyList_Type, &accounts, &PyList_Type,
+                          &rows, &currency_field, &PyDict_Type, &scales, &values_object,
+                          &velocity_object, &row_object, &time_object, &PyTuple_Type,
+                          &columns_object, &PyTuple_Type, &windows_object, &spec.hour_ms,
+                          &spec.velocity_ms, &spec.history_ms, &spec.max_events)) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(columns_object) != N_COLUMNS ||
+        PyTuple_GET_SIZE(windows_object) != N_WINDOWS) {
+        PyErr_SetString(PyExc_ValueError, "unexpected number of columns or windows");
+        return NULL;
+    }
+    Py_buffer values = {0}, in_velocity = {0}, row_out = {0}, time_out = {0};
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(values_object, &values,
+                           PyBUF_FORMAT | PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (values.ndim != 2 || values.itemsize != 8 || !values.format ||
+        strcmp(values.format, "d")) {
+        PyErr_SetString(PyExc_TypeError, "values: expected a two-dimensional float64 array");
+        PyBuffer_Release(&values);
+        return NULL;
+    }
+    if (!int64_buffer(velocity_object, &in_velocity, 1)) {
+        PyBuffer_Release(&values);
+        return NULL;
+    }
+    if (!int64_buffer(row_object, &row_out, 1)) {
+        goto release_velocity;
+    }
+    if (!int64_buffer(time_object, &time_out, 1)) {
+        goto release_rows;
+    }
+    const Py_ssize_t n_rows = values.shape[0], width = values.shape[1];
+    if (in_velocity.shape[0] != n_rows || PyList_GET_SIZE(rows) != n_rows) {
+        PyErr_SetString(PyExc_ValueError, "values, in_velocity and rows differ in length");
+        goto release;
+    }
+    for (int i = 0; i < N_COLUMNS; i++) {
+        spec.columns[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(columns_object, i));
+        if (spec.columns[i] < 0 || spec.columns[i] >= width) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_IndexError, "column out of range");
+            }
+            goto release;
+        }
+    }
+    for (int w = 0; w < N_WINDOWS; w++) {
+        spec.windows_ms[w] = PyLong_AsLongLong(PyTuple_GET_ITEM(windows_object, w));
+        if (spec.windows_ms[w] == -1 && PyErr_Occurred()) {
+            goto release;
+        }
+    }
+    double *out = (double *)values.buf;
+    int64_t *velocity = (int64_t *)in_velocity.buf, *row_at = (int64_t *)row_out.buf;
+    int64_t *time_at = (int64_t *)time_out.buf;
+    Py_ssize_t written = 0;
+    for (Py_ssize_t a = 0; a < PyList_GET_SIZE(accounts); a++) {
+        PyObject *account = PyList_GET_ITEM(accounts, a);
+        PyObject *history = PyObject_GetAttr(account, str_history);
+        PyObject *indices = history ? PyObject_GetAttr(account, str_rows) : NULL;
+        PyObject *times_object = indices ? PyObject_GetAttr(history, str_times_ms) : NULL;
+        PyObject *amounts_object =
+            times_object ? PyObject_GetAttr(history, str_amounts_minor) : NULL;
+        Py_buffer times = {0}, amounts = {0};
+        int ok = amounts_object != NULL && PyList_Check(indices) &&
+                 int64_buffer(times_object, &times, 0);
+        if (ok && !int64_buffer(amounts_object, &amounts, 0)) {
+            PyBuffer_Release(&times);
+            ok = 0;
+        }
+        if (ok) {
+            Py_ssize_t length = times.shape[0], k = PyList_GET_SIZE(indices);
+            if (amounts.shape[0] != length || k > length || written + k > row_out.shape[0] ||
+                written + k > time_out.shape[0]) {
+                PyErr_SetString(PyExc_ValueError, "an account's arrays do not hold its rows");
+                ok = 0;
+            }
+            for (Py_ssize_t j = 0; ok && j < k; j++) {
+                Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(indices, j));
+                if (row < 0 || row >= n_rows) {
+                    if (!PyErr_Occurred()) {
+                        PyErr_SetString(PyExc_IndexError, "row out of range");
+                    }
+                    ok = 0;
+                    break;
+                }
+                PyObject *row_tuple = PyList_GET_ITEM(rows, row);
+                if (!PyTuple_Check(row_tuple) || currency_field < 0 ||
+                    currency_field >= PyTuple_GET_SIZE(row_tuple)) {
+                    PyErr_SetString(PyExc_TypeError, "rows: expected tuples with a currency");
+                    ok = 0;
+                    break;
+                }
+                PyObject *scale_object =
+                    PyDict_GetItemWithError(scales, PyTuple_GET_ITEM(row_tuple, currency_field));
+                double scale = 100.0;
+                if (scale_object != NULL) {
+                    scale = PyFloat_AsDouble(scale_object);
+                }
+                if (PyErr_Occurred()) {
+                    ok = 0;
+                    break;
+                }
+                Py_ssize_t position = length - k + j;
+                customer_row(&spec, (const int64_t *)times.buf, (const int64_t *)amounts.buf,
+                             position, scale, out + row * width, velocity + row);
+                row_at[written] = row;
+                time_at[written] = ((const int64_t *)times.buf)[position];
+                written++;
+            }
+            PyBuffer_Release(&times);
+            PyBuffer_Release(&amounts);
+        }
+        Py_XDECREF(history);
+        Py_XDECREF(indices);
+        Py_XDECREF(times_object);
+        Py_XDECREF(amounts_object);
+        if (!ok) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "accounts: expected _Account objects");
+            }
+            goto release;
+        }
+    }
+    result = PyLong_FromSsize_t(written);
+release:
+    PyBuffer_Release(&time_out);
+release_rows:
+    PyBuffer_Release(&row_out);
+release_velocity:
+    PyBuffer_Release(&in_velocity);
+    PyBuffer_Release(&values);
+    return result;
+}
+
+
+/* ---------------------------------------------------------------------------------------- */
+/* Appending a batch's events to an account (`feature_batch._appendable`)                    */
+
+static PyObject *str_hashes, *str_last_event_time_ms, *str_amount_bound_minor, *str_frombytes;
+
+/* An int attribute of `object` as int64; 0 (no exception set) when it does not fit. */
+static int int64_attribute(PyObject *object, PyObject *name, int64_t *out) {
+    PyObject *value = PyObject_GetAttr(object, name);
+    if (value == NULL) {
+        return -1;
+    }
+    int overflow = 0;
+    long long result = PyLong_AsLongLongAndOverflow(value, &overflow);
+    Py_DECREF(value);
+    if (result == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = result;
+    return overflow ? 0 : 1;
+}
+
+static int set_int64_attribute(PyObject *object, PyObject *name, int64_t value) {
+    PyObject *number = PyLong_FromLongLong(value);
+    int result = number ? PyObject_SetAttr(object, name, number) : -1;
+    Py_XDECREF(number);
+    return result;
+}
+
+/* The list's item as int64 (unsigned with `is_unsigned`); 0 when it does not fit. */
+static int list_int64(PyObject *list, Py_ssize_t index, int is_unsigned, uint64_t *out) {
+    PyObject *item = PyList_GET_ITEM(list, index);
+    if (is_unsigned) {
+        unsigned long long value = PyLong_AsUnsignedLongLong(item);
+        if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            return 0;
+        }
+        *out = value;
+        return 1;
+    }
+    int overflow = 0;
+    long long value = PyLong_AsLongLongAndOverflow(item, &overflow);
+    if (value == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = (uint64_t)value;
+    return overflow ? 0 : 1;
+}
+
+/* Append `size` 8-byte values to an array.array through its frombytes(). */
+static int append_to_array(PyObject *array, const uint64_t *values, Py_ssize_t size) {
+    PyObject *bytes = PyBytes_FromStringAndSize((const char *)values, size * 8);
+    if (bytes == NULL) {
+        return -1;
+    }
+    PyObject *done = PyObject_CallMethodOneArg(array, str_frombytes, bytes);
+    Py_DECREF(bytes);
+    Py_XDECREF(done);
+    return done ? 0 : -1;
+}
+
+/* append_if_appendable(history, indices, hashes, times, amounts, longest_ms, max_events,
+ *                      max_amount, max_time_ms)
+ * `_appendable`'s question for an account's batch events (at `indices` of the batch's `times`
+ * and `amounts`, with their event id `hashes`), and when the answer is yes, their
+ * `AccountHistory.append_in_order`, in batch order. Returns whether they were appended. */
+static PyObject *append_if_appendable(PyObject *module, PyObject *args) {
+    PyObject *history, *indices, *hashes, *times, *amounts;
+    long long longest_ms, max_events, max_amount, max_time_ms;
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!LLLL", &history, &PyList_Type, &indices, &PyList_Type,
+                          &hashes, &PyList_Type, &times, &PyList_Type, &amounts, &longest_ms,
+                          &max_events, &max_amount, &max_time_ms)) {
+        return NULL;
+    }
+    const Py_ssize_t k = PyList_GET_SIZE(indices);
+    if (k == 0 || PyList_GET_SIZE(hashes) != k) {
+        PyErr_SetString(PyExc_ValueError, "expected as many hashes as indices, at least one");
+        return NULL;
+    }
+    PyObject *times_array = NULL, *hashes_array = NULL, *amounts_array = NULL;
+    Py_buffer seen = {0}, remembered_amounts = {0};
+    uint64_t *new_values = NULL;
+    PyObject *result = NULL;
+    int appendable = 0;
+    times_array = PyObject_GetAttr(history, str_times_ms);
+    hashes_array = times_array ? PyObject_GetAttr(history, str_hashes) : NULL;
+    amounts_array = hashes_array ? PyObject_GetAttr(history, str_amounts_minor) : NULL;
+    if (amounts_array == NULL) {
+        goto done;
+    }
+    int64_t previous, bound;
+    int fits = int64_attribute(history, str_last_event_time_ms, &previous);
+    if (fits < 0) {
+        goto done;
+    }
+    Py_ssize_t remembered = PyObject_Length(times_array);
+    if (remembered < 0) {
+        goto done;
+    }
+    new_values = PyMem_Malloc(3 * k * sizeof(uint64_t));
+    if (new_values == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint64_t *new_times = new_values, *new_hashes = new_values + k, *new_amounts = new_values + 2 * k;
+    if (!fits || remembered + k > max_events) {
+        goto answer;
+    }
+    for (Py_ssize_t j = 0; j < k; j++) {
+        Py_ssize_t index = PyLong_AsSsize_t(PyList_GET_ITEM(indices, j));
+        if (index == -1 && PyErr_Occurred()) {
+            goto done;
+        }
+        if (index < 0 || index >= PyList_GET_SIZE(times) || index >= PyList_GET_SIZE(amounts)) {
+            PyErr_SetString(PyExc_IndexError, "index out of range");
+            goto done;
+        }
+        int got = list_int64(times, index, 0, &new_times[j]);
+        if (got < 0) {
+            goto done;
+        }
+        int64_t time_ms = (int64_t)new_times[j];
+        if (!got || time_ms < previous) {
+            goto answer;
+        }
+        got = list_int64(amounts, index, 0, &new_amounts[j]);
+        if (got < 0) {
+            goto done;
+        }
+        if (!got || (int64_t)new_amounts[j] < 0 || (int64_t)new_amounts[j] >= max_amount) {
+            goto answer;
+        }
+        previous = time_ms;
+    }
+    if ((int64_t)new_times[0] < longest_ms || previous >= max_time_ms) {
+        goto answer;
+    }
+    for (Py_ssize_t j = 0; j < k; j++) {
+        int got = list_int64(hashes, j, 1, &new_hashes[j]);
+        if (got <= 0) {
+            if (got < 0) {
+                goto done;
+            }
+            goto answer;
+        }
+        for (Py_ssize_t i = 0; i < j; i++) {
+            if (new_hashes[i] == new_hashes[j]) {
+                goto answer;
+            }
+        }
+    }
+    if (PyObject_GetBuffer(hashes_array, &seen, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        goto done;
+    }
+    if (seen.itemsize != 8) {
+        PyErr_SetString(PyExc_TypeError, "history.hashes: expected 8-byte items");
+        goto done;
+    }
+    const uint64_t *seen_hashes = (const uint64_t *)seen.buf;
+    for (Py_ssize_t i = 0; i < seen.len / 8; i++) {
+        for (Py_ssize_t j = 0; j < k; j++) {
+            if (seen_hashes[i] == new_hashes[j]) {
+                goto answer;
+            }
+        }
+    }
+    fits = int64_attribute(history, str_amount_bound_minor, &bound);
+    if (fits < 0) {
+        goto done;
+    }
+    if (!fits || bound >= max_amount) {
+        /* `largest_amount_minor`: the bound made exact again, whatever the answer. */
+        if (!int64_buffer(amounts_array, &remembered_amounts, 0)) {
+            goto done;
+        }
+        const int64_t *held = (const int64_t *)remembered_amounts.buf;
+        int64_t largest = remembered_amounts.shape[0] ? held[0] : 0;
+        for (Py_ssize_t i = 1; i < remembered_amounts.shape[0]; i++) {
+            largest = held[i] > largest ? held[i] : largest;
+        }
+        bound = largest;
+        if (set_int64_attribute(history, str_amount_bound_minor, bound) < 0) {
+            goto done;
+        }
+        if (bound >= max_amount) {
+            goto answer;
+        }
+    }
+    /* Appendable: every event appended, as `append_in_order` appends it. */
+    PyBuffer_Release(&seen);
+    PyBuffer_Release(&remembered_amounts);
+    if (append_to_array(times_array, new_times, k) < 0 ||
+        append_to_array(hashes_array, new_hashes, k) < 0 ||
+        append_to_array(amounts_array, new_amounts, k) < 0) {
+        goto done;
+    }
+    int64_t last;
+    fits = int64_attribute(history, str_last_event_time_ms, &last);
+    if (fits < 0) {
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < k; j++) {
+        bound = (int64_t)new_amounts[j] > bound ? (int64_t)new_amounts[j] : bound;
+    }
+    if ((fits && previous > last && set_int64_attribute(history, str_last_event_time_ms, previous) < 0) ||
+        set_int64_attribute(history, str_amount_bound_minor, bound) < 0) {
+        goto done;
+    }
+    appendable = 1;
+answer:
+    result = PyBool_FromLong(appendable);
+done:
+    PyBuffer_Release(&seen);
+    PyBuffer_Release(&remembered_amounts);
+    PyMem_Free(new_values);
+    Py_XDECREF(times_array);
+    Py_XDECREF(hashes_array);
+    Py_XDECREF(amounts_array);
+    return result;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -1044,6 +1549,12 @@ static PyMethodDef methods[] = {
      "labels, "
      "skip, result_type, reason_type)"},
     {"event_id_hash", event_id_hash, METH_O, "event_id_hash(event_id): state.event_id_hash"},
+    {"customer_columns", customer_columns, METH_VARARGS,
+     "customer_columns(accounts, rows, currency_field, scales, values, in_velocity, row_out, "
+     "time_out, columns, windows_ms, hour_ms, velocity_ms, history_ms, max_events)"},
+    {"append_if_appendable", append_if_appendable, METH_VARARGS,
+     "append_if_appendable(history, indices, hashes, times, amounts, longest_ms, max_events, "
+     "max_amount, max_time_ms)"},
     {"group_rows", group_rows, METH_O,
      "group_rows(rows): (partition, account_id, row indices, event id hashes) per account"},
     {NULL, NULL, 0, NULL},
@@ -1065,7 +1576,17 @@ PyMODINIT_FUNC PyInit__per_record(void) {
     str_value = PyUnicode_InternFromString("value");
     str_partition = PyUnicode_InternFromString("partition");
     str_offset = PyUnicode_InternFromString("offset");
-    if (!str_headers || !str_value || !str_partition || !str_offset) {
+    str_history = PyUnicode_InternFromString("history");
+    str_rows = PyUnicode_InternFromString("rows");
+    str_times_ms = PyUnicode_InternFromString("times_ms");
+    str_amounts_minor = PyUnicode_InternFromString("amounts_minor");
+    str_hashes = PyUnicode_InternFromString("hashes");
+    str_last_event_time_ms = PyUnicode_InternFromString("last_event_time_ms");
+    str_amount_bound_minor = PyUnicode_InternFromString("amount_bound_minor");
+    str_frombytes = PyUnicode_InternFromString("frombytes");
+    if (!str_hashes || !str_last_event_time_ms || !str_amount_bound_minor || !str_frombytes ||
+        !str_headers || !str_value || !str_partition || !str_offset || !str_history ||
+        !str_rows || !str_times_ms || !str_amounts_minor) {
         return NULL;
     }
     return PyModule_Create(&module);

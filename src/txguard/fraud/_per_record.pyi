@@ -43,3 +43,30 @@ def model_results(
 ) -> list[_Result | None]: ...
 def event_id_hash(event_id: str) -> int: ...
 def group_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[int, str, list[int], list[int]]]: ...
+def append_if_appendable(
+    history: Any,
+    indices: list[int],
+    hashes: list[int],
+    times: list[int],
+    amounts: list[int],
+    longest_ms: int,
+    max_events: int,
+    max_amount: int,
+    max_time_ms: int,
+) -> bool: ...
+def customer_columns(
+    accounts: list[Any],
+    rows: list[Any],
+    currency_field: int,
+    scales: dict[str, float],
+    values: Any,
+    in_velocity: Any,
+    row_out: Any,
+    time_out: Any,
+    columns: tuple[int, ...],
+    windows_ms: tuple[int, ...],
+    hour_ms: int,
+    velocity_ms: int,
+    history_ms: int,
+    max_events: int,
+) -> int: ...

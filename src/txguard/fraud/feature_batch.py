@@ -2,23 +2,21 @@
 
 `observe_batch` is the detector's per-batch step: it drops redeliveries, records each event in its
 account's state and computes every feature. The usual case is an account whose new events are no
-older than what it remembers: its events are appended, and the windows of all such accounts are
-computed at once with numpy over their histories laid end to end (prefix sums and sorted
-searches). Any other account (an event out of time order, a duplicate inside the batch, amounts
-too large for exact int64 sums) goes event by event through `record_and_compute`, which defines
-the features; both ways give the same numbers, bit for bit.
+older than what it remembers: its events are appended and their customer windows computed in C
+(`_per_record.customer_columns`), and the terminal windows of all such events at once with numpy
+(sorted searches in the terminal table's pack). Any other account (an event out of time order, a
+duplicate inside the batch, amounts too large for exact sums) goes event by event through
+`record_and_compute`, which defines the features; both ways give the same numbers, bit for bit.
 
-Column-wise work costs a fixed few hundred microseconds per batch (some hundred numpy calls), so a
-batch of fewer than `COLUMNWISE_MIN_ROWS` transactions, the usual case under light live traffic,
-goes event by event altogether. Measured on the benchmark's records (whole detector batches, the
-two ways alternating), event by event costs 10% less at 16 rows, the same at 24, 13% more at 48
-and 31% more at 128.
+Column-wise work costs a fixed amount per batch (some tens of numpy calls), so a batch of fewer
+than `COLUMNWISE_MIN_ROWS` transactions, the usual case under light live traffic, goes event by
+event altogether. Measured on the benchmark's records (whole detector batches, the two ways
+alternating, CPU µs per record), event by event costs 98-118 against 115-145 at 4 rows, about
+the same at 8 (70-87 against 71-87), and 70-86 against 63-72 at 12.
 """
 
 from __future__ import annotations
 
-import math
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
@@ -65,7 +63,6 @@ IntArray = npt.NDArray[np.int64]
 _WINDOWS_MS = tuple(n * DAY_MS for n in WINDOW_DAYS)
 _TERMINAL_DELAY_MS = TERMINAL_DELAY_DAYS * DAY_MS
 _LONGEST_WINDOW_MS = _WINDOWS_MS[-1]
-_EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday
 _COLUMN = {name: index for index, name in enumerate(ALL_FEATURES)}
 # Minor units per major unit, by currency (an unknown currency counts 100, as in features.py).
 _SCALES = {currency: float(10**units) for currency, units in MINOR_UNITS.items()}
@@ -84,20 +81,29 @@ _TERMINAL_COLUMNS = np.array(
     ]
 )
 
-# Accounts' times are laid end to end in one sorted key array, account k's shifted by k strides:
-# a search for (k, t) never leaves account k's stretch while times stay in [0, 2**43).
+# The columns `_per_record.customer_columns` writes, in the order it writes them.
+_CUSTOMER_SPEC_COLUMNS = (
+    _COLUMN["TX_AMOUNT"],
+    _COLUMN["TX_DURING_WEEKEND"],
+    _COLUMN["TX_DURING_NIGHT"],
+    *(int(column) for column in _CUSTOMER_COLUMNS),
+    _COLUMN["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"],
+    _COLUMN["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"],
+    _COLUMN["CUSTOMER_ID_AMOUNT_RATIO_30DAY"],
+    _COLUMN["CUSTOMER_ID_AMOUNT_ZSCORE_30DAY"],
+)
+
+# Terminals' times are laid end to end in one sorted key array, terminal k's shifted by k
+# strides: a search for (k, t) never leaves terminal k's stretch while times stay in [0, 2**43).
 _STRIDE = PACK_STRIDE
 _MAX_TIME_MS = PACK_MAX_TIME_MS
-# Prefix sums of squared amounts stay exact in int64 (modulo 2**64, and every window's true sum
-# is below 2**63) while amounts are below 2**26 and an account holds at most 2**11 events.
+# Column-wise, an account's window sums stay exact in int64 and its z-score's terms in int128
+# (`_per_record.customer_columns`) while amounts are below 2**26 and it holds at most 2**11
+# events.
 _MAX_AMOUNT = 1 << 26
 _MAX_EVENTS = 1 << 11
-# Bounds under which int64 products cannot overflow: x * x for x <= _SQRT_INT64_MAX, and
-# m * y for y <= _INT64_MAX // m.
-_INT64_MAX = (1 << 63) - 1
-_SQRT_INT64_MAX = math.isqrt(_INT64_MAX)
 # Smaller batches are computed event by event (see the module's docstring).
-COLUMNWISE_MIN_ROWS = 24
+COLUMNWISE_MIN_ROWS = 10
 
 
 class TransactionRow(NamedTuple):
@@ -148,6 +154,9 @@ class TransactionRow(NamedTuple):
             tx,
             offset,
         )
+
+
+_CURRENCY_FIELD = TransactionRow._fields.index("currency")
 
 
 def _row(
@@ -356,9 +365,18 @@ def observe_batch(
             _drop_redelivered(account, rows, duplicate)
             if not account.rows:
                 continue
-        if columnwise and _appendable(account, times, amounts, longest_ms):
-            for index, id_hash in zip(account.rows, account.hashes, strict=True):
-                history.append_in_order(id_hash, times[index], amounts[index])
+        # `_appendable`, then `append_in_order` for each event, in C.
+        if columnwise and _per_record.append_if_appendable(
+            history,
+            account.rows,
+            account.hashes,
+            times,
+            amounts,
+            longest_ms,
+            _MAX_EVENTS,
+            _MAX_AMOUNT,
+            _MAX_TIME_MS,
+        ):
             appended.append(account)
         else:
             for index, id_hash in zip(account.rows, account.hashes, strict=True):
@@ -428,26 +446,39 @@ def _drop_redelivered(
     account.rows, account.hashes = kept_rows, kept_hashes
 
 
-def _appendable(account: _Account, times: list[int], amounts: list[int], longest_ms: int) -> bool:
+def _appendable(
+    account: _Account,
+    times: list[int],
+    amounts: list[int],
+    longest_ms: int,
+    *,
+    max_events: int = _MAX_EVENTS,
+    max_amount: int = _MAX_AMOUNT,
+    max_time_ms: int = _MAX_TIME_MS,
+) -> bool:
     """Whether the account's batch events can all be appended and computed column-wise: none
     is a redelivery, none is older than what the account remembers or than the event before it,
-    and the sums stay exact in int64. (Then dedup and expiry cannot interleave with them.)"""
+    and the sums stay exact. (Then dedup and expiry cannot interleave with them.)
+
+    The definition of `_per_record.append_if_appendable`, which asks this and appends the
+    events (`AccountHistory.append_in_order`) when the answer is yes.
+    """
     history = account.history
     previous = history.last_event_time_ms
-    if len(history) + len(account.rows) > _MAX_EVENTS:
+    if len(history) + len(account.rows) > max_events:
         return False
     for row in account.rows:
         time_ms = times[row]
-        if time_ms < previous or not 0 <= amounts[row] < _MAX_AMOUNT:
+        if time_ms < previous or not 0 <= amounts[row] < max_amount:
             return False
         previous = time_ms
     first = times[account.rows[0]]
-    if first < longest_ms or previous >= _MAX_TIME_MS:
+    if first < longest_ms or previous >= max_time_ms:
         return False
     hashes = account.hashes
     if (len(hashes) > 1 and len(set(hashes)) < len(hashes)) or history.has_seen_any(hashes):
         return False
-    return history.amount_bound_minor < _MAX_AMOUNT or history.largest_amount_minor() < _MAX_AMOUNT
+    return history.amount_bound_minor < max_amount or history.largest_amount_minor() < max_amount
 
 
 def _appended_features(
@@ -462,110 +493,35 @@ def _appended_features(
 ) -> None:
     """Features of the appended accounts' batch events, written into their rows.
 
-    Mirrors `customer_features` event by event: the event at position p of its account sees
-    the events at positions [lo, p], where lo is what `AccountHistory.record` would have kept
-    (within `history_ms` of it, at most `max_events`), and a window of length w starts at the
-    first of them timed after t - w.
+    Mirrors `record_and_compute` event by event (in C, `_per_record.customer_columns`): the
+    event at position p of its account sees the events at positions [lo, p], where lo is what
+    `AccountHistory.record` would have kept (within `history_ms` of it, at most `max_events`),
+    and a window of length w starts at the first of them timed after t - w. The accounts'
+    amounts are below `_MAX_AMOUNT` and they hold at most `_MAX_EVENTS` events (`_appendable`),
+    so every sum is exact in int64 and every z-score's terms in int128.
     """
-    # Laid end to end in C (array.extend), then seen by numpy without a copy.
-    joined_times = array("q")
-    joined_amounts = array("q")
-    indices: list[int] = []
-    for account in accounts:
-        joined_times.extend(account.history.times_ms)
-        joined_amounts.extend(account.history.amounts_minor)
-        indices.extend(account.rows)
-    all_times = np.frombuffer(joined_times, dtype=np.int64)
-    all_amounts = np.frombuffer(joined_amounts, dtype=np.int64)
-    lengths = np.array([len(account.history) for account in accounts], dtype=np.int64)
-    new_events = np.array([len(account.rows) for account in accounts], dtype=np.int64)
-    account_strides = np.arange(len(accounts), dtype=np.int64) * _STRIDE
-    keys = all_times + np.repeat(account_strides, lengths)
-    # Prefix sums: the sum of positions [s, e) is cum[e] - cum[s].
-    cum_amounts = np.concatenate(([0], np.cumsum(all_amounts)))
-    cum_squares = np.concatenate(([0], np.cumsum(all_amounts * all_amounts)))
-
-    # Each account's batch events are the last of its stretch: event k of an account whose
-    # stretch ends at e and that has n batch events sits at position e - n + k.
-    row = np.array(indices, dtype=np.int64)
-    firsts = np.cumsum(lengths) - new_events
-    ranks = np.arange(len(indices), dtype=np.int64) - np.repeat(
-        np.cumsum(new_events) - new_events, new_events
-    )
-    position = np.repeat(firsts, new_events) + ranks
-    base = np.repeat(account_strides, new_events)
-    time_ms = all_times[position]
-    end = position + 1
-
-    def first_after(window_ms: int) -> IntArray:
-        """Per event, the first position of its account timed after t - window_ms."""
-        return np.searchsorted(keys, base + time_ms - window_ms, side="right").astype(np.int64)
-
     limits = state.limits
-    lowest = np.maximum(first_after(limits.history_ms), end - limits.max_events)
-    scale = np.array([_SCALES.get(rows[i].currency, 100.0) for i in indices], dtype=np.float64)
-    amount = all_amounts[position]
-    customer = np.empty((len(indices), 2 * len(_WINDOWS_MS)), dtype=np.float64)
-    start = lowest
-    for column, window_ms in enumerate(_WINDOWS_MS):
-        start = np.maximum(lowest, first_after(window_ms))
-        count = end - start
-        customer[:, 2 * column] = count
-        customer[:, 2 * column + 1] = (cum_amounts[end] - cum_amounts[start]) / count / scale
-    start_30d = start
-    in_hour = end - np.maximum(lowest, first_after(HOUR_MS))
-    in_velocity[row] = end - np.maximum(lowest, first_after(velocity_window_ms))
-    previous_time = all_times[np.maximum(position - 1, 0)]
-    since_previous = np.where(
-        position > start_30d,
-        np.minimum(time_ms - previous_time, _LONGEST_WINDOW_MS),
-        _LONGEST_WINDOW_MS,
+    row_out = np.empty(len(rows), dtype=np.int64)
+    time_out = np.empty(len(rows), dtype=np.int64)
+    appended = _per_record.customer_columns(
+        accounts,
+        rows if isinstance(rows, list) else list(rows),
+        _CURRENCY_FIELD,
+        _SCALES,
+        values,
+        in_velocity,
+        row_out,
+        time_out,
+        _CUSTOMER_SPEC_COLUMNS,
+        _WINDOWS_MS,
+        HOUR_MS,
+        velocity_window_ms,
+        limits.history_ms,
+        limits.max_events,
     )
-    # The amounts before this event in its 30-day window: m of them, summing to s1 (squares s2).
-    m = position - start_30d
-    s1 = cum_amounts[position] - cum_amounts[start_30d]
-    ratio = np.ones(len(indices), dtype=np.float64)
-    has_ratio = (m > 0) & (s1 != 0)
-    ratio[has_ratio] = (amount[has_ratio] * m[has_ratio]) / s1[has_ratio]
-    zscore = np.zeros(len(indices), dtype=np.float64)
-    several = np.flatnonzero(m >= 2)
-    if len(several):
-        # As `customer_features`: exact integers up to the final division, so z = (m c - s1) /
-        # sqrt(m s2 - s1^2) in int64 where neither product can overflow, else Python integers.
-        m_several, s1_several = m[several], s1[several]
-        s2 = cum_squares[position[several]] - cum_squares[start_30d[several]]
-        exact = (s1_several <= _SQRT_INT64_MAX) & (s2 <= _INT64_MAX // m_several)
-        rows_exact = several[exact]
-        m_exact, s1_exact = m_several[exact], s1_several[exact]
-        spread = m_exact * s2[exact] - s1_exact * s1_exact
-        spread_positive = spread > 0
-        zscore[rows_exact[spread_positive]] = (m_exact * amount[rows_exact] - s1_exact)[
-            spread_positive
-        ] / np.sqrt(spread[spread_positive].astype(np.float64))
-        inexact = np.flatnonzero(~exact)
-        for i, mi, s1i, s2i, ai in zip(
-            several[inexact].tolist(),
-            m_several[inexact].tolist(),
-            s1_several[inexact].tolist(),
-            s2[inexact].tolist(),
-            amount[several[inexact]].tolist(),
-            strict=True,
-        ):
-            spread_i = mi * s2i - s1i * s1i
-            if spread_i > 0:
-                zscore[i] = (mi * ai - s1i) / math.sqrt(spread_i)
-
-    seconds = time_ms // 1000
-    values[row, _COLUMN["TX_AMOUNT"]] = amount / scale
-    values[row, _COLUMN["TX_DURING_WEEKEND"]] = (seconds // 86_400 + _EPOCH_WEEKDAY) % 7 >= 5
-    values[row, _COLUMN["TX_DURING_NIGHT"]] = (seconds % 86_400) // 3600 <= 6
-    values[np.ix_(row, _CUSTOMER_COLUMNS)] = customer
-    values[row, _COLUMN["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"]] = in_hour
-    values[row, _COLUMN["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"]] = since_previous / 1000
-    values[row, _COLUMN["CUSTOMER_ID_AMOUNT_RATIO_30DAY"]] = ratio
-    values[row, _COLUMN["CUSTOMER_ID_AMOUNT_ZSCORE_30DAY"]] = zscore
+    row, time_ms = row_out[:appended], time_out[:appended]
     values[np.ix_(row, _TERMINAL_COLUMNS)] = terminal_columns(
-        table, [rows[i].terminal_id for i in indices], time_ms
+        table, [rows[i].terminal_id for i in row.tolist()], time_ms
     )
 
 
