@@ -223,6 +223,19 @@ def test_sums_too_large_for_int64_products_give_the_same_features() -> None:
     assert np.count_nonzero(zscores) > 60
 
 
+def test_negative_remembered_amounts_give_the_same_features() -> None:
+    # A history restored from the changelog may hold any int64 amount; one with negative ones
+    # (which the API never accepts) is computed event by event, not with column-wise sums.
+    amounts = [-(2**62), -(2**62), -(2**51) - 7, 5, 7, 9, 11, 2**20, 3]
+    spec = [(0, ACCOUNTS[0], 600_000, amount, TERMINALS[0], False) for amount in amounts]
+    rows = build_rows(spec)
+    table = table_with_frauds()
+    limits = StateLimits()
+    expected, _, _, _ = one_by_one(rows, table, limits, 3_600_000)
+    matrix, _, _, _ = in_batches(rows, [3], table, limits, 3_600_000)
+    assert matrix.tolist() == [list(values) for values in expected]
+
+
 def test_z_scores_round_a_spread_beyond_64_bits_as_python_does() -> None:
     # With 900 amounts near 2**26 a z-score's spread m*s2 - s1**2 needs more than 64 bits: it
     # is rounded to a double once, ties to even, as float(int) rounds it. At event 892 of this

@@ -4,7 +4,9 @@ input.
 `decode_rows` must return `decode_rows_in_python`'s rows for any record (a record the C reader
 does not take goes to the same fallback); `DecisionWriter.records` must write
 `records_in_python`'s bytes; `model_results` must build the reasons `f"{label}{value:g}"` names;
-`group_rows` must group rows by account with `state.event_id_hash` of each event id.
+`group_rows` must group rows by account with `state.event_id_hash` of each event id;
+`append_if_appendable` must answer as `_appendable` and append as `append_in_order`.
+`customer_columns` is checked against `record_and_compute` in test_feature_batch.py.
 """
 
 from __future__ import annotations
@@ -524,3 +526,14 @@ def test_append_if_appendable_decides_and_appends_as_python_does(
 
     assert appended is expected
     assert _state(in_c) == _state(in_python)
+
+
+def test_append_if_appendable_appends_all_events_or_none() -> None:
+    history = _history([(1, 950, 5), (2, 960, 6)], 960, 6)
+    before = _state(history)
+    # An exported buffer keeps `hashes` from growing: its append fails after `times_ms` grew.
+    with memoryview(history.hashes), pytest.raises(BufferError):
+        _per_record.append_if_appendable(
+            history, [0, 1], [7, 8], [1_000, 1_001], [1, 2], 0, 8, 1 << 10, 1 << 20
+        )
+    assert _state(history) == before

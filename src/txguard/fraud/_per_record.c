@@ -10,7 +10,8 @@
  *   `record_and_compute`, one event at a time).
  *
  * The Python functions named are their definition; tests/unit/test_per_record_extension.py
- * checks that both give the same rows, groups, reasons and bytes.
+ * checks that both give the same rows, groups, reasons, bytes and histories, and
+ * tests/unit/test_feature_batch.py the same features.
  *
  * The reader takes only what it can read exactly as the protobuf library would: a record with a
  * field it does not expect the way it comes (a repeated field, an unexpected wire type, a group,
@@ -1234,6 +1235,7 @@ static PyObject *customer_columns(PyObject *module, PyObject *args) {
     Py_ssize_t written = 0;
     for (Py_ssize_t a = 0; a < PyList_GET_SIZE(accounts); a++) {
         PyObject *account = PyList_GET_ITEM(accounts, a);
+        Py_INCREF(account);
         PyObject *history = PyObject_GetAttr(account, str_history);
         PyObject *indices = history ? PyObject_GetAttr(account, str_rows) : NULL;
         PyObject *times_object = indices ? PyObject_GetAttr(history, str_times_ms) : NULL;
@@ -1254,7 +1256,13 @@ static PyObject *customer_columns(PyObject *module, PyObject *args) {
                 ok = 0;
             }
             for (Py_ssize_t j = 0; ok && j < k; j++) {
-                Py_ssize_t row = PyLong_AsSsize_t(PyList_GET_ITEM(indices, j));
+                PyObject *row_number = PyList_GET_ITEM(indices, j);
+                if (!PyLong_CheckExact(row_number)) {
+                    PyErr_SetString(PyExc_TypeError, "an account's rows: expected ints");
+                    ok = 0;
+                    break;
+                }
+                Py_ssize_t row = PyLong_AsSsize_t(row_number);
                 if (row < 0 || row >= n_rows) {
                     if (!PyErr_Occurred()) {
                         PyErr_SetString(PyExc_IndexError, "row out of range");
@@ -1263,8 +1271,11 @@ static PyObject *customer_columns(PyObject *module, PyObject *args) {
                     break;
                 }
                 PyObject *row_tuple = PyList_GET_ITEM(rows, row);
+                /* Exact types only: no Python code runs in this loop, so the lists and the
+                 * borrowed items stay as they are. */
                 if (!PyTuple_Check(row_tuple) || currency_field < 0 ||
-                    currency_field >= PyTuple_GET_SIZE(row_tuple)) {
+                    currency_field >= PyTuple_GET_SIZE(row_tuple) ||
+                    !PyUnicode_CheckExact(PyTuple_GET_ITEM(row_tuple, currency_field))) {
                     PyErr_SetString(PyExc_TypeError, "rows: expected tuples with a currency");
                     ok = 0;
                     break;
@@ -1273,7 +1284,12 @@ static PyObject *customer_columns(PyObject *module, PyObject *args) {
                     PyDict_GetItemWithError(scales, PyTuple_GET_ITEM(row_tuple, currency_field));
                 double scale = 100.0;
                 if (scale_object != NULL) {
-                    scale = PyFloat_AsDouble(scale_object);
+                    if (!PyFloat_CheckExact(scale_object)) {
+                        PyErr_SetString(PyExc_TypeError, "scales: expected floats");
+                        ok = 0;
+                        break;
+                    }
+                    scale = PyFloat_AS_DOUBLE(scale_object);
                 }
                 if (PyErr_Occurred()) {
                     ok = 0;
@@ -1289,6 +1305,7 @@ static PyObject *customer_columns(PyObject *module, PyObject *args) {
             PyBuffer_Release(&times);
             PyBuffer_Release(&amounts);
         }
+        Py_DECREF(account);
         Py_XDECREF(history);
         Py_XDECREF(indices);
         Py_XDECREF(times_object);
@@ -1340,9 +1357,13 @@ static int set_int64_attribute(PyObject *object, PyObject *name, int64_t value) 
     return result;
 }
 
-/* The list's item as int64 (unsigned with `is_unsigned`); 0 when it does not fit. */
+/* The list's item as int64 (unsigned with `is_unsigned`); 0 when it does not fit or is not an
+ * int. */
 static int list_int64(PyObject *list, Py_ssize_t index, int is_unsigned, uint64_t *out) {
     PyObject *item = PyList_GET_ITEM(list, index);
+    if (!PyLong_CheckExact(item)) {
+        return 0; /* (an int subclass could run Python code and change the lists) */
+    }
     if (is_unsigned) {
         unsigned long long value = PyLong_AsUnsignedLongLong(item);
         if (value == (unsigned long long)-1 && PyErr_Occurred()) {
@@ -1424,7 +1445,12 @@ static PyObject *append_if_appendable(PyObject *module, PyObject *args) {
         goto answer;
     }
     for (Py_ssize_t j = 0; j < k; j++) {
-        Py_ssize_t index = PyLong_AsSsize_t(PyList_GET_ITEM(indices, j));
+        PyObject *index_object = PyList_GET_ITEM(indices, j);
+        if (!PyLong_CheckExact(index_object)) {
+            PyErr_SetString(PyExc_TypeError, "indices: expected ints");
+            goto done;
+        }
+        Py_ssize_t index = PyLong_AsSsize_t(index_object);
         if (index == -1 && PyErr_Occurred()) {
             goto done;
         }
@@ -1481,18 +1507,26 @@ static PyObject *append_if_appendable(PyObject *module, PyObject *args) {
             }
         }
     }
+    /* A restored history may hold any int64 amount: the column-wise sums are exact for
+     * amounts in [0, max_amount) only. */
+    if (!int64_buffer(amounts_array, &remembered_amounts, 0)) {
+        goto done;
+    }
+    const int64_t *held = (const int64_t *)remembered_amounts.buf;
+    const Py_ssize_t held_count = remembered_amounts.shape[0];
+    for (Py_ssize_t i = 0; i < held_count; i++) {
+        if (held[i] < 0) {
+            goto answer;
+        }
+    }
     fits = int64_attribute(history, str_amount_bound_minor, &bound);
     if (fits < 0) {
         goto done;
     }
     if (!fits || bound >= max_amount) {
         /* `largest_amount_minor`: the bound made exact again, whatever the answer. */
-        if (!int64_buffer(amounts_array, &remembered_amounts, 0)) {
-            goto done;
-        }
-        const int64_t *held = (const int64_t *)remembered_amounts.buf;
-        int64_t largest = remembered_amounts.shape[0] ? held[0] : 0;
-        for (Py_ssize_t i = 1; i < remembered_amounts.shape[0]; i++) {
+        int64_t largest = held_count ? held[0] : 0;
+        for (Py_ssize_t i = 1; i < held_count; i++) {
             largest = held[i] > largest ? held[i] : largest;
         }
         bound = largest;
@@ -1506,21 +1540,39 @@ static PyObject *append_if_appendable(PyObject *module, PyObject *args) {
     /* Appendable: every event appended, as `append_in_order` appends it. */
     PyBuffer_Release(&seen);
     PyBuffer_Release(&remembered_amounts);
-    if (append_to_array(times_array, new_times, k) < 0 ||
-        append_to_array(hashes_array, new_hashes, k) < 0 ||
-        append_to_array(amounts_array, new_amounts, k) < 0) {
-        goto done;
+    PyObject *arrays[3] = {times_array, hashes_array, amounts_array};
+    const uint64_t *appended_values[3] = {new_times, new_hashes, new_amounts};
+    Py_ssize_t lengths[3];
+    for (int a = 0; a < 3; a++) {
+        lengths[a] = PyObject_Length(arrays[a]);
+        if (lengths[a] < 0) {
+            goto done;
+        }
     }
-    int64_t last;
-    fits = int64_attribute(history, str_last_event_time_ms, &last);
-    if (fits < 0) {
-        goto done;
+    int failed = 0;
+    for (int a = 0; a < 3 && !failed; a++) {
+        failed = append_to_array(arrays[a], appended_values[a], k) < 0;
     }
     for (Py_ssize_t j = 0; j < k; j++) {
         bound = (int64_t)new_amounts[j] > bound ? (int64_t)new_amounts[j] : bound;
     }
-    if ((fits && previous > last && set_int64_attribute(history, str_last_event_time_ms, previous) < 0) ||
-        set_int64_attribute(history, str_amount_bound_minor, bound) < 0) {
+    int64_t last;
+    fits = failed ? 0 : int64_attribute(history, str_last_event_time_ms, &last);
+    failed = failed || fits < 0 ||
+             (fits && previous > last &&
+              set_int64_attribute(history, str_last_event_time_ms, previous) < 0) ||
+             set_int64_attribute(history, str_amount_bound_minor, bound) < 0;
+    if (failed) {
+        /* All or nothing: the arrays go back to what they held (the attributes only ever
+         * grow to what the events would have made them). */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        for (int a = 0; a < 3; a++) {
+            if (PySequence_DelSlice(arrays[a], lengths[a], PY_SSIZE_T_MAX) < 0) {
+                PyErr_Clear();
+            }
+        }
+        PyErr_Restore(type, value, traceback);
         goto done;
     }
     appendable = 1;

@@ -5,8 +5,9 @@ account's state and computes every feature. The usual case is an account whose n
 older than what it remembers: its events are appended and their customer windows computed in C
 (`_per_record.customer_columns`), and the terminal windows of all such events at once with numpy
 (sorted searches in the terminal table's pack). Any other account (an event out of time order, a
-duplicate inside the batch, amounts too large for exact sums) goes event by event through
-`record_and_compute`, which defines the features; both ways give the same numbers, bit for bit.
+duplicate inside the batch, amounts negative or too large for exact sums) goes event by event
+through `record_and_compute`, which defines the features; both ways give the same numbers, bit
+for bit.
 
 Column-wise work costs a fixed amount per batch (some tens of numpy calls), so a batch of fewer
 than `COLUMNWISE_MIN_ROWS` transactions, the usual case under light live traffic, goes event by
@@ -478,6 +479,9 @@ def _appendable(
     hashes = account.hashes
     if (len(hashes) > 1 and len(set(hashes)) < len(hashes)) or history.has_seen_any(hashes):
         return False
+    # A restored history may hold any int64 amount: the sums are exact for [0, max_amount) only.
+    if history.amounts_minor and min(history.amounts_minor) < 0:
+        return False
     return history.amount_bound_minor < max_amount or history.largest_amount_minor() < max_amount
 
 
@@ -497,7 +501,7 @@ def _appended_features(
     event at position p of its account sees the events at positions [lo, p], where lo is what
     `AccountHistory.record` would have kept (within `history_ms` of it, at most `max_events`),
     and a window of length w starts at the first of them timed after t - w. The accounts'
-    amounts are below `_MAX_AMOUNT` and they hold at most `_MAX_EVENTS` events (`_appendable`),
+    amounts are in [0, `_MAX_AMOUNT`) and they hold at most `_MAX_EVENTS` events (`_appendable`),
     so every sum is exact in int64 and every z-score's terms in int128.
     """
     limits = state.limits
@@ -530,8 +534,8 @@ def terminal_columns(
 ) -> FloatArray | list[tuple[float, ...]]:
     """`terminal_features` of many transactions at once, one row each.
 
-    The terminals' sorted times are laid end to end (shifted by strides, as the accounts' are)
-    and every window bound is one sorted search; frauds are few, so only the transactions with
+    The terminals' sorted times are laid end to end (terminal k's shifted by k strides) and
+    every window bound is one sorted search; frauds are few, so only the transactions with
     a fraud in their window count theirs. Terminals unchanged since the table's pack was built
     are searched in the pack; the others are laid end to end for this batch (and counted toward
     the pack's next rebuild). Outside the range where strides cannot mix terminals, each row is
