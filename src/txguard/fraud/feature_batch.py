@@ -67,13 +67,6 @@ _LONGEST_WINDOW_MS = _WINDOWS_MS[-1]
 _COLUMN = {name: index for index, name in enumerate(ALL_FEATURES)}
 # Minor units per major unit, by currency (an unknown currency counts 100, as in features.py).
 _SCALES = {currency: float(10**units) for currency, units in MINOR_UNITS.items()}
-_CUSTOMER_COLUMNS = np.array(
-    [
-        _COLUMN[f"CUSTOMER_ID_{kind}_{n}DAY_WINDOW"]
-        for n in WINDOW_DAYS
-        for kind in ("NB_TX", "AVG_AMOUNT")
-    ]
-)
 _TERMINAL_COLUMNS = np.array(
     [
         _COLUMN[f"TERMINAL_ID_{kind}_{n}DAY_WINDOW"]
@@ -87,7 +80,11 @@ _CUSTOMER_SPEC_COLUMNS = (
     _COLUMN["TX_AMOUNT"],
     _COLUMN["TX_DURING_WEEKEND"],
     _COLUMN["TX_DURING_NIGHT"],
-    *(int(column) for column in _CUSTOMER_COLUMNS),
+    *(
+        _COLUMN[f"CUSTOMER_ID_{kind}_{n}DAY_WINDOW"]
+        for n in WINDOW_DAYS
+        for kind in ("NB_TX", "AVG_AMOUNT")
+    ),
     _COLUMN["CUSTOMER_ID_NB_TX_1HOUR_WINDOW"],
     _COLUMN["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"],
     _COLUMN["CUSTOMER_ID_AMOUNT_RATIO_30DAY"],
