@@ -46,10 +46,19 @@ class Pipeline:
         return self.env["TXGUARD_GRPC_ADDR"]
 
     def start(self, *services: str) -> None:
+        """Start the services and wait until each can take a signal: the transactions service
+        answers its health check, the others have logged that they are starting (which they do
+        once their SIGTERM handler is in place), so a stop right after a start drains."""
+        log_sizes = {}
         for name in services:
+            log_path = self.log_dir / f"{name}.log"
+            log_sizes[name] = log_path.stat().st_size if log_path.exists() else 0
             self.processes[name] = start_service(name, env=self.env, log_dir=self.log_dir)
+        for name in services:
             if name == "transactions":
                 wait_for_grpc_serving(self.grpc_target, self.processes[name])
+            else:
+                wait_for_log_line(self.processes[name], f"starting {name}", log_sizes[name])
 
     def kill(self, name: str) -> None:
         process = self.processes[name].process
@@ -64,6 +73,25 @@ class Pipeline:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+
+def wait_for_log_line(
+    service: ServiceProcess, text: str, offset: int, timeout: float = 60.0
+) -> None:
+    """Wait until `text` appears in the service's log after byte `offset`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with service.log_path.open("rb") as log_file:
+            log_file.seek(offset)
+            if text.encode() in log_file.read():
+                return
+        if not service.alive():
+            raise RuntimeError(
+                f"{service.name} exited with code {service.process.returncode}:\n"
+                + service.log_tail()
+            )
+        time.sleep(0.05)
+    raise TimeoutError(f"{service.name} did not log {text!r} within {timeout:.0f} s")
 
 
 class RepeatedKill:
@@ -98,6 +126,10 @@ class RepeatedKill:
     def __enter__(self) -> RepeatedKill:
         self._thread.start()
         return self
+
+    def join(self, timeout: float) -> None:
+        """Wait for all `times` kills (and the restarts after them) without cutting them short."""
+        self._thread.join(timeout)
 
     def __exit__(self, *_exc: object) -> None:
         self._done.set()
