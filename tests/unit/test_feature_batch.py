@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from txguard.fraud.feature_batch import TransactionRow, observe_batch, terminal_columns
@@ -434,27 +434,25 @@ def test_an_event_beyond_what_its_account_remembers_is_scored_from_itself_alone(
 
 
 def test_terminal_columns_follow_the_table_as_it_changes() -> None:
-    """Batches read unchanged terminals from the table's pack and changed ones as they are now:
-    every change below must show in the next batch, whether or not the pack is rebuilt."""
+    """Every change to the table shows in the next batch's terminal columns."""
     table = table_with_frauds()
     rng = np.random.default_rng(11)
     many = [f"term-many-{index}" for index in range(40)]
 
     def check() -> None:
-        ids = [str(t) for t in rng.choice([*TERMINALS, "term-new", *many[:10]], size=200)]
+        ids = [str(t) for t in rng.choice([*TERMINALS, "term-new", "", *many[:10]], size=200)]
         times = START_MS + rng.integers(0, 10 * DAY_MS, size=200)
         expected = [
             list(terminal_features(table, t, int(at))) for t, at in zip(ids, times, strict=True)
         ]
         assert np.asarray(terminal_columns(table, ids, times)).tolist() == expected
 
-    check()  # builds the pack
-    first_pack = table.pack()
     check()
-    assert table.pack() is first_pack  # nothing changed: the same pack serves
     table._terminals["term-1"].put("late-1", START_MS - 9 * DAY_MS, 0)
     check()
     table._terminals["term-2"].put("late-2", START_MS - 8 * DAY_MS, START_MS + 2 * DAY_MS)
+    check()
+    table._terminals["term-2"].put("late-2", START_MS - 8 * DAY_MS, 0)  # no longer fraud
     check()
     new = table._terminals["term-new"] = _TerminalEntries()
     new.put("new-1", START_MS - 10 * DAY_MS, START_MS - 3 * DAY_MS)
@@ -465,9 +463,41 @@ def test_terminal_columns_follow_the_table_as_it_changes() -> None:
         entries = table._terminals[terminal] = _TerminalEntries()
         entries.put(f"many-{index}", START_MS - (8 + index % 5) * DAY_MS, 0)
     check()
-    check()
-    # Rows whose terminals changed outnumbered the pack's terminals: it was built again.
-    assert table.pack() is not first_pack
+
+
+# Times anywhere in int64, so that (t - delay - window) leaves it, and entries around them.
+_ANY_TIME = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(-40 * DAY_MS, 40 * DAY_MS),
+    st.sampled_from([-(2**63), 2**63 - 1, 0, 7 * DAY_MS, 8 * DAY_MS]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entries=st.lists(
+        st.tuples(st.sampled_from(["t1", "t2", ""]), _ANY_TIME, st.one_of(st.just(0), _ANY_TIME)),
+        max_size=40,
+    ),
+    queries=st.lists(st.tuples(st.sampled_from(["t1", "t2", "t3", ""]), _ANY_TIME), max_size=20),
+)
+@example(
+    # t - delay leaves int64 at the lowest times: computed in int64 it would wrap round and
+    # count the newest entries.
+    entries=[("t1", -(2**63), 1), ("t1", 0, 0), ("t1", 2**63 - 8 * DAY_MS, 2**63 - 1)],
+    queries=[("t1", -(2**63)), ("t1", -(2**63) + 8 * DAY_MS), ("t1", 2**63 - 1)],
+)
+def test_terminal_columns_equal_terminal_features_at_any_time(
+    entries: list[tuple[str, int, int]], queries: list[tuple[str, int]]
+) -> None:
+    table = TerminalTable()
+    for index, (terminal, occurred, known) in enumerate(entries):
+        held = table._terminals.setdefault(terminal, _TerminalEntries())
+        held.put(f"tx-{index}", occurred, known)
+    ids = [terminal for terminal, _ in queries]
+    times = np.array([at for _, at in queries], dtype=np.int64)
+    expected = [list(terminal_features(table, t, at)) for t, at in queries]
+    assert np.asarray(terminal_columns(table, ids, times)).tolist() == expected
 
 
 def test_terminal_columns_of_a_table_filled_after_the_first_batch() -> None:
@@ -482,4 +512,3 @@ def test_terminal_columns_of_a_table_filled_after_the_first_batch() -> None:
     ]
     assert any(row[0] for row in expected)
     assert np.asarray(terminal_columns(table, ids, times)).tolist() == expected
-    assert table.pack() is not None

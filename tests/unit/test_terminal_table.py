@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from unittest import mock
 
-import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,7 +83,7 @@ def test_completeness_is_the_least_advanced_partition_and_never_goes_back() -> N
 # removals of absent ids and equal (time, known) pairs are common. Reads take the ids as unused.
 operations = st.lists(
     st.tuples(
-        st.sampled_from(["put", "put", "remove", "read_arrays", "read_view"]),
+        st.sampled_from(["put", "put", "remove", "read", "read"]),
         st.sampled_from([f"tx-{i}" for i in range(8)]),
         st.integers(-2, 5),
         st.sampled_from([0, 0, 1, 3, 4]),
@@ -102,7 +101,7 @@ def test_sorted_views_kept_on_put_and_remove_equal_a_fresh_sort(
     with mock.patch.object(terminal_table, "_INCREMENTAL_CHANGES", incremental_changes):
         entries = _TerminalEntries()
         model: dict[str, tuple[int, int]] = {}
-        for kind, transaction_id, occurred, known in [*ops, ("read_arrays", "", 0, 0)]:
+        for kind, transaction_id, occurred, known in [*ops, ("read", "", 0, 0)]:
             if kind == "put":
                 entries.put(transaction_id, occurred, known)
                 model[transaction_id] = (occurred, known)
@@ -116,14 +115,7 @@ def test_sorted_views_kept_on_put_and_remove_equal_a_fresh_sort(
                 knowns = [k for _, k in ordered]
                 fraud_times = [t for t, k in ordered if k > 0]
                 fraud_knowns = [k for _, k in ordered if k > 0]
-                if kind == "read_arrays":
-                    arrays = entries.sorted_arrays()
-                    view = entries.sorted_view()
-                else:
-                    view = entries.sorted_view()
-                    arrays = entries.sorted_arrays()
-                assert view == (times, knowns)
-                assert (entries.fraud_times, entries.fraud_known) == (fraud_times, fraud_knowns)
-                for array, expected in zip(arrays, (times, fraud_times, fraud_knowns), strict=True):
-                    assert array.dtype == np.int64
-                    assert array.tolist() == expected
+                view = entries.sorted_view()
+                assert (view[0].tolist(), view[1].tolist()) == (times, knowns)
+                frauds = (entries.fraud_times.tolist(), entries.fraud_known.tolist())
+                assert frauds == (fraud_times, fraud_knowns)

@@ -1589,6 +1589,165 @@ done:
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Terminal features (`feature_batch.terminal_columns`)                                      */
+
+/* bisect_right in times[lo, hi): the first position whose time is above `bound`. */
+static Py_ssize_t first_above(const int64_t *times, Py_ssize_t lo, Py_ssize_t hi,
+                              __int128 bound) {
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if ((__int128)times[mid] > bound) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    return lo;
+}
+
+/* One row's terminal windows into `out` (count, fraud share per window): `features.
+   terminal_features` at event time t on one terminal's sorted int64 arrays (times, fraud_times,
+   fraud_known), as `TerminalTable.windows` reads them. */
+static int terminal_row(PyObject *view, int64_t time_ms, int64_t delay_ms,
+                        const int64_t *windows_ms, double *out) {
+    if (!PyTuple_CheckExact(view) || PyTuple_GET_SIZE(view) != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "terminal table: expected (times, fraud_times, fraud_known) arrays");
+        return 0;
+    }
+    Py_buffer buffers[3];
+    int held = 0, ok = 0;
+    for (; held < 3; held++) {
+        if (!int64_buffer(PyTuple_GET_ITEM(view, held), &buffers[held], 0)) {
+            goto release;
+        }
+    }
+    const int64_t *times = buffers[0].buf, *fraud_times = buffers[1].buf;
+    const int64_t *fraud_known = buffers[2].buf;
+    const Py_ssize_t n_frauds = buffers[1].shape[0];
+    if (buffers[2].shape[0] != n_frauds) {
+        PyErr_SetString(PyExc_ValueError, "terminal table: fraud arrays differ in length");
+        goto release;
+    }
+    const __int128 until = (__int128)time_ms - delay_ms;
+    const Py_ssize_t end = first_above(times, 0, buffers[0].shape[0], until);
+    const Py_ssize_t fraud_end = first_above(fraud_times, 0, n_frauds, until);
+    for (int w = 0; w < N_WINDOWS; w++) {
+        const __int128 after = until - windows_ms[w];
+        Py_ssize_t count = end - first_above(times, 0, end, after), frauds = 0;
+        if (count && fraud_end) {
+            for (Py_ssize_t k = first_above(fraud_times, 0, fraud_end, after); k < fraud_end;
+                 k++) {
+                frauds += fraud_known[k] <= time_ms;
+            }
+        }
+        /* Both exact in a double: one correctly rounded division, as Python's int / int. */
+        out[2 * w] = (double)count;
+        out[2 * w + 1] = count ? (double)frauds / (double)count : 0.0;
+    }
+    ok = 1;
+release:
+    while (held > 0) {
+        PyBuffer_Release(&buffers[--held]);
+    }
+    return ok;
+}
+
+/* terminal_columns(terminal_ids, times_ms, views, values, rows, columns, windows_ms, delay_ms):
+   for each i, the terminal windows of a transaction on terminal_ids[i] at times_ms[i] into
+   values[rows[i], columns]; views maps a terminal id to its (times, fraud_times, fraud_known)
+   sorted int64 arrays, and a terminal it does not hold (or "") has zeros. */
+static PyObject *terminal_columns(PyObject *module, PyObject *args) {
+    PyObject *ids, *times_object, *views, *values_object, *rows_object, *columns_object;
+    PyObject *windows_object;
+    long long delay_ms;
+    if (!PyArg_ParseTuple(args, "O!OO!OOO!O!L", &PyList_Type, &ids, &times_object, &PyDict_Type,
+                          &views, &values_object, &rows_object, &PyTuple_Type, &columns_object,
+                          &PyTuple_Type, &windows_object, &delay_ms)) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(columns_object) != 2 * N_WINDOWS ||
+        PyTuple_GET_SIZE(windows_object) != N_WINDOWS) {
+        PyErr_SetString(PyExc_ValueError, "unexpected number of columns or windows");
+        return NULL;
+    }
+    int64_t windows_ms[N_WINDOWS];
+    for (int w = 0; w < N_WINDOWS; w++) {
+        windows_ms[w] = PyLong_AsLongLong(PyTuple_GET_ITEM(windows_object, w));
+        if (windows_ms[w] == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    Py_buffer values = {0}, times = {0}, rows = {0};
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(values_object, &values,
+                           PyBUF_FORMAT | PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (values.ndim != 2 || values.itemsize != 8 || !values.format ||
+        strcmp(values.format, "d")) {
+        PyErr_SetString(PyExc_TypeError, "values: expected a two-dimensional float64 array");
+        PyBuffer_Release(&values);
+        return NULL;
+    }
+    if (!int64_buffer(times_object, &times, 0)) {
+        PyBuffer_Release(&values);
+        return NULL;
+    }
+    if (!int64_buffer(rows_object, &rows, 0)) {
+        goto release_times;
+    }
+    const Py_ssize_t n = PyList_GET_SIZE(ids), height = values.shape[0], width = values.shape[1];
+    if (times.shape[0] != n || rows.shape[0] != n) {
+        PyErr_SetString(PyExc_ValueError, "terminal_ids, times_ms and rows differ in length");
+        goto release;
+    }
+    Py_ssize_t columns[2 * N_WINDOWS];
+    for (int k = 0; k < 2 * N_WINDOWS; k++) {
+        columns[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(columns_object, k));
+        if (columns[k] < 0 || columns[k] >= width) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_IndexError, "column out of range");
+            }
+            goto release;
+        }
+    }
+    const int64_t *time_at = times.buf, *row_at = rows.buf;
+    double *out = values.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (row_at[i] < 0 || row_at[i] >= height) {
+            PyErr_SetString(PyExc_IndexError, "row out of range");
+            goto release;
+        }
+        double row[2 * N_WINDOWS] = {0};
+        PyObject *terminal_id = PyList_GET_ITEM(ids, i);
+        if (!PyUnicode_CheckExact(terminal_id)) {
+            PyErr_SetString(PyExc_TypeError, "terminal_ids: expected a list of str");
+            goto release;
+        }
+        /* (exact str keys: the lookup runs no Python code) */
+        PyObject *view = PyDict_GetItemWithError(views, terminal_id);
+        if (view == NULL && PyErr_Occurred()) {
+            goto release;
+        }
+        if (view != NULL && !terminal_row(view, time_at[i], delay_ms, windows_ms, row)) {
+            goto release;
+        }
+        double *target = out + row_at[i] * width;
+        for (int k = 0; k < 2 * N_WINDOWS; k++) {
+            target[columns[k]] = row[k];
+        }
+    }
+    result = Py_NewRef(Py_None);
+release:
+    PyBuffer_Release(&rows);
+release_times:
+    PyBuffer_Release(&times);
+    PyBuffer_Release(&values);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
     {"decode_rows", decode_rows, METH_VARARGS,
@@ -1607,6 +1766,9 @@ static PyMethodDef methods[] = {
     {"append_if_appendable", append_if_appendable, METH_VARARGS,
      "append_if_appendable(history, indices, hashes, times, amounts, longest_ms, max_events, "
      "max_amount, max_time_ms)"},
+    {"terminal_columns", terminal_columns, METH_VARARGS,
+     "terminal_columns(terminal_ids, times_ms, views, values, rows, columns, windows_ms, "
+     "delay_ms)"},
     {"group_rows", group_rows, METH_O,
      "group_rows(rows): (partition, account_id, row indices, event id hashes) per account"},
     {NULL, NULL, 0, NULL},

@@ -70,3 +70,13 @@ def customer_columns(
     history_ms: int,
     max_events: int,
 ) -> int: ...
+def terminal_columns(
+    terminal_ids: list[str],
+    times_ms: Any,
+    views: dict[str, tuple[Any, Any, Any]],
+    values: Any,
+    rows: Any,
+    columns: tuple[int, ...],
+    windows_ms: tuple[int, ...],
+    delay_ms: int,
+) -> None: ...

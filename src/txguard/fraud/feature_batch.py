@@ -3,15 +3,16 @@
 `observe_batch` is the detector's per-batch step: it drops redeliveries, records each event in its
 account's state and computes every feature. The usual case is an account whose new events are no
 older than what it remembers: its events are appended and their customer windows computed in C
-(`_per_record.customer_columns`), and the terminal windows of all such events at once with numpy
-(sorted searches in the terminal table's pack). Any other account (an event out of time order, a
+(`_per_record.customer_columns`), and the terminal windows of all such events in C as well
+(`_per_record.terminal_columns`: sorted searches in each terminal's int64 arrays as the table
+holds them). Any other account (an event out of time order, a
 duplicate inside the batch, amounts negative or too large for exact sums) goes event by event
 through `record_and_compute`, which defines the features; both ways give the same numbers, bit
 for bit.
 
-Column-wise work costs a fixed amount per batch (some tens of numpy calls), so a batch of fewer
-than `COLUMNWISE_MIN_ROWS` transactions, the usual case under light live traffic, goes event by
-event altogether. Measured on the benchmark's records (whole detector batches, the two ways
+Column-wise work costs a fixed amount per batch (numpy calls and array allocations), so a batch
+of fewer than `COLUMNWISE_MIN_ROWS` transactions, the usual case under light live traffic, goes
+event by event altogether. Measured on the benchmark's records (whole detector batches, the two ways
 alternating, CPU µs per record), event by event costs 98-118 against 115-145 at 4 rows, about
 the same at 8 (70-87 against 71-87), and 70-86 against 63-72 at 12.
 """
@@ -35,15 +36,9 @@ from txguard.fraud.features import (
     WINDOW_DAYS,
     ScoringInput,
     record_and_compute,
-    terminal_features,
 )
 from txguard.fraud.state import AccountHistory, DetectorState
-from txguard.fraud.terminal_table import (
-    PACK_MAX_TIME_MS,
-    PACK_STRIDE,
-    TerminalArrays,
-    TerminalTable,
-)
+from txguard.fraud.terminal_table import TerminalTable
 from txguard.kafka.serde import (
     HEADER_EVENT_ID,
     SCHEMA_VERSION_HEADER,
@@ -67,12 +62,9 @@ _LONGEST_WINDOW_MS = _WINDOWS_MS[-1]
 _COLUMN = {name: index for index, name in enumerate(ALL_FEATURES)}
 # Minor units per major unit, by currency (an unknown currency counts 100, as in features.py).
 _SCALES = {currency: float(10**units) for currency, units in MINOR_UNITS.items()}
-_TERMINAL_COLUMNS = np.array(
-    [
-        _COLUMN[f"TERMINAL_ID_{kind}_{n}DAY_WINDOW"]
-        for n in WINDOW_DAYS
-        for kind in ("NB_TX", "RISK")
-    ]
+# The columns `_per_record.terminal_columns` writes, in the order it writes them.
+_TERMINAL_COLUMNS = tuple(
+    _COLUMN[f"TERMINAL_ID_{kind}_{n}DAY_WINDOW"] for n in WINDOW_DAYS for kind in ("NB_TX", "RISK")
 )
 
 # The columns `_per_record.customer_columns` writes, in the order it writes them.
@@ -91,13 +83,10 @@ _CUSTOMER_SPEC_COLUMNS = (
     _COLUMN["CUSTOMER_ID_AMOUNT_ZSCORE_30DAY"],
 )
 
-# Terminals' times are laid end to end in one sorted key array, terminal k's shifted by k
-# strides: a search for (k, t) never leaves terminal k's stretch while times stay in [0, 2**43).
-_STRIDE = PACK_STRIDE
-_MAX_TIME_MS = PACK_MAX_TIME_MS
 # Column-wise, an account's window sums stay exact in int64 and its z-score's terms in int128
 # (`_per_record.customer_columns`) while amounts are below 2**26 and it holds at most 2**11
-# events.
+# events, timed in [0, 2**43).
+_MAX_TIME_MS = 1 << 43
 _MAX_AMOUNT = 1 << 26
 _MAX_EVENTS = 1 << 11
 # Smaller batches are computed event by event (see the module's docstring).
@@ -520,110 +509,44 @@ def _appended_features(
         limits.history_ms,
         limits.max_events,
     )
-    row, time_ms = row_out[:appended], time_out[:appended]
-    values[np.ix_(row, _TERMINAL_COLUMNS)] = terminal_columns(
-        table, [rows[i].terminal_id for i in row.tolist()], time_ms
+    row = row_out[:appended]
+    _write_terminal_columns(
+        table, [rows[i].terminal_id for i in row.tolist()], time_out[:appended], values, row
     )
 
 
 def terminal_columns(
     table: TerminalTable, terminal_ids: Sequence[str], times_ms: IntArray
-) -> FloatArray | list[tuple[float, ...]]:
-    """`terminal_features` of many transactions at once, one row each.
-
-    The terminals' sorted times are laid end to end (terminal k's shifted by k strides) and
-    every window bound is one sorted search; frauds are few, so only the transactions with
-    a fraud in their window count theirs. Terminals unchanged since the table's pack was built
-    are searched in the pack; the others are laid end to end for this batch (and counted toward
-    the pack's next rebuild). Outside the range where strides cannot mix terminals, each row is
-    computed by `terminal_features` itself.
-    """
-    times = times_ms.tolist()
-    earliest = int(times_ms.min()) - _TERMINAL_DELAY_MS - _LONGEST_WINDOW_MS
-    if earliest < 0 or int(times_ms.max()) >= _MAX_TIME_MS:
-        return _one_by_one(table, terminal_ids, times)
-    result = np.zeros((len(terminal_ids), 2 * len(_WINDOWS_MS)), dtype=np.float64)
-    distinct = dict.fromkeys(terminal_ids)
-    distinct.pop("", None)  # No terminal: no terminal features.
-    pack = table.pack()
-    packed: dict[str, int] = {}
-    changed: list[str] = list(distinct)
-    if pack is not None:
-        packed, changed = table.split_by_pack(pack, distinct)
-    if pack is not None and packed:
-        segment = np.array(
-            [packed.get(terminal_id, -1) for terminal_id in terminal_ids], dtype=np.int64
-        )
-        rows = np.flatnonzero(segment >= 0)
-        result[rows] = _strided_columns(
-            pack.keys, pack.fraud_keys, pack.fraud_known, segment[rows] * _STRIDE, times_ms[rows]
-        )
-    if changed:
-        index: dict[str, int] = {}
-        held: list[TerminalArrays] = []
-        for terminal_id in changed:
-            arrays = table.sorted_arrays(terminal_id)
-            if arrays is not None:
-                index[terminal_id] = len(held)
-                held.append(arrays)
-        if not held:
-            return result
-        all_times = np.concatenate([arrays.times for arrays in held])
-        fraud_times = np.concatenate([arrays.fraud_times for arrays in held])
-        if len(all_times) and (all_times.min() < 0 or all_times.max() >= _MAX_TIME_MS):
-            return _one_by_one(table, terminal_ids, times)
-        segment = np.array(
-            [index.get(terminal_id, -1) for terminal_id in terminal_ids], dtype=np.int64
-        )
-        rows = np.flatnonzero(segment >= 0)
-        if pack is not None:
-            table.count_unpacked_rows(len(rows))
-        strides = np.arange(len(held), dtype=np.int64) * _STRIDE
-        result[rows] = _strided_columns(
-            all_times + np.repeat(strides, [len(arrays.times) for arrays in held]),
-            fraud_times + np.repeat(strides, [len(arrays.fraud_times) for arrays in held]),
-            np.concatenate([arrays.fraud_known for arrays in held]),
-            segment[rows] * _STRIDE,
-            times_ms[rows],
-        )
+) -> FloatArray:
+    """The terminal features of transactions on `terminal_ids` at `times_ms`, one row each:
+    `terminal_features` of every row, in the order of `_TERMINAL_COLUMNS`."""
+    result = np.zeros((len(terminal_ids), len(_TERMINAL_COLUMNS)), dtype=np.float64)
+    rows = np.arange(len(terminal_ids), dtype=np.int64)
+    _write_terminal_columns(
+        table, terminal_ids, times_ms, result, rows, tuple(range(len(_TERMINAL_COLUMNS)))
+    )
     return result
 
 
-def _one_by_one(
-    table: TerminalTable, terminal_ids: Sequence[str], times: Sequence[int]
-) -> list[tuple[float, ...]]:
-    return [
-        terminal_features(table, terminal_id, time_ms)
-        for terminal_id, time_ms in zip(terminal_ids, times, strict=True)
-    ]
-
-
-def _strided_columns(
-    keys: IntArray, fraud_keys: IntArray, fraud_known: IntArray, base: IntArray, times_ms: IntArray
-) -> FloatArray:
-    """The terminal columns of transactions at `times_ms`, each on the terminal whose stretch
-    of the strided `keys` starts at its `base`."""
-    until = base + times_ms - _TERMINAL_DELAY_MS
-    end = np.searchsorted(keys, until, side="right")
-    fraud_end = np.searchsorted(fraud_keys, until, side="right")
-    starts = [np.searchsorted(keys, until - window_ms, side="right") for window_ms in _WINDOWS_MS]
-    fraud_starts = [
-        np.searchsorted(fraud_keys, until - window_ms, side="right") for window_ms in _WINDOWS_MS
-    ]
-    counts = np.stack([end - start for start in starts], axis=1)
-    frauds = np.zeros_like(counts)
-    # Only rows with a fraud in their longest window look at when each became known: their
-    # frauds of that window are laid end to end (the shorter windows' are the last of them).
-    busy = np.flatnonzero(fraud_end > fraud_starts[-1])
-    if len(busy):
-        lowest, sizes = fraud_starts[-1][busy], fraud_end[busy] - fraud_starts[-1][busy]
-        owner = np.repeat(np.arange(len(busy)), sizes)
-        fraud = np.repeat(lowest - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
-        known_in_time = fraud_known[fraud] <= times_ms[busy][owner]
-        for column, fraud_start in enumerate(fraud_starts):
-            counted = known_in_time & (fraud >= fraud_start[busy][owner])
-            frauds[busy, column] = np.bincount(owner[counted], minlength=len(busy))
-    columns = np.empty((len(times_ms), 2 * len(_WINDOWS_MS)), dtype=np.float64)
-    columns[:, 0::2] = counts
-    columns[:, 1::2] = np.where(counts > 0, frauds / np.maximum(counts, 1), 0.0)
-    return columns
+def _write_terminal_columns(
+    table: TerminalTable,
+    terminal_ids: Sequence[str],
+    times_ms: IntArray,
+    values: FloatArray,
+    rows: IntArray,
+    columns: tuple[int, ...] = _TERMINAL_COLUMNS,
+) -> None:
+    """`terminal_features` of each transaction into its row of `values`, in C: sorted searches
+    in the terminal's lists as the table holds them now."""
+    distinct = dict.fromkeys(terminal_ids)
+    distinct.pop("", None)  # No terminal: no terminal features.
+    _per_record.terminal_columns(
+        terminal_ids if isinstance(terminal_ids, list) else list(terminal_ids),
+        np.ascontiguousarray(times_ms, dtype=np.int64),
+        table.sorted_lists(distinct),
+        values,
+        rows,
+        columns,
+        _WINDOWS_MS,
+        _TERMINAL_DELAY_MS,
+    )

@@ -12,12 +12,10 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
-import numpy as np
-import numpy.typing as npt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
@@ -51,15 +49,6 @@ class Completeness:
         return self.transactions_ms >= transactions_ms and self.labels_ms >= labels_ms
 
 
-class TerminalArrays(NamedTuple):
-    """A terminal's transaction times, sorted, and apart its frauds' times and when each became
-    known, sorted by time: what a batch of feature computations searches."""
-
-    times: npt.NDArray[np.int64]
-    fraud_times: npt.NDArray[np.int64]
-    fraud_known: npt.NDArray[np.int64]
-
-
 # Changes between two reads that are applied to the sorted lists one by one (a bisect and a list
 # insert or delete each, O(n)); past this many, as when the table is loaded, the lists are dropped
 # and sorted once on the next read, so a bulk load costs one sort, not a quadratic run of inserts.
@@ -72,29 +61,17 @@ class _TerminalEntries:
 
     The views are kept sorted by (time, known) as entries change; `times` is None while they are
     out of date (see _INCREMENTAL_CHANGES), and `fraud_times`/`fraud_known` are then stale too
-    until the next `sorted_view()`. `arrays` is built on demand, reusing the frauds' arrays while
-    no fraud changed: most changes are new transactions not known as fraud.
+    until the next `sorted_view()`.
     """
 
-    __slots__ = (
-        "_fraud_arrays",
-        "_unread_changes",
-        "arrays",
-        "entries",
-        "fraud_known",
-        "fraud_times",
-        "known",
-        "times",
-    )
+    __slots__ = ("_unread_changes", "entries", "fraud_known", "fraud_times", "known", "times")
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[int, int]] = {}
-        self.times: list[int] | None = []
-        self.known: list[int] | None = []
-        self.fraud_times: list[int] = []
-        self.fraud_known: list[int] = []
-        self.arrays: TerminalArrays | None = None
-        self._fraud_arrays: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None
+        self.times: array[int] | None = array("q")
+        self.known: array[int] | None = array("q")
+        self.fraud_times: array[int] = array("q")
+        self.fraud_known: array[int] = array("q")
         self._unread_changes = 0
 
     def put(self, transaction_id: str, occurred_ms: int, fraud_known_ms: int) -> None:
@@ -102,8 +79,6 @@ class _TerminalEntries:
         if previous == (occurred_ms, fraud_known_ms):
             return
         self.entries[transaction_id] = (occurred_ms, fraud_known_ms)
-        if fraud_known_ms > 0 or (previous is not None and previous[1] > 0):
-            self._fraud_arrays = None
         if self._keeps_sorted_after_change():
             if previous is not None:
                 self._unsort(*previous)
@@ -113,14 +88,11 @@ class _TerminalEntries:
         previous = self.entries.pop(transaction_id, None)
         if previous is None:
             return
-        if previous[1] > 0:
-            self._fraud_arrays = None
         if self._keeps_sorted_after_change():
             self._unsort(*previous)
 
     def _keeps_sorted_after_change(self) -> bool:
         """Count one change to the entries; whether the sorted lists are to follow it."""
-        self.arrays = None
         if self.times is None:
             return False
         self._unread_changes += 1
@@ -141,69 +113,36 @@ class _TerminalEntries:
         if fraud_known_ms > 0:
             _delete_pair(self.fraud_times, self.fraud_known, occurred_ms, fraud_known_ms)
 
-    def sorted_arrays(self) -> TerminalArrays:
-        if self.arrays is None:
-            times, _ = self.sorted_view()
-            if self._fraud_arrays is None:
-                self._fraud_arrays = (
-                    np.array(self.fraud_times, dtype=np.int64),
-                    np.array(self.fraud_known, dtype=np.int64),
-                )
-            self.arrays = TerminalArrays(np.array(times, dtype=np.int64), *self._fraud_arrays)
-        return self.arrays
-
-    def sorted_view(self) -> tuple[list[int], list[int]]:
+    def sorted_view(self) -> tuple[array[int], array[int]]:
         if self.times is None or self.known is None:
             ordered = sorted(self.entries.values())
-            self.times = [occurred for occurred, _ in ordered]
-            self.known = [known for _, known in ordered]
+            self.times = array("q", [occurred for occurred, _ in ordered])
+            self.known = array("q", [known for _, known in ordered])
             frauds = [(occurred, known) for occurred, known in ordered if known > 0]
-            self.fraud_times = [occurred for occurred, _ in frauds]
-            self.fraud_known = [known for _, known in frauds]
+            self.fraud_times = array("q", [occurred for occurred, _ in frauds])
+            self.fraud_known = array("q", [known for _, known in frauds])
         self._unread_changes = 0
         return self.times, self.known
 
 
-def _pair_index(firsts: list[int], seconds: list[int], first: int, second: int) -> int:
+def _pair_index(firsts: array[int], seconds: array[int], first: int, second: int) -> int:
     """Where (first, second) goes in the pairs zip(firsts, seconds), sorted, before its equals."""
     lo = bisect.bisect_left(firsts, first)
     hi = bisect.bisect_right(firsts, first, lo)
     return bisect.bisect_left(seconds, second, lo, hi)
 
 
-def _insert_pair(firsts: list[int], seconds: list[int], first: int, second: int) -> None:
+def _insert_pair(firsts: array[int], seconds: array[int], first: int, second: int) -> None:
     at = _pair_index(firsts, seconds, first, second)
     firsts.insert(at, first)
     seconds.insert(at, second)
 
 
-def _delete_pair(firsts: list[int], seconds: list[int], first: int, second: int) -> None:
+def _delete_pair(firsts: array[int], seconds: array[int], first: int, second: int) -> None:
     at = _pair_index(firsts, seconds, first, second)
     # The pair is there: every entry's pair went in when it was put or at the last sort.
     del firsts[at]
     del seconds[at]
-
-
-# A pack lays every terminal's times end to end in one sorted int64 array, terminal s shifted by
-# s strides: a search for (s, t) never leaves terminal s's stretch while times stay in
-# [0, PACK_MAX_TIME_MS); at most PACK_MAX_TERMINALS strides fit in an int64.
-PACK_STRIDE = 1 << 44
-PACK_MAX_TIME_MS = 1 << 43
-PACK_MAX_TERMINALS = 1 << 18
-
-
-class TerminalPack(NamedTuple):
-    """Every terminal's sorted arrays at one moment, laid end to end for batch lookups.
-
-    `arrays[s]` is what segment s holds: a terminal whose arrays are no longer those has
-    changed since the pack was built, and its segment must not be used.
-    """
-
-    segments: dict[str, int]
-    arrays: list[TerminalArrays]
-    keys: npt.NDArray[np.int64]  # times + segment * PACK_STRIDE
-    fraud_keys: npt.NDArray[np.int64]
-    fraud_known: npt.NDArray[np.int64]
 
 
 class TerminalTable:
@@ -213,50 +152,6 @@ class TerminalTable:
         self._terminals: dict[str, _TerminalEntries] = {}
         self._watermarks: dict[int, Completeness] = {}
         self.partitions: int = 0
-        self._pack: TerminalPack | None = None
-        # The terminals cannot be packed (too many, or a time out of range): not tried again.
-        self._unpackable = False
-        # Rows served without the pack since it was built (their terminals had changed).
-        self._unpacked_rows = 0
-
-    def pack(self) -> TerminalPack | None:
-        """The pack of every terminal, built on first use and again once it is out of date
-        (see `count_unpacked_rows`); None for an empty table, too many terminals or a time
-        outside [0, PACK_MAX_TIME_MS)."""
-        if self._pack is None and not self._unpackable and self._terminals:
-            self._unpacked_rows = 0
-            self._unpackable = len(self._terminals) > PACK_MAX_TERMINALS
-            if not self._unpackable:
-                self._pack = _build_pack(self._terminals)
-                self._unpackable = self._pack is None
-        return self._pack
-
-    def count_unpacked_rows(self, rows: int) -> None:
-        """Count rows just served without the pack because their terminals changed since it was
-        built. Once they outnumber its terminals, the pack is built again on next use: its
-        cost (all the table) is then spread over at least as many rows as it holds terminals."""
-        self._unpacked_rows += rows
-        if self._pack is not None and self._unpacked_rows >= len(self._pack.segments):
-            self._pack = None
-
-    def split_by_pack(
-        self, pack: TerminalPack, terminal_ids: Iterable[str]
-    ) -> tuple[dict[str, int], list[str]]:
-        """Of distinct terminal ids: the pack segment of each the pack holds as it is now, and
-        apart the ones the table holds that changed or were added since. Others are unknown."""
-        packed: dict[str, int] = {}
-        changed: list[str] = []
-        terminals, segments, arrays = self._terminals, pack.segments, pack.arrays
-        for terminal_id in terminal_ids:
-            entries = terminals.get(terminal_id)
-            if entries is None:
-                continue
-            segment = segments.get(terminal_id)
-            if segment is not None and entries.arrays is arrays[segment]:
-                packed[terminal_id] = segment
-            else:
-                changed.append(terminal_id)
-        return packed, changed
 
     def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
         """One record of the table topic; a tombstone (value None) deletes its entry."""
@@ -340,10 +235,20 @@ class TerminalTable:
             counts.append((count, frauds))
         return counts
 
-    def sorted_arrays(self, terminal_id: str) -> TerminalArrays | None:
-        """The terminal's entries as arrays, or None for a terminal the table does not hold."""
-        entries = self._terminals.get(terminal_id)
-        return None if entries is None else entries.sorted_arrays()
+    def sorted_lists(
+        self, terminal_ids: Iterable[str]
+    ) -> dict[str, tuple[array[int], array[int], array[int]]]:
+        """Of distinct terminal ids, the ones the table holds: each terminal's transaction times,
+        and apart its frauds' times and when each became known, sorted by time (what `windows`
+        searches, for `_per_record.terminal_columns`)."""
+        lists: dict[str, tuple[array[int], array[int], array[int]]] = {}
+        terminals = self._terminals
+        for terminal_id in terminal_ids:
+            entries = terminals.get(terminal_id)
+            if entries is not None:
+                times, _ = entries.sorted_view()
+                lists[terminal_id] = (times, entries.fraud_times, entries.fraud_known)
+        return lists
 
     def complete_until(self) -> Completeness:
         """The least complete partition decides; a partition never heard from holds all back."""
@@ -427,23 +332,3 @@ class TerminalTableFollower:
 
     def close(self) -> None:
         self._consumer.close()
-
-
-def _build_pack(terminals: dict[str, _TerminalEntries]) -> TerminalPack | None:
-    arrays = [entries.sorted_arrays() for entries in terminals.values()]
-    times = np.concatenate([a.times for a in arrays])
-    fraud_times = np.concatenate([a.fraud_times for a in arrays])
-    if len(times) and (int(times.min()) < 0 or int(times.max()) >= PACK_MAX_TIME_MS):
-        return None
-    if len(fraud_times) and (
-        int(fraud_times.min()) < 0 or int(fraud_times.max()) >= PACK_MAX_TIME_MS
-    ):
-        return None
-    strides = np.arange(len(arrays), dtype=np.int64) * PACK_STRIDE
-    return TerminalPack(
-        segments={terminal_id: index for index, terminal_id in enumerate(terminals)},
-        arrays=arrays,
-        keys=times + np.repeat(strides, [len(a.times) for a in arrays]),
-        fraud_keys=fraud_times + np.repeat(strides, [len(a.fraud_times) for a in arrays]),
-        fraud_known=np.concatenate([a.fraud_known for a in arrays]),
-    )
