@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from txguard.fraud.feature_batch import TransactionRow, observe_batch, terminal_columns
 from txguard.fraud.features import ALL_FEATURES, DAY_MS, record_and_compute, terminal_features
-from txguard.fraud.state import DetectorState, StateLimits, event_id_hash
+from txguard.fraud.state import DetectorState, StateLimits, StateNotRestored, event_id_hash
 from txguard.fraud.terminal_table import TerminalTable, _TerminalEntries
 
 START_MS = 1_530_000_000_000  # mid-2018, like the handbook's data
@@ -206,6 +206,9 @@ def test_batches_give_the_features_of_one_by_one(
             assert list(mine.hashes) == list(history.hashes)
             assert list(mine.amounts_minor) == list(history.amounts_minor)
             assert mine.last_event_time_ms == history.last_event_time_ms
+    # Every account the batches touched is marked changed, for the next checkpoint to write.
+    changed = {(partition, copy.account_id) for partition, copy in state.take_changed_copies({})}
+    assert changed == {(r.partition, r.account_id) for r in rows}
 
 
 def test_sums_too_large_for_int64_products_give_the_same_features() -> None:
@@ -336,6 +339,38 @@ def test_records_below_the_offset_a_restored_state_reflects_are_redeliveries(
         predecessor, TerminalTable(), [*rows[10:], unconsumed], velocity_window_ms=60_000
     )
     assert observed.features.values[1:].tolist() == expected.features.values.tolist()
+
+
+def test_records_below_a_restored_offset_are_redeliveries_though_forgotten_and_in_order() -> None:
+    """Redelivered records the state no longer remembers by id (beyond `max_events`) and timed
+    no older than its newest event: their offsets alone tell them apart, column-wise too."""
+    limits = StateLimits(max_events=2)
+    rows = [
+        row(i, partition=0, account="a", time_ms=START_MS, amount=10 + i, terminal="", offset=i)
+        for i in range(6)
+    ]
+    predecessor = DetectorState(limits)
+    predecessor.assign(0, [])
+    observe_batch(
+        predecessor, TerminalTable(), rows[:4], velocity_window_ms=60_000, columnwise_min_rows=1
+    )
+    [(_, written)] = predecessor.take_changed_copies({0: 4})
+    assert not written.has_seen_any([event_id_hash("event-0"), event_id_hash("event-1")])
+    successor = DetectorState(limits)
+    successor.assign(0, [written.to_proto()])
+    observed = observe_batch(
+        successor,
+        TerminalTable(),
+        [rows[0], rows[1], rows[4], rows[5]],
+        velocity_window_ms=60_000,
+        columnwise_min_rows=1,
+    )
+    assert observed.duplicates == 2
+    assert [r.event_id for r in observed.features.rows] == ["event-4", "event-5"]
+    expected = observe_batch(
+        predecessor, TerminalTable(), rows[4:], velocity_window_ms=60_000, columnwise_min_rows=1
+    )
+    assert observed.features.values.tolist() == expected.features.values.tolist()
 
 
 def test_records_below_a_restored_offset_leave_the_others_column_wise(
@@ -512,3 +547,15 @@ def test_terminal_columns_of_a_table_filled_after_the_first_batch() -> None:
     ]
     assert any(row[0] for row in expected)
     assert np.asarray(terminal_columns(table, ids, times)).tolist() == expected
+
+
+def test_a_batch_of_a_partition_not_restored_is_refused() -> None:
+    state = DetectorState()
+    state.assign(0, [])
+    rows = [
+        row(i, partition=i % 2, account="a", time_ms=START_MS + i, amount=5, terminal="")
+        for i in range(12)
+    ]
+    with pytest.raises(StateNotRestored) as refused:
+        observe_batch(state, TerminalTable(), rows, velocity_window_ms=60_000)
+    assert refused.value.partition == 1

@@ -506,7 +506,7 @@ def test_append_if_appendable_decides_and_appends_as_python_does(
     hashes = [id_hash for id_hash, _, _ in batch]
     in_python = _history(remembered, last, bound)
     in_c = _history(remembered, last, bound)
-    account = _Account(0, in_python, indices, hashes)
+    account = _Account(0, in_python.account_id, in_python, indices, hashes)
     expected = _appendable(
         account,
         times,

@@ -1163,13 +1163,18 @@ static void customer_row(const CustomerSpec *spec, const int64_t *times, const i
     out[spec->columns[6 + 2 * N_WINDOWS]] = zscore;
 }
 
-static PyObject *str_history, *str_rows, *str_times_ms, *str_amounts_minor;
+static PyObject *str_times_ms, *str_amounts_minor;
+static PyObject *str_hashes, *str_last_event_time_ms, *str_amount_bound_minor, *str_frombytes;
+static int int64_attribute(PyObject *object, PyObject *name, int64_t *out);
+static Py_ssize_t first_above(const int64_t *times, Py_ssize_t lo, Py_ssize_t hi,
+                              __int128 bound);
 
 /* customer_columns(accounts, rows, currency_field, scales, values, in_velocity, row_out,
  *                  time_out, columns, windows_ms, hour_ms, velocity_ms, history_ms, max_events)
- * For each account (`rows`: its batch rows, the last events of `history`), each event's
- * columns into its row of `values` and `in_velocity`; the rows and their times, in account
- * order, into `row_out` and `time_out`. Returns how many events. */
+ * For each account, as `observe_accounts` gives it (its batch rows at `indices`, the last
+ * events of `history`), each event's columns into its row of `values` and `in_velocity`; the
+ * rows and their times, in account order, into `row_out` and `time_out`. Then the account's
+ * `AccountHistory.expire`. Returns how many events. */
 static PyObject *customer_columns(PyObject *module, PyObject *args) {
     PyObject *accounts, *rows, *scales, *values_object, *velocity_object, *row_object;
     PyObject *time_object, *columns_object, *windows_object;
@@ -1235,14 +1240,23 @@ static PyObject *customer_columns(PyObject *module, PyObject *args) {
     Py_ssize_t written = 0;
     for (Py_ssize_t a = 0; a < PyList_GET_SIZE(accounts); a++) {
         PyObject *account = PyList_GET_ITEM(accounts, a);
+        if (!PyTuple_Check(account) || PyTuple_GET_SIZE(account) != 5) {
+            PyErr_SetString(PyExc_TypeError,
+                            "accounts: expected (partition, account_id, history, indices, "
+                            "hashes)");
+            goto release;
+        }
         Py_INCREF(account);
-        PyObject *history = PyObject_GetAttr(account, str_history);
-        PyObject *indices = history ? PyObject_GetAttr(account, str_rows) : NULL;
-        PyObject *times_object = indices ? PyObject_GetAttr(history, str_times_ms) : NULL;
+        PyObject *history = PyTuple_GET_ITEM(account, 2);
+        PyObject *indices = PyTuple_GET_ITEM(account, 3);
+        PyObject *times_object = PyObject_GetAttr(history, str_times_ms);
         PyObject *amounts_object =
             times_object ? PyObject_GetAttr(history, str_amounts_minor) : NULL;
         Py_buffer times = {0}, amounts = {0};
+        Py_ssize_t expired = 0;
+        int64_t last_ms = 0;
         int ok = amounts_object != NULL && PyList_Check(indices) &&
+                 int64_attribute(history, str_last_event_time_ms, &last_ms) == 1 &&
                  int64_buffer(times_object, &times, 0);
         if (ok && !int64_buffer(amounts_object, &amounts, 0)) {
             PyBuffer_Release(&times);
@@ -1302,17 +1316,29 @@ static PyObject *customer_columns(PyObject *module, PyObject *args) {
                 time_at[written] = ((const int64_t *)times.buf)[position];
                 written++;
             }
+            /* `AccountHistory.expire`, now that the events' features are computed: the events
+             * older than history_ms before the newest, and beyond the max_events newest. */
+            expired = first_above((const int64_t *)times.buf, 0, length,
+                                  (__int128)last_ms - spec.history_ms);
+            expired = length - spec.max_events > expired ? length - spec.max_events : expired;
             PyBuffer_Release(&times);
             PyBuffer_Release(&amounts);
         }
+        PyObject *hashes_object = ok && expired > 0 ? PyObject_GetAttr(history, str_hashes) : NULL;
+        if (ok && expired > 0) {
+            ok = hashes_object != NULL &&
+                 PySequence_DelSlice(times_object, 0, expired) == 0 &&
+                 PySequence_DelSlice(hashes_object, 0, expired) == 0 &&
+                 PySequence_DelSlice(amounts_object, 0, expired) == 0;
+        }
         Py_DECREF(account);
-        Py_XDECREF(history);
-        Py_XDECREF(indices);
+        Py_XDECREF(hashes_object);
         Py_XDECREF(times_object);
         Py_XDECREF(amounts_object);
         if (!ok) {
             if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_TypeError, "accounts: expected _Account objects");
+                PyErr_SetString(PyExc_TypeError,
+                                "accounts: a history with int64 arrays and last_event_time_ms");
             }
             goto release;
         }
@@ -1332,7 +1358,6 @@ release_velocity:
 /* ---------------------------------------------------------------------------------------- */
 /* Appending a batch's events to an account (`feature_batch._appendable`)                    */
 
-static PyObject *str_hashes, *str_last_event_time_ms, *str_amount_bound_minor, *str_frombytes;
 
 /* An int attribute of `object` as int64; 0 (no exception set) when it does not fit. */
 static int int64_attribute(PyObject *object, PyObject *name, int64_t *out) {
@@ -1397,29 +1422,32 @@ static int append_to_array(PyObject *array, const uint64_t *values, Py_ssize_t s
     return done ? 0 : -1;
 }
 
-/* append_if_appendable(history, indices, hashes, times, amounts, longest_ms, max_events,
- *                      max_amount, max_time_ms)
- * `_appendable`'s question for an account's batch events (at `indices` of the batch's `times`
+typedef struct {
+    int64_t longest_ms, max_events, max_amount, max_time_ms;
+} AppendLimits;
+
+/* `_appendable`'s question for an account's batch events (at `indices` of the batch's `times`
  * and `amounts`, with their event id `hashes`), and when the answer is yes, their
- * `AccountHistory.append_in_order`, in batch order. Returns whether they were appended. */
-static PyObject *append_if_appendable(PyObject *module, PyObject *args) {
-    PyObject *history, *indices, *hashes, *times, *amounts;
-    long long longest_ms, max_events, max_amount, max_time_ms;
-    if (!PyArg_ParseTuple(args, "OO!O!O!O!LLLL", &history, &PyList_Type, &indices, &PyList_Type,
-                          &hashes, &PyList_Type, &times, &PyList_Type, &amounts, &longest_ms,
-                          &max_events, &max_amount, &max_time_ms)) {
-        return NULL;
+ * `AccountHistory.append_in_order`, in batch order: 1 when they were appended, 0 when not,
+ * -1 with an exception. */
+static int append_account(PyObject *history, PyObject *indices, PyObject *hashes, PyObject *times,
+                          PyObject *amounts, const AppendLimits *limits) {
+    const int64_t longest_ms = limits->longest_ms, max_events = limits->max_events;
+    const int64_t max_amount = limits->max_amount, max_time_ms = limits->max_time_ms;
+    if (!PyList_CheckExact(indices) || !PyList_CheckExact(hashes) || !PyList_CheckExact(times) ||
+        !PyList_CheckExact(amounts)) {
+        PyErr_SetString(PyExc_TypeError, "indices, hashes, times and amounts: expected lists");
+        return -1;
     }
     const Py_ssize_t k = PyList_GET_SIZE(indices);
     if (k == 0 || PyList_GET_SIZE(hashes) != k) {
         PyErr_SetString(PyExc_ValueError, "expected as many hashes as indices, at least one");
-        return NULL;
+        return -1;
     }
     PyObject *times_array = NULL, *hashes_array = NULL, *amounts_array = NULL;
     Py_buffer seen = {0}, remembered_amounts = {0};
     uint64_t *new_values = NULL;
-    PyObject *result = NULL;
-    int appendable = 0;
+    int result = -1, appendable = 0;
     times_array = PyObject_GetAttr(history, str_times_ms);
     hashes_array = times_array ? PyObject_GetAttr(history, str_hashes) : NULL;
     amounts_array = hashes_array ? PyObject_GetAttr(history, str_amounts_minor) : NULL;
@@ -1577,7 +1605,7 @@ static PyObject *append_if_appendable(PyObject *module, PyObject *args) {
     }
     appendable = 1;
 answer:
-    result = PyBool_FromLong(appendable);
+    result = appendable;
 done:
     PyBuffer_Release(&seen);
     PyBuffer_Release(&remembered_amounts);
@@ -1585,6 +1613,160 @@ done:
     Py_XDECREF(times_array);
     Py_XDECREF(hashes_array);
     Py_XDECREF(amounts_array);
+    return result;
+}
+
+/* append_if_appendable(history, indices, hashes, times, amounts, longest_ms, max_events,
+ *                      max_amount, max_time_ms): `append_account`, whether appended. */
+static PyObject *append_if_appendable(PyObject *module, PyObject *args) {
+    PyObject *history, *indices, *hashes, *times, *amounts;
+    AppendLimits limits;
+    if (!PyArg_ParseTuple(args, "OOOOOLLLL", &history, &indices, &hashes, &times, &amounts,
+                          &limits.longest_ms, &limits.max_events, &limits.max_amount,
+                          &limits.max_time_ms)) {
+        return NULL;
+    }
+    int appended = append_account(history, indices, hashes, times, amounts, &limits);
+    return appended < 0 ? NULL : PyBool_FromLong(appended);
+}
+
+static PyObject *str_next_offset;
+
+/* The account's history in its partition's (accounts, changed) pair, created with
+ * history_type(account_id) on first sight, and marked changed. New reference. */
+static PyObject *changed_history(PyObject *partitions, PyObject *partition, PyObject *account_id,
+                                 PyObject *history_type, PyObject *not_restored) {
+    PyObject *pair = PyDict_GetItemWithError(partitions, partition);
+    if (pair == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetObject(not_restored, partition);
+        }
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+        !PyDict_CheckExact(PyTuple_GET_ITEM(pair, 0)) ||
+        !PySet_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
+        PyErr_SetString(PyExc_TypeError, "partitions: expected (dict, set) pairs");
+        return NULL;
+    }
+    PyObject *accounts = PyTuple_GET_ITEM(pair, 0), *changed = PyTuple_GET_ITEM(pair, 1);
+    Py_INCREF(pair); /* (creating a history runs Python code) */
+    PyObject *history = PyDict_GetItemWithError(accounts, account_id);
+    if (history != NULL) {
+        Py_INCREF(history);
+    } else if (!PyErr_Occurred()) {
+        history = PyObject_CallOneArg(history_type, account_id);
+        if (history != NULL && PyDict_SetItem(accounts, account_id, history) < 0) {
+            Py_CLEAR(history);
+        }
+    }
+    if (history != NULL && PySet_Add(changed, account_id) < 0) {
+        Py_CLEAR(history);
+    }
+    Py_DECREF(pair);
+    return history;
+}
+
+/* Whether the account's first row of the batch lies below the offset its state reflects
+ * (`history.next_offset > offset >= 0`): 1 yes, 0 no, -1 with an exception. Anything that does
+ * not fit an int64 counts as yes: the event-by-event path then decides. */
+static int below_next_offset(PyObject *history, PyObject *row, Py_ssize_t offset_field) {
+    if (!PyTuple_Check(row) || offset_field < 0 || offset_field >= PyTuple_GET_SIZE(row)) {
+        PyErr_SetString(PyExc_TypeError, "rows: expected tuples with an offset");
+        return -1;
+    }
+    int64_t next_offset;
+    int fits = int64_attribute(history, str_next_offset, &next_offset);
+    if (fits <= 0) {
+        return fits < 0 ? -1 : 1;
+    }
+    PyObject *offset_object = PyTuple_GET_ITEM(row, offset_field);
+    if (!PyLong_CheckExact(offset_object)) {
+        return 1;
+    }
+    int overflow = 0;
+    long long offset = PyLong_AsLongLongAndOverflow(offset_object, &overflow);
+    if (offset == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    return overflow || (next_offset > offset && offset >= 0);
+}
+
+/* observe_accounts(rows, partitions, history_type, not_restored, account_type, times, amounts,
+ *                  offset_field, columnwise, longest_ms, max_events, max_amount, max_time_ms)
+ * The batch's rows by account (as `group_rows` groups them), each account's history found in
+ * `partitions` (partition -> (accounts, changed)) or created, and marked changed; a partition
+ * not there raises `not_restored(partition)`. When `columnwise`, an account none of whose rows
+ * lies below its history's next_offset has its events appended when `append_account` can.
+ * Returns (appended, others), each a list of account_type(partition, account_id, history,
+ * indices, hashes) in order of first appearance. */
+static PyObject *observe_accounts(PyObject *module, PyObject *args) {
+    PyObject *rows, *partitions, *history_type, *not_restored, *times, *amounts;
+    PyTypeObject *account_type;
+    Py_ssize_t offset_field;
+    int columnwise;
+    AppendLimits limits;
+    if (!PyArg_ParseTuple(args, "O!O!OOO!O!O!npLLLL", &PyList_Type, &rows, &PyDict_Type,
+                          &partitions, &history_type, &not_restored, &PyType_Type, &account_type,
+                          &PyList_Type, &times, &PyList_Type, &amounts, &offset_field,
+                          &columnwise, &limits.longest_ms, &limits.max_events,
+                          &limits.max_amount, &limits.max_time_ms)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype(account_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "account_type: expected a named tuple type");
+        return NULL;
+    }
+    PyObject *groups = group_rows(module, rows);
+    if (groups == NULL) {
+        return NULL;
+    }
+    PyObject *appended = PyList_New(0), *others = PyList_New(0), *result = NULL;
+    if (appended == NULL || others == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t g = 0; g < PyList_GET_SIZE(groups); g++) {
+        PyObject *group = PyList_GET_ITEM(groups, g);
+        PyObject *partition = PyTuple_GET_ITEM(group, 0), *account_id = PyTuple_GET_ITEM(group, 1);
+        PyObject *indices = PyTuple_GET_ITEM(group, 2), *hashes = PyTuple_GET_ITEM(group, 3);
+        PyObject *history =
+            changed_history(partitions, partition, account_id, history_type, not_restored);
+        if (history == NULL) {
+            goto done;
+        }
+        int taken = 0;
+        if (columnwise) {
+            Py_ssize_t first = PyLong_AsSsize_t(PyList_GET_ITEM(indices, 0));
+            int below = first < 0 || first >= PyList_GET_SIZE(rows)
+                            ? -1
+                            : below_next_offset(history, PyList_GET_ITEM(rows, first),
+                                                offset_field);
+            taken = below < 0 ? -1
+                    : below   ? 0
+                              : append_account(history, indices, hashes, times, amounts, &limits);
+        }
+        PyObject *account = NULL;
+        if (taken >= 0) {
+            PyObject *items[5] = {Py_NewRef(partition), Py_NewRef(account_id), history,
+                                  Py_NewRef(indices), Py_NewRef(hashes)};
+            account = new_tuple(account_type, items, 5); /* (takes the history's reference) */
+        } else {
+            Py_DECREF(history);
+        }
+        if (account == NULL || PyList_Append(taken ? appended : others, account) < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_IndexError, "row out of range");
+            }
+            Py_XDECREF(account);
+            goto done;
+        }
+        Py_DECREF(account);
+    }
+    result = PyTuple_Pack(2, appended, others);
+done:
+    Py_DECREF(groups);
+    Py_XDECREF(appended);
+    Py_XDECREF(others);
     return result;
 }
 
@@ -1769,6 +1951,9 @@ static PyMethodDef methods[] = {
     {"terminal_columns", terminal_columns, METH_VARARGS,
      "terminal_columns(terminal_ids, times_ms, views, values, rows, columns, windows_ms, "
      "delay_ms)"},
+    {"observe_accounts", observe_accounts, METH_VARARGS,
+     "observe_accounts(rows, partitions, history_type, not_restored, account_type, times, "
+     "amounts, offset_field, columnwise, longest_ms, max_events, max_amount, max_time_ms)"},
     {"group_rows", group_rows, METH_O,
      "group_rows(rows): (partition, account_id, row indices, event id hashes) per account"},
     {NULL, NULL, 0, NULL},
@@ -1790,17 +1975,16 @@ PyMODINIT_FUNC PyInit__per_record(void) {
     str_value = PyUnicode_InternFromString("value");
     str_partition = PyUnicode_InternFromString("partition");
     str_offset = PyUnicode_InternFromString("offset");
-    str_history = PyUnicode_InternFromString("history");
-    str_rows = PyUnicode_InternFromString("rows");
     str_times_ms = PyUnicode_InternFromString("times_ms");
     str_amounts_minor = PyUnicode_InternFromString("amounts_minor");
     str_hashes = PyUnicode_InternFromString("hashes");
     str_last_event_time_ms = PyUnicode_InternFromString("last_event_time_ms");
     str_amount_bound_minor = PyUnicode_InternFromString("amount_bound_minor");
     str_frombytes = PyUnicode_InternFromString("frombytes");
-    if (!str_hashes || !str_last_event_time_ms || !str_amount_bound_minor || !str_frombytes ||
-        !str_headers || !str_value || !str_partition || !str_offset || !str_history ||
-        !str_rows || !str_times_ms || !str_amounts_minor) {
+    str_next_offset = PyUnicode_InternFromString("next_offset");
+    if (!str_next_offset || !str_hashes || !str_last_event_time_ms || !str_amount_bound_minor ||
+        !str_frombytes || !str_headers || !str_value || !str_partition || !str_offset ||
+        !str_times_ms || !str_amounts_minor) {
         return NULL;
     }
     return PyModule_Create(&module);

@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 _Row = TypeVar("_Row")
 _Record = TypeVar("_Record")
 _Result = TypeVar("_Result")
+_Account = TypeVar("_Account")
 
 def decode_rows(
     records: Sequence[Any],
@@ -43,6 +44,21 @@ def model_results(
 ) -> list[_Result | None]: ...
 def event_id_hash(event_id: str) -> int: ...
 def group_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[int, str, list[int], list[int]]]: ...
+def observe_accounts(
+    rows: list[Any],
+    partitions: dict[int, tuple[dict[str, Any], set[str]]],
+    history_type: Callable[[str], Any],
+    not_restored: Callable[[int], BaseException],
+    account_type: type[_Account],
+    times: list[int],
+    amounts: list[int],
+    offset_field: int,
+    columnwise: bool,
+    longest_ms: int,
+    max_events: int,
+    max_amount: int,
+    max_time_ms: int,
+) -> tuple[list[_Account], list[_Account]]: ...
 def append_if_appendable(
     history: Any,
     indices: list[int],

@@ -37,7 +37,7 @@ from txguard.fraud.features import (
     ScoringInput,
     record_and_compute,
 )
-from txguard.fraud.state import AccountHistory, DetectorState
+from txguard.fraud.state import AccountHistory, DetectorState, StateNotRestored
 from txguard.fraud.terminal_table import TerminalTable
 from txguard.kafka.serde import (
     HEADER_EVENT_ID,
@@ -144,6 +144,7 @@ class TransactionRow(NamedTuple):
 
 
 _CURRENCY_FIELD = TransactionRow._fields.index("currency")
+_OFFSET_FIELD = TransactionRow._fields.index("offset")
 
 
 def _row(
@@ -301,18 +302,14 @@ class ObservedBatch:
     duplicates: int
 
 
-class _Account:
-    """One account's events in this batch, in batch order."""
+class _Account(NamedTuple):
+    """One account's events in this batch, in batch order, with their event ids' hashes."""
 
-    __slots__ = ("hashes", "history", "partition", "rows")
-
-    def __init__(
-        self, partition: int, history: AccountHistory, rows: list[int], hashes: list[int]
-    ) -> None:
-        self.partition = partition
-        self.history = history
-        self.rows = rows
-        self.hashes = hashes
+    partition: int
+    account_id: str
+    history: AccountHistory
+    rows: list[int]
+    hashes: list[int]
 
 
 def observe_batch(
@@ -330,62 +327,72 @@ def observe_batch(
     dropped and counted. The rows of the result are the other events, in batch order. A batch of
     fewer than `columnwise_min_rows` rows is computed event by event.
     """
-    # The rows by account in C (`_per_record.group_rows`), with their event ids' `event_id_hash`.
-    accounts: dict[tuple[int, str], _Account] = {
-        (partition, account_id): _Account(
-            partition, state.history(partition, account_id), indices, hashes
-        )
-        for partition, account_id, indices, hashes in _per_record.group_rows(rows)
-    }
+    rows = rows if isinstance(rows, list) else list(rows)
     count = len(rows)
     times = [row.occurred_ms for row in rows]
     amounts = [row.amount_minor for row in rows]
+    columnwise = count >= columnwise_min_rows
+    longest_ms = max(state.limits.history_ms, _LONGEST_WINDOW_MS, velocity_window_ms)
+    # In C: the rows by account (`group_rows`), each account's history marked changed, and the
+    # events of each account none of whose records lies below its `next_offset` appended when
+    # `_appendable` (`append_if_appendable`).
+    appended, others = _per_record.observe_accounts(
+        rows,
+        state.accounts_and_changes(),
+        AccountHistory,
+        StateNotRestored,
+        _Account,
+        times,
+        amounts,
+        _OFFSET_FIELD,
+        columnwise,
+        longest_ms,
+        _MAX_EVENTS,
+        _MAX_AMOUNT,
+        _MAX_TIME_MS,
+    )
     values = np.empty((count, len(ALL_FEATURES)), dtype=np.float64)
     in_velocity = np.empty(count, dtype=np.int64)
     duplicate = np.zeros(count, dtype=np.bool_)
-    appended: list[_Account] = []
-    longest_ms = max(state.limits.history_ms, _LONGEST_WINDOW_MS, velocity_window_ms)
-    columnwise = count >= columnwise_min_rows
-    for account in accounts.values():
+    for account in others:
         history = account.history
         if history.next_offset > rows[account.rows[0]].offset >= 0:
-            _drop_redelivered(account, rows, duplicate)
+            account = _drop_redelivered(account, rows, duplicate)
             if not account.rows:
                 continue
-        # `_appendable`, then `append_in_order` for each event, in C.
-        if columnwise and _per_record.append_if_appendable(
-            history,
-            account.rows,
-            account.hashes,
-            times,
-            amounts,
-            longest_ms,
-            _MAX_EVENTS,
-            _MAX_AMOUNT,
-            _MAX_TIME_MS,
-        ):
-            appended.append(account)
-        else:
-            for index, id_hash in zip(account.rows, account.hashes, strict=True):
-                if history.has_seen(id_hash):
-                    duplicate[index] = True
-                    continue
-                row = rows[index]
-                features = record_and_compute(
-                    history,
-                    id_hash,
-                    times[index],
-                    amounts[index],
-                    row.currency,
-                    row.terminal_id,
-                    table,
-                    state.limits,
-                    velocity_window_ms=velocity_window_ms,
-                )
-                values[index] = features.values
-                in_velocity[index] = features.transactions_in_velocity_window
-    state.mark_all_changed(accounts)
+            if columnwise and _per_record.append_if_appendable(
+                history,
+                account.rows,
+                account.hashes,
+                times,
+                amounts,
+                longest_ms,
+                _MAX_EVENTS,
+                _MAX_AMOUNT,
+                _MAX_TIME_MS,
+            ):
+                appended.append(account)
+                continue
+        for index, id_hash in zip(account.rows, account.hashes, strict=True):
+            if history.has_seen(id_hash):
+                duplicate[index] = True
+                continue
+            row = rows[index]
+            features = record_and_compute(
+                history,
+                id_hash,
+                times[index],
+                amounts[index],
+                row.currency,
+                row.terminal_id,
+                table,
+                state.limits,
+                velocity_window_ms=velocity_window_ms,
+            )
+            values[index] = features.values
+            in_velocity[index] = features.transactions_in_velocity_window
     if appended:
+        # Their features, then `AccountHistory.expire` for each.
         _appended_features(
             appended,
             rows,
@@ -395,8 +402,6 @@ def observe_batch(
             state=state,
             velocity_window_ms=velocity_window_ms,
         )
-        for account in appended:
-            account.history.expire(state.limits)
     duplicates = int(duplicate.sum())
     if duplicates:
         fresh = ~duplicate
@@ -404,7 +409,7 @@ def observe_batch(
         values, in_velocity = values[fresh], in_velocity[fresh]
         amounts = [row.amount_minor for row in kept]
     else:
-        kept = list(rows)
+        kept = rows
     batch = FeatureBatch(
         rows=kept,
         values=values,
@@ -417,10 +422,10 @@ def observe_batch(
 
 def _drop_redelivered(
     account: _Account, rows: Sequence[TransactionRow], duplicate: npt.NDArray[np.bool_]
-) -> None:
-    """Mark the account's rows below its state's `next_offset` as duplicates and keep the others:
-    the state reflects those records already (they come again after a restart from older
-    committed offsets), even the ones it no longer remembers by their ids."""
+) -> _Account:
+    """Mark the account's rows below its state's `next_offset` as duplicates; the account with
+    the others: the state reflects those records already (they come again after a restart from
+    older committed offsets), even the ones it no longer remembers by their ids."""
     below = account.history.next_offset
     kept_rows: list[int] = []
     kept_hashes: list[int] = []
@@ -430,7 +435,7 @@ def _drop_redelivered(
         else:
             kept_rows.append(index)
             kept_hashes.append(id_hash)
-    account.rows, account.hashes = kept_rows, kept_hashes
+    return account._replace(rows=kept_rows, hashes=kept_hashes)
 
 
 def _appendable(
@@ -481,7 +486,8 @@ def _appended_features(
     state: DetectorState,
     velocity_window_ms: int,
 ) -> None:
-    """Features of the appended accounts' batch events, written into their rows.
+    """Features of the appended accounts' batch events, written into their rows; then each
+    account's `AccountHistory.expire`.
 
     Mirrors `record_and_compute` event by event (in C, `_per_record.customer_columns`): the
     event at position p of its account sees the events at positions [lo, p], where lo is what

@@ -298,17 +298,14 @@ class DetectorState:
             history = accounts[account_id] = AccountHistory(account_id)
         return history
 
+    def accounts_and_changes(self) -> dict[int, tuple[dict[str, AccountHistory], set[str]]]:
+        """Per owned partition, its accounts by id and the ids changed since the last checkpoint,
+        as they are (not copies): `feature_batch.observe_batch` looks up, creates and marks
+        changed a batch's accounts in them at once."""
+        return {number: (part.accounts, part.changed) for number, part in self._partitions.items()}
+
     def mark_changed(self, partition: int, account_id: str) -> None:
         self._partition(partition).changed.add(account_id)
-
-    def mark_all_changed(self, accounts: Iterable[tuple[int, str]]) -> None:
-        """`mark_changed` for each (partition, account id)."""
-        partitions = self._partitions
-        for partition, account_id in accounts:
-            part = partitions.get(partition)
-            if part is None:
-                raise StateNotRestored(partition)
-            part.changed.add(account_id)
 
     def take_changed_copies(self, positions: Mapping[int, int]) -> list[tuple[int, AccountHistory]]:
         """(partition, a copy of the history as it is now) of every account changed since the
