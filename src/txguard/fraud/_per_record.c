@@ -1787,16 +1787,47 @@ static Py_ssize_t first_above(const int64_t *times, Py_ssize_t lo, Py_ssize_t hi
     return lo;
 }
 
+static PyObject *str_unread_changes, *str_sorted_view, *str_times, *str_fraud_times;
+static PyObject *str_fraud_known;
+
+/* A terminal's sorted int64 arrays (times, fraud_times, fraud_known) as a new tuple: its
+ * `_TerminalEntries` attributes, brought up to date by `sorted_view()` first when they are out
+ * of date or have changed since the last read (which `sorted_view` also counts). */
+static PyObject *terminal_arrays(PyObject *entries) {
+    PyObject *unread = PyObject_GetAttr(entries, str_unread_changes);
+    PyObject *times = unread ? PyObject_GetAttr(entries, str_times) : NULL;
+    if (times == NULL) {
+        Py_XDECREF(unread);
+        return NULL;
+    }
+    int stale = times == Py_None || !PyLong_CheckExact(unread) || PyLong_AsLong(unread) != 0;
+    Py_DECREF(unread);
+    if (stale) {
+        Py_DECREF(times);
+        PyObject *view = PyObject_CallMethodNoArgs(entries, str_sorted_view);
+        if (view == NULL) {
+            return NULL;
+        }
+        Py_DECREF(view);
+        times = PyObject_GetAttr(entries, str_times);
+        if (times == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *fraud_times = PyObject_GetAttr(entries, str_fraud_times);
+    PyObject *fraud_known = fraud_times ? PyObject_GetAttr(entries, str_fraud_known) : NULL;
+    PyObject *arrays = fraud_known ? PyTuple_Pack(3, times, fraud_times, fraud_known) : NULL;
+    Py_DECREF(times);
+    Py_XDECREF(fraud_times);
+    Py_XDECREF(fraud_known);
+    return arrays;
+}
+
 /* One row's terminal windows into `out` (count, fraud share per window): `features.
    terminal_features` at event time t on one terminal's sorted int64 arrays (times, fraud_times,
    fraud_known), as `TerminalTable.windows` reads them. */
 static int terminal_row(PyObject *view, int64_t time_ms, int64_t delay_ms,
                         const int64_t *windows_ms, double *out) {
-    if (!PyTuple_CheckExact(view) || PyTuple_GET_SIZE(view) != 3) {
-        PyErr_SetString(PyExc_TypeError,
-                        "terminal table: expected (times, fraud_times, fraud_known) arrays");
-        return 0;
-    }
     Py_buffer buffers[3];
     int held = 0, ok = 0;
     for (; held < 3; held++) {
@@ -1835,16 +1866,17 @@ release:
     return ok;
 }
 
-/* terminal_columns(terminal_ids, times_ms, views, values, rows, columns, windows_ms, delay_ms):
+/* terminal_columns(terminal_ids, times_ms, terminals, values, rows, columns, windows_ms,
+                    delay_ms):
    for each i, the terminal windows of a transaction on terminal_ids[i] at times_ms[i] into
-   values[rows[i], columns]; views maps a terminal id to its (times, fraud_times, fraud_known)
-   sorted int64 arrays, and a terminal it does not hold (or "") has zeros. */
+   values[rows[i], columns]; terminals maps a terminal id to its `_TerminalEntries`, and a
+   terminal it does not hold (or "") has zeros. */
 static PyObject *terminal_columns(PyObject *module, PyObject *args) {
-    PyObject *ids, *times_object, *views, *values_object, *rows_object, *columns_object;
+    PyObject *ids, *times_object, *terminals, *values_object, *rows_object, *columns_object;
     PyObject *windows_object;
     long long delay_ms;
     if (!PyArg_ParseTuple(args, "O!OO!OOO!O!L", &PyList_Type, &ids, &times_object, &PyDict_Type,
-                          &views, &values_object, &rows_object, &PyTuple_Type, &columns_object,
+                          &terminals, &values_object, &rows_object, &PyTuple_Type, &columns_object,
                           &PyTuple_Type, &windows_object, &delay_ms)) {
         return NULL;
     }
@@ -1907,13 +1939,23 @@ static PyObject *terminal_columns(PyObject *module, PyObject *args) {
             PyErr_SetString(PyExc_TypeError, "terminal_ids: expected a list of str");
             goto release;
         }
-        /* (exact str keys: the lookup runs no Python code) */
-        PyObject *view = PyDict_GetItemWithError(views, terminal_id);
-        if (view == NULL && PyErr_Occurred()) {
+        PyObject *entries = PyUnicode_GET_LENGTH(terminal_id)
+                                ? PyDict_GetItemWithError(terminals, terminal_id)
+                                : NULL;
+        if (entries == NULL && PyErr_Occurred()) {
             goto release;
         }
-        if (view != NULL && !terminal_row(view, time_at[i], delay_ms, windows_ms, row)) {
-            goto release;
+        if (entries != NULL) {
+            /* (bringing a terminal's arrays up to date runs Python code: the buffers of
+             * `values`, `times_ms` and `rows` stay exported meanwhile, so they cannot move) */
+            Py_INCREF(entries);
+            PyObject *view = terminal_arrays(entries);
+            int ok = view != NULL && terminal_row(view, time_at[i], delay_ms, windows_ms, row);
+            Py_XDECREF(view);
+            Py_DECREF(entries);
+            if (!ok) {
+                goto release;
+            }
         }
         double *target = out + row_at[i] * width;
         for (int k = 0; k < 2 * N_WINDOWS; k++) {
@@ -1949,7 +1991,7 @@ static PyMethodDef methods[] = {
      "append_if_appendable(history, indices, hashes, times, amounts, longest_ms, max_events, "
      "max_amount, max_time_ms)"},
     {"terminal_columns", terminal_columns, METH_VARARGS,
-     "terminal_columns(terminal_ids, times_ms, views, values, rows, columns, windows_ms, "
+     "terminal_columns(terminal_ids, times_ms, terminals, values, rows, columns, windows_ms, "
      "delay_ms)"},
     {"observe_accounts", observe_accounts, METH_VARARGS,
      "observe_accounts(rows, partitions, history_type, not_restored, account_type, times, "
@@ -1982,7 +2024,13 @@ PyMODINIT_FUNC PyInit__per_record(void) {
     str_amount_bound_minor = PyUnicode_InternFromString("amount_bound_minor");
     str_frombytes = PyUnicode_InternFromString("frombytes");
     str_next_offset = PyUnicode_InternFromString("next_offset");
-    if (!str_next_offset || !str_hashes || !str_last_event_time_ms || !str_amount_bound_minor ||
+    str_unread_changes = PyUnicode_InternFromString("_unread_changes");
+    str_sorted_view = PyUnicode_InternFromString("sorted_view");
+    str_times = PyUnicode_InternFromString("times");
+    str_fraud_times = PyUnicode_InternFromString("fraud_times");
+    str_fraud_known = PyUnicode_InternFromString("fraud_known");
+    if (!str_unread_changes || !str_sorted_view || !str_times || !str_fraud_times ||
+        !str_fraud_known || !str_next_offset || !str_hashes || !str_last_event_time_ms || !str_amount_bound_minor ||
         !str_frombytes || !str_headers || !str_value || !str_partition || !str_offset ||
         !str_times_ms || !str_amounts_minor) {
         return NULL;

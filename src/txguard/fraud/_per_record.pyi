@@ -89,7 +89,7 @@ def customer_columns(
 def terminal_columns(
     terminal_ids: list[str],
     times_ms: Any,
-    views: dict[str, tuple[Any, Any, Any]],
+    terminals: dict[str, Any],
     values: Any,
     rows: Any,
     columns: tuple[int, ...],

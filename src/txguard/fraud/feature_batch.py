@@ -543,13 +543,11 @@ def _write_terminal_columns(
     columns: tuple[int, ...] = _TERMINAL_COLUMNS,
 ) -> None:
     """`terminal_features` of each transaction into its row of `values`, in C: sorted searches
-    in the terminal's lists as the table holds them now."""
-    distinct = dict.fromkeys(terminal_ids)
-    distinct.pop("", None)  # No terminal: no terminal features.
+    in the terminal's arrays as the table holds them now."""
     _per_record.terminal_columns(
         terminal_ids if isinstance(terminal_ids, list) else list(terminal_ids),
         np.ascontiguousarray(times_ms, dtype=np.int64),
-        table.sorted_lists(distinct),
+        table.terminals,
         values,
         rows,
         columns,

@@ -13,7 +13,7 @@ import bisect
 import logging
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -235,20 +235,11 @@ class TerminalTable:
             counts.append((count, frauds))
         return counts
 
-    def sorted_lists(
-        self, terminal_ids: Iterable[str]
-    ) -> dict[str, tuple[array[int], array[int], array[int]]]:
-        """Of distinct terminal ids, the ones the table holds: each terminal's transaction times,
-        and apart its frauds' times and when each became known, sorted by time (what `windows`
-        searches, for `_per_record.terminal_columns`)."""
-        lists: dict[str, tuple[array[int], array[int], array[int]]] = {}
-        terminals = self._terminals
-        for terminal_id in terminal_ids:
-            entries = terminals.get(terminal_id)
-            if entries is not None:
-                times, _ = entries.sorted_view()
-                lists[terminal_id] = (times, entries.fraud_times, entries.fraud_known)
-        return lists
+    @property
+    def terminals(self) -> dict[str, _TerminalEntries]:
+        """Each terminal's entries by id, as they are (for `_per_record.terminal_columns`, which
+        reads their sorted arrays as `windows` does)."""
+        return self._terminals
 
     def complete_until(self) -> Completeness:
         """The least complete partition decides; a partition never heard from holds all back."""
