@@ -4,7 +4,8 @@
 - `next_offsets` / `commit_offsets` / `CommitReporter`: asynchronous commit of a processed batch,
   with failures logged and counted from the `on_commit` callback;
 - `UncommittedOffsets`: processed offsets held for a loop that commits less often than per batch;
-- `produce_with_backpressure`: `produce()` that polls and retries while the local queue is full;
+- `produce_with_backpressure`: `produce()` that polls and retries while the local queue is full
+  (`produce_all` for many records);
 - `wait_for_deliveries` / `close_producer`: flush with a bounded wait once the loop is stopping;
 - `wait_for_kafka`: the bootstrap address and topics, waiting while the cluster is unreachable;
 - `Backoff`: exponential back-off that a stop event interrupts;
@@ -452,6 +453,26 @@ def produce_with_backpressure(
         except BufferError:
             on_retry()
             producer.poll(0.05)
+
+
+def produce_all(
+    producer: Producer, records: Sequence[OutgoingRecord], *, on_retry: Callable[[], None]
+) -> None:
+    """`produce_with_backpressure` for each record, delivery reported by the producer's own
+    `on_delivery` setting: the usual record (partition chosen from the key, headers as a list)
+    costs one produce() call and nothing else."""
+    produce = producer.produce
+    for record in records:
+        topic, key, value, headers, partition = record
+        if partition >= 0 or type(headers) is not list:
+            produce_with_backpressure(producer, record, on_retry=on_retry)
+            continue
+        try:
+            produce(topic, value, key, headers=cast(_ProduceHeaders, headers))
+        except BufferError:
+            on_retry()
+            producer.poll(0.05)
+            produce_with_backpressure(producer, record, on_retry=on_retry)
 
 
 def wait_for_deliveries(

@@ -22,7 +22,7 @@ from txguard.kafka.consumer_loop import (
     FailedDeliveries,
     OutgoingRecord,
     close_producer,
-    produce_with_backpressure,
+    produce_all,
     wait_for_deliveries,
 )
 
@@ -75,8 +75,7 @@ class ConfirmedPublisher:
 
     def send(self, records: Sequence[OutgoingRecord]) -> None:
         producer = self._current()
-        for record in records:
-            produce_with_backpressure(producer, record, on_retry=self._on_retry)
+        produce_all(producer, records, on_retry=self._on_retry)
         self._pending.extend(records)
         producer.poll(0)
 
