@@ -230,32 +230,36 @@ def batch_processed(consumer: Consumer, metrics: ConsumerMetrics) -> None:
 
 
 def partition_spans(records: Sequence[Message]) -> list[PartitionSpan]:
-    """First and last record of each partition in a batch (one pass, two calls per record)."""
-    first: dict[tuple[str, int], Message] = {}
-    last: dict[tuple[str, int], Message] = {}
-    counts: dict[tuple[str, int], int] = {}
+    """First and last record of each partition in a batch, in one pass: a batch comes in runs
+    of one partition's records, and within a run a record costs two calls and two comparisons."""
+    # (topic, partition) -> [first record, last record, records]
+    seen: dict[tuple[str, int], list[Any]] = {}
+    topic: str | None = None
+    partition: int | None = None
+    run: list[Any] = []
     for message in records:
-        key = (cast(str, message.topic()), cast(int, message.partition()))
-        if key not in first:
-            first[key] = message
-            counts[key] = 0
-        last[key] = message
-        counts[key] += 1
-    spans: list[PartitionSpan] = []
-    for key, head in first.items():
-        tail = last[key]
-        spans.append(
-            PartitionSpan(
-                topic=key[0],
-                partition=key[1],
-                first_offset=cast(int, head.offset()),
-                first_timestamp=_timestamp_seconds(head),
-                last_offset=cast(int, tail.offset()),
-                last_timestamp=_timestamp_seconds(tail),
-                records=counts[key],
-            )
+        record_topic, record_partition = message.topic(), message.partition()
+        if record_partition == partition and record_topic == topic:
+            run[1] = message
+            run[2] += 1
+            continue
+        topic, partition = record_topic, record_partition
+        key = (cast(str, topic), cast(int, partition))
+        run = seen.get(key) or seen.setdefault(key, [message, message, 0])
+        run[1] = message
+        run[2] += 1
+    return [
+        PartitionSpan(
+            topic=key[0],
+            partition=key[1],
+            first_offset=cast(int, head.offset()),
+            first_timestamp=_timestamp_seconds(head),
+            last_offset=cast(int, tail.offset()),
+            last_timestamp=_timestamp_seconds(tail),
+            records=count,
         )
-    return spans
+        for key, (head, tail, count) in seen.items()
+    ]
 
 
 def _timestamp_seconds(message: Message) -> float | None:
@@ -355,13 +359,23 @@ class UncommittedOffsets:
 
 
 def next_offsets(messages: Iterable[Message]) -> list[TopicPartition]:
-    """The offsets to commit after a batch: last offset + 1 for each partition in it."""
+    """The offsets to commit after a batch: last offset + 1 for each partition in it (a batch
+    comes in runs of one partition's records: a new partition is looked up once per run)."""
     highest: dict[tuple[str, int], int] = {}
+    topic: str | None = None
+    partition: int | None = None
+    key: tuple[str, int] | None = None
     for message in messages:
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
-        if topic is None or partition is None or offset is None:
+        record_topic, record_partition, offset = (
+            message.topic(),
+            message.partition(),
+            message.offset(),
+        )
+        if record_partition != partition or record_topic != topic:
+            topic, partition = record_topic, record_partition
+            key = None if topic is None or partition is None else (topic, partition)
+        if key is None or offset is None:
             continue
-        key = (topic, partition)
         if offset >= highest.get(key, -1):
             highest[key] = offset
     return [TopicPartition(topic, part, offset + 1) for (topic, part), offset in highest.items()]
