@@ -559,3 +559,6 @@ def test_a_batch_of_a_partition_not_restored_is_refused() -> None:
     with pytest.raises(StateNotRestored) as refused:
         observe_batch(state, TerminalTable(), rows, velocity_window_ms=60_000)
     assert refused.value.partition == 1
+    # Refused whole: the partition it holds is as it was, nothing marked for the changelog.
+    assert state.account(0, "a") is None
+    assert state.take_changed_copies({}) == []

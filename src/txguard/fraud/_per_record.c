@@ -1675,11 +1675,6 @@ static int below_next_offset(PyObject *history, PyObject *row, Py_ssize_t offset
         PyErr_SetString(PyExc_TypeError, "rows: expected tuples with an offset");
         return -1;
     }
-    int64_t next_offset;
-    int fits = int64_attribute(history, str_next_offset, &next_offset);
-    if (fits <= 0) {
-        return fits < 0 ? -1 : 1;
-    }
     PyObject *offset_object = PyTuple_GET_ITEM(row, offset_field);
     if (!PyLong_CheckExact(offset_object)) {
         return 1;
@@ -1689,6 +1684,12 @@ static int below_next_offset(PyObject *history, PyObject *row, Py_ssize_t offset
     if (offset == -1 && PyErr_Occurred()) {
         return -1;
     }
+    /* (last: reading an attribute may run Python code, after which `row` is not to be read) */
+    int64_t next_offset;
+    int fits = int64_attribute(history, str_next_offset, &next_offset);
+    if (fits <= 0) {
+        return fits < 0 ? -1 : 1;
+    }
     return overflow || (next_offset > offset && offset >= 0);
 }
 
@@ -1696,7 +1697,7 @@ static int below_next_offset(PyObject *history, PyObject *row, Py_ssize_t offset
  *                  offset_field, columnwise, longest_ms, max_events, max_amount, max_time_ms)
  * The batch's rows by account (as `group_rows` groups them), each account's history found in
  * `partitions` (partition -> (accounts, changed)) or created, and marked changed; a partition
- * not there raises `not_restored(partition)`. When `columnwise`, an account none of whose rows
+ * not there raises `not_restored(partition)` before any account changes. When `columnwise`, an account none of whose rows
  * lies below its history's next_offset has its events appended when `append_account` can.
  * Returns (appended, others), each a list of account_type(partition, account_id, history,
  * indices, hashes) in order of first appearance. */
@@ -1724,6 +1725,16 @@ static PyObject *observe_accounts(PyObject *module, PyObject *args) {
     PyObject *appended = PyList_New(0), *others = PyList_New(0), *result = NULL;
     if (appended == NULL || others == NULL) {
         goto done;
+    }
+    /* Every partition first: a batch refused for one leaves every account as it was. */
+    for (Py_ssize_t g = 0; g < PyList_GET_SIZE(groups); g++) {
+        PyObject *partition = PyTuple_GET_ITEM(PyList_GET_ITEM(groups, g), 0);
+        if (PyDict_GetItemWithError(partitions, partition) == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetObject(not_restored, partition);
+            }
+            goto done;
+        }
     }
     for (Py_ssize_t g = 0; g < PyList_GET_SIZE(groups); g++) {
         PyObject *group = PyList_GET_ITEM(groups, g);
@@ -1800,7 +1811,9 @@ static PyObject *terminal_arrays(PyObject *entries) {
         Py_XDECREF(unread);
         return NULL;
     }
-    int stale = times == Py_None || !PyLong_CheckExact(unread) || PyLong_AsLong(unread) != 0;
+    int overflow = 0;
+    int stale = times == Py_None || !PyLong_CheckExact(unread) ||
+                PyLong_AsLongAndOverflow(unread, &overflow) != 0 || overflow;
     Py_DECREF(unread);
     if (stale) {
         Py_DECREF(times);
@@ -1931,6 +1944,10 @@ static PyObject *terminal_columns(PyObject *module, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) {
         if (row_at[i] < 0 || row_at[i] >= height) {
             PyErr_SetString(PyExc_IndexError, "row out of range");
+            goto release;
+        }
+        if (i >= PyList_GET_SIZE(ids)) { /* (changed by Python code run below) */
+            PyErr_SetString(PyExc_RuntimeError, "terminal_ids changed during the call");
             goto release;
         }
         double row[2 * N_WINDOWS] = {0};
