@@ -1059,6 +1059,20 @@ static int int64_buffer(PyObject *object, Py_buffer *view, int writable) {
     return 1;
 }
 
+/* A writable two-dimensional float64 buffer (a numpy array of features). */
+static int float64_matrix(PyObject *object, Py_buffer *view) {
+    if (PyObject_GetBuffer(object, view,
+                           PyBUF_FORMAT | PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        return 0;
+    }
+    if (view->ndim != 2 || view->itemsize != 8 || !view->format || strcmp(view->format, "d")) {
+        PyErr_SetString(PyExc_TypeError, "values: expected a two-dimensional float64 array");
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
 /* The first position in [0, end) whose time is after `bound` (end if none): bisect_right. */
 static Py_ssize_t first_after(const int64_t *times, Py_ssize_t end, int64_t bound) {
     Py_ssize_t lo = 0, hi = end;
@@ -1194,14 +1208,7 @@ static PyObject *customer_columns(PyObject *module, PyObject *args) {
     }
     Py_buffer values = {0}, in_velocity = {0}, row_out = {0}, time_out = {0};
     PyObject *result = NULL;
-    if (PyObject_GetBuffer(values_object, &values,
-                           PyBUF_FORMAT | PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
-        return NULL;
-    }
-    if (values.ndim != 2 || values.itemsize != 8 || !values.format ||
-        strcmp(values.format, "d")) {
-        PyErr_SetString(PyExc_TypeError, "values: expected a two-dimensional float64 array");
-        PyBuffer_Release(&values);
+    if (!float64_matrix(values_object, &values)) {
         return NULL;
     }
     if (!int64_buffer(velocity_object, &in_velocity, 1)) {
@@ -1907,14 +1914,7 @@ static PyObject *terminal_columns(PyObject *module, PyObject *args) {
     }
     Py_buffer values = {0}, times = {0}, rows = {0};
     PyObject *result = NULL;
-    if (PyObject_GetBuffer(values_object, &values,
-                           PyBUF_FORMAT | PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
-        return NULL;
-    }
-    if (values.ndim != 2 || values.itemsize != 8 || !values.format ||
-        strcmp(values.format, "d")) {
-        PyErr_SetString(PyExc_TypeError, "values: expected a two-dimensional float64 array");
-        PyBuffer_Release(&values);
+    if (!float64_matrix(values_object, &values)) {
         return NULL;
     }
     if (!int64_buffer(times_object, &times, 0)) {
