@@ -1073,12 +1073,12 @@ static int float64_matrix(PyObject *object, Py_buffer *view) {
     return 1;
 }
 
-/* The first position in [0, end) whose time is after `bound` (end if none): bisect_right. */
-static Py_ssize_t first_after(const int64_t *times, Py_ssize_t end, int64_t bound) {
-    Py_ssize_t lo = 0, hi = end;
+/* bisect_right in times[lo, hi): the first position whose time is above `bound`. */
+static Py_ssize_t first_above(const int64_t *times, Py_ssize_t lo, Py_ssize_t hi,
+                              __int128 bound) {
     while (lo < hi) {
         Py_ssize_t mid = lo + (hi - lo) / 2;
-        if (times[mid] > bound) {
+        if ((__int128)times[mid] > bound) {
             hi = mid;
         } else {
             lo = mid + 1;
@@ -1124,26 +1124,29 @@ static void customer_row(const CustomerSpec *spec, const int64_t *times, const i
                          Py_ssize_t position, double scale, double *out, int64_t *in_velocity) {
     const int64_t time_ms = times[position], amount = amounts[position];
     const Py_ssize_t end = position + 1;
-    Py_ssize_t lowest = first_after(times, end, time_ms - spec->history_ms);
+    Py_ssize_t lowest = first_above(times, 0, end, time_ms - spec->history_ms);
     if (end - spec->max_events > lowest) {
         lowest = end - spec->max_events;
     }
     Py_ssize_t start = lowest;
+    int64_t sum = 0;
     for (int w = 0; w < N_WINDOWS; w++) {
-        start = first_after(times, end, time_ms - spec->windows_ms[w]);
+        start = first_above(times, 0, end, time_ms - spec->windows_ms[w]);
         if (start < lowest) {
             start = lowest;
         }
-        int64_t count = end - start, sum = 0;
+        int64_t count = end - start;
+        sum = 0;
         for (Py_ssize_t i = start; i < end; i++) {
             sum += amounts[i];
         }
         out[spec->columns[3 + 2 * w]] = (double)count;
         out[spec->columns[4 + 2 * w]] = (double)sum / (double)count / scale;
     }
+    /* (the windows go from shortest to longest: `start` and `sum` are the longest's) */
     const Py_ssize_t start_longest = start;
-    Py_ssize_t hour_start = first_after(times, end, time_ms - spec->hour_ms);
-    Py_ssize_t velocity_start = first_after(times, end, time_ms - spec->velocity_ms);
+    Py_ssize_t hour_start = first_above(times, 0, end, time_ms - spec->hour_ms);
+    Py_ssize_t velocity_start = first_above(times, 0, end, time_ms - spec->velocity_ms);
     *in_velocity = end - (velocity_start > lowest ? velocity_start : lowest);
     int64_t longest_ms = spec->windows_ms[N_WINDOWS - 1], since_previous = longest_ms;
     if (position > start_longest && time_ms - times[position - 1] < longest_ms) {
@@ -1151,10 +1154,9 @@ static void customer_row(const CustomerSpec *spec, const int64_t *times, const i
     }
     /* The amounts before this event in its longest window: m of them, summing to s1 (squares
      * s2), in integers as exact as the final division. */
-    int64_t m = position - start_longest, s1 = 0;
+    int64_t m = position - start_longest, s1 = sum - amount;
     __int128 s2 = 0;
     for (Py_ssize_t i = start_longest; i < position; i++) {
-        s1 += amounts[i];
         s2 += (__int128)amounts[i] * amounts[i];
     }
     double ratio = 1.0, zscore = 0.0;
@@ -1180,8 +1182,6 @@ static void customer_row(const CustomerSpec *spec, const int64_t *times, const i
 static PyObject *str_times_ms, *str_amounts_minor;
 static PyObject *str_hashes, *str_last_event_time_ms, *str_amount_bound_minor, *str_frombytes;
 static int int64_attribute(PyObject *object, PyObject *name, int64_t *out);
-static Py_ssize_t first_above(const int64_t *times, Py_ssize_t lo, Py_ssize_t hi,
-                              __int128 bound);
 
 /* customer_columns(accounts, rows, currency_field, scales, values, in_velocity, row_out,
  *                  time_out, columns, windows_ms, hour_ms, velocity_ms, history_ms, max_events)
@@ -1791,19 +1791,6 @@ done:
 /* ---------------------------------------------------------------------------------------- */
 /* Terminal features (`feature_batch.terminal_columns`)                                      */
 
-/* bisect_right in times[lo, hi): the first position whose time is above `bound`. */
-static Py_ssize_t first_above(const int64_t *times, Py_ssize_t lo, Py_ssize_t hi,
-                              __int128 bound) {
-    while (lo < hi) {
-        Py_ssize_t mid = lo + (hi - lo) / 2;
-        if ((__int128)times[mid] > bound) {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    return lo;
-}
 
 static PyObject *str_unread_changes, *str_sorted_view, *str_times, *str_fraud_times;
 static PyObject *str_fraud_known;
