@@ -86,10 +86,7 @@ def wait_for_log_line(
             if text.encode() in log_file.read():
                 return
         if not service.alive():
-            raise RuntimeError(
-                f"{service.name} exited with code {service.process.returncode}:\n"
-                + service.log_tail()
-            )
+            raise RuntimeError(service.exit_report())
         time.sleep(0.05)
     raise TimeoutError(f"{service.name} did not log {text!r} within {timeout:.0f} s")
 

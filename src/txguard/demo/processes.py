@@ -41,6 +41,10 @@ class ServiceProcess:
         except FileNotFoundError:
             return "(no log)"
 
+    def exit_report(self) -> str:
+        """How the process ended, with the last lines of its log."""
+        return f"{self.name} exited with code {self.process.returncode}:\n" + self.log_tail()
+
 
 def start_service(
     service: str, *, env: Mapping[str, str], log_dir: Path, extra_args: tuple[str, ...] = ()
@@ -69,10 +73,7 @@ def wait_for_grpc_serving(target: str, service: ServiceProcess, timeout: float =
         stub: Any = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if not service.alive():
-                raise RuntimeError(
-                    f"{service.name} exited with code {service.process.returncode}:\n"
-                    + service.log_tail()
-                )
+                raise RuntimeError(service.exit_report())
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
             except grpc.RpcError:

@@ -159,11 +159,7 @@ async def _drive(settings: Settings, options: DemoOptions, services: list[Servic
             crashed = [s for s in services if not s.alive()]
             if crashed:
                 for service in crashed:
-                    print(
-                        f"{service.name} exited with code {service.process.returncode}:\n"
-                        + service.log_tail(),
-                        file=sys.stderr,
-                    )
+                    print(service.exit_report(), file=sys.stderr)
                 stop.set()
                 break
             if not load.done():
