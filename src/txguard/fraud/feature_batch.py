@@ -477,7 +477,7 @@ def _appendable(
 
 def _appended_features(
     accounts: list[_Account],
-    rows: Sequence[TransactionRow],
+    rows: list[TransactionRow],
     table: TerminalTable,
     values: FloatArray,
     in_velocity: IntArray,
@@ -500,7 +500,7 @@ def _appended_features(
     time_out = np.empty(len(rows), dtype=np.int64)
     appended = _per_record.customer_columns(
         accounts,
-        rows if isinstance(rows, list) else list(rows),
+        rows,
         _CURRENCY_FIELD,
         _SCALES,
         values,

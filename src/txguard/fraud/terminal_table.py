@@ -49,8 +49,8 @@ class Completeness:
         return self.transactions_ms >= transactions_ms and self.labels_ms >= labels_ms
 
 
-# Changes between two reads that are applied to the sorted lists one by one (a bisect and a list
-# insert or delete each, O(n)); past this many, as when the table is loaded, the lists are dropped
+# Changes between two reads that are applied to the sorted arrays one by one (a bisect and an
+# insert or delete each, O(n)); past this many, as when the table is loaded, the arrays are dropped
 # and sorted once on the next read, so a bulk load costs one sort, not a quadratic run of inserts.
 _INCREMENTAL_CHANGES = 64
 
@@ -92,7 +92,7 @@ class _TerminalEntries:
             self._unsort(*previous)
 
     def _keeps_sorted_after_change(self) -> bool:
-        """Count one change to the entries; whether the sorted lists are to follow it."""
+        """Count one change to the entries; whether the sorted arrays are to follow it."""
         if self.times is None:
             return False
         self._unread_changes += 1
