@@ -70,8 +70,10 @@ def _relay(settings: Settings, stop: threading.Event) -> None:
 
 def _detector(settings: Settings, stop: threading.Event) -> None:
     from txguard.fraud.detector import FraudDetector
+    from txguard.gc_policy import freeze_loaded_heap
 
-    FraudDetector(settings).run(stop)
+    # The terminal table, loaded at start, is most of the detector's heap.
+    FraudDetector(settings, on_loaded=freeze_loaded_heap).run(stop)
 
 
 def _terminal_risk(settings: Settings, stop: threading.Event) -> None:

@@ -677,8 +677,13 @@ static PyObject *encode_decisions(PyObject *module, PyObject *args) {
         for (int h = 0; h < 2; h++) {
             PyList_SET_ITEM(headers, h + 1, Py_NewRef(PyTuple_GET_ITEM(schema_headers, h)));
         }
+        /* The header list holds untracked tuples and is never changed: like the record that
+         * holds it, it can be in no cycle. Tracked, a checkpoint interval's records (kept until
+         * their delivery is confirmed) were walked by every collection of the older
+         * generations. */
+        PyObject_GC_UnTrack(headers);
         PyObject *items[5] = {Py_NewRef(topic), key, value, headers, partition};
-        PyObject *record = new_tuple(record_type, items, 5);
+        PyObject *record = untracked(new_tuple(record_type, items, 5));
         if (!record) {
             Py_CLEAR(records);
             goto done;

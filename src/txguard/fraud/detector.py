@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import cast
@@ -113,8 +113,16 @@ class BatchOutput:
 class FraudDetector:
     """One detector instance; run several in the same group to scale out (one per partition max)."""
 
-    def __init__(self, settings: Settings, *, scorer: Scorer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        scorer: Scorer | None = None,
+        on_loaded: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_loaded` is called once the terminal table is loaded, before the first record."""
         self.settings = settings
+        self._on_loaded = on_loaded
         self.topics = settings.topics
         self.live_model = LiveModel(settings) if scorer is None else None
         self.scorer: Scorer = scorer or cast(LiveModel, self.live_model).scorer
@@ -176,6 +184,8 @@ class FraudDetector:
             )
             self._follower.load()
             self.table = self._follower.table
+            if self._on_loaded is not None:
+                self._on_loaded()
             self._publisher = ConfirmedPublisher(
                 bootstrap,
                 client_id="txguard-detector",
