@@ -51,7 +51,13 @@ def test_smoke_run_writes_sane_results(
     assert detector["decided_transactions"] == transactions
     assert detector["duplicates"] == 0
     assert detector["throughput_per_s"] > 0
-    assert detector["ratio_to_passthrough"] > 0
+    # The passthrough is measured again right after the detector; the ratio's ceiling is the
+    # mean of both runs.
+    after = detector["passthrough_after"]
+    assert after["records"] == SMOKE.ceiling_records
+    ceiling_rate = (ceiling["passthrough"]["throughput_per_s"] + after["throughput_per_s"]) / 2
+    assert detector["passthrough_ceiling_per_s"] == round(ceiling_rate, 1)
+    assert detector["ratio_to_passthrough"] == round(detector["throughput_per_s"] / ceiling_rate, 3)
     # Its scores equal those computed from the reference features, on a sample.
     reference = detector["reference_check"]
     assert reference["equal"], reference
