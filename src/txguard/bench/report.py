@@ -196,18 +196,25 @@ def markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def target_digits(target: Mapping[str, Any]) -> int:
+    """Decimal places a target's measurement and gap are shown with."""
+    return 3 if target.get("unit") == "ratio" else 2
+
+
 def _targets_section(targets: Sequence[Mapping[str, Any]]) -> list[str]:
     rows = []
     for target in targets:
         op = "≤" if target["op"] == "<=" else "≥"
+        # A ratio to three places: at two, 0.496 would read as the 0.50 it falls short of.
+        digits = target_digits(target)
         rows.append(
             (
                 target.get("description", target["id"]),
                 f"{op} {_n(target['value'], 2 if target.get('unit') == 'ratio' else 0)} "
                 f"{target.get('unit', '')}",
-                _n(target.get("measured"), 2),
+                _n(target.get("measured"), digits),
                 target["status"],
-                "-" if target.get("gap") is None else _n(target["gap"], 2),
+                "-" if target.get("gap") is None else _n(target["gap"], digits),
             )
         )
     header = ("target", "wanted", "measured", "result", "gap (to meet it)")

@@ -33,7 +33,13 @@ from txguard.bench.end_to_end import run_end_to_end
 from txguard.bench.kafka_io import BenchKafkaError, cluster_size, delete_topics
 from txguard.bench.peer import create_peer_venv, peer_python, run_peer
 from txguard.bench.reference_check import check_against_reference
-from txguard.bench.report import TargetsError, load_targets, update_readme, write_report
+from txguard.bench.report import (
+    TargetsError,
+    load_targets,
+    target_digits,
+    update_readme,
+    write_report,
+)
 from txguard.bench.scaling import run_scaling
 from txguard.bench.workload import (
     BenchError,
@@ -450,7 +456,8 @@ def _say(message: str) -> None:
 def _print_summary(results: dict[str, Any], written: list[Path]) -> None:
     for target in results.get("targets", []):
         measured = target.get("measured")
-        shown = f"{measured:,.2f}" if isinstance(measured, int | float) else "-"
+        digits = target_digits(target)
+        shown = f"{measured:,.{digits}f}" if isinstance(measured, int | float) else "-"
         print(
             f"target {target['id']}: {target['status']} (measured {shown}, wanted "
             f"{target['op']} {target['value']})"
