@@ -83,12 +83,13 @@ def _v4_hex(raw: bytes) -> str:
     return str(uuid.UUID(bytes=raw, version=4)).replace("-", "")
 
 
-@pytest.mark.parametrize("copies", [1, 16], ids=["one-by-one", "numpy"])
+@pytest.mark.parametrize("copies", [1, 16], ids=["four ids", "64 ids"])
 def test_a_batch_draw_redraws_each_id_that_holds_a_digit_run(
     monkeypatch: pytest.MonkeyPatch, copies: int
 ) -> None:
     # Four ids: the first all digits; the second and third joined by a run across their border
-    # (neither holds 12 digits alone); the fourth ends in 12 digits. Then clean redraws.
+    # (neither holds 12 digits alone); the fourth ends in 12 digits. Then one draw of clean
+    # replacements for the first and fourth of each four.
     first = bytes.fromhex("12345678901234567890123456789012")
     second = bytes.fromhex("abcdef0123abcdef0123abcdef123456")
     third = bytes.fromhex("789012abcdefabcdefabcdefabcdefab")
@@ -96,7 +97,7 @@ def test_a_batch_draw_redraws_each_id_that_holds_a_digit_run(
     clean = [
         bytes.fromhex(f"abcdef0123abcdef0123abcd{n:08x}") for n in range(0xA0, 0xA0 + 2 * copies)
     ]
-    draws = iter([(first + second + third + fourth) * copies, *clean])
+    draws = iter([(first + second + third + fourth) * copies, b"".join(clean)])
     monkeypatch.setattr(os, "urandom", lambda count: next(draws))
     # A pool of its own, drawn afresh from the draws above.
     monkeypatch.setattr(id_module, "_random", id_module._RandomPool())

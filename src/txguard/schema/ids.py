@@ -14,8 +14,6 @@ import re
 import threading
 from typing import Final
 
-import numpy as np
-
 # Random bytes for transaction and event ids are drawn from the OS this many at a time: every
 # os.urandom call releases and re-takes the GIL, which stalls the event loop for as long as the
 # writer thread holds it.
@@ -50,9 +48,11 @@ _random = _RandomPool()
 # What a card number could be made of: 12 or more decimal digits in a row.
 _CARD_DIGITS: Final = 12
 _DIGIT_RUN: Final = re.compile(r"[0-9]{12,}")
-_DIGITS: Final = re.compile(rb"[0-9]{12}")
-# From this many ids on, a batch's ids are searched for digit runs with numpy.
-_SEARCH_AT_ONCE_MIN: Final = 64
+# Hex written as marks, 1 for a decimal digit and 0 for a letter: a run of 12 ones is a run of
+# 12 digits, which bytes.find locates in all of a batch's ids at once.
+_DIGIT_MARKS: Final = bytes.maketrans(b"0123456789abcdef", b"1111111111000000")
+_MARKED_RUN: Final = b"1" * _CARD_DIGITS
+_ID_HEX: Final = 32
 
 
 def _card_like(identifier: str) -> bool:
@@ -85,29 +85,37 @@ def new_random_ids(count: int) -> list[str]:
 def new_random_ascii_ids(count: int) -> list[bytes]:
     """`count` random (version 4) UUIDs as ASCII bytes, ready for the wire.
 
-    The hex of all of them is written at once; ids holding 12 decimal digits in a row are drawn
-    again one by one. Many ids are searched at once with numpy (each position's run of digits so
-    far); a few, whose numpy calls would cost more than the search, one by one.
+    The hex of all of them is written and searched at once; ids holding 12 decimal digits in a
+    row are drawn again, all at once the same way.
     """
     raw = bytearray(_random.take(16 * count))
     raw[6::16] = raw[6::16].translate(_VERSION_4)
     raw[8::16] = raw[8::16].translate(_VARIANT_RFC_4122)
     text = raw.hex().encode()
-    identifiers = [text[start : start + 32] for start in range(0, 32 * count, 32)]
-    if count < _SEARCH_AT_ONCE_MIN:
-        card_like = [i for i, identifier in enumerate(identifiers) if _DIGITS.search(identifier)]
-    else:
-        digit = np.frombuffer(text, dtype=np.uint8) < ord("a")  # hex: 0-9 sort before a-f
-        position = np.arange(len(text))
-        last_letter = np.maximum.accumulate(np.where(digit, -1, position))
-        # Positions ending a run of 12 digits, and the ids that hold such a run whole.
-        ends = np.flatnonzero(position - last_letter >= _CARD_DIGITS)
-        card_like = sorted(
-            set((ends[ends // 32 == (ends - (_CARD_DIGITS - 1)) // 32] // 32).tolist())
-        )
-    for index in card_like:
-        identifiers[index] = new_random_id().encode()
+    identifiers = [text[start : start + _ID_HEX] for start in range(0, _ID_HEX * count, _ID_HEX)]
+    card_like = _card_like_indices(text)
+    if card_like:
+        for index, identifier in zip(card_like, new_random_ascii_ids(len(card_like)), strict=True):
+            identifiers[index] = identifier
     return identifiers
+
+
+def _card_like_indices(text: bytes) -> list[int]:
+    """The indices of the 32-digit ids laid end to end in `text` that hold a run of 12 digits.
+
+    The first run found at or after an id's start is inside the id, or crosses into the next
+    one: then so does every later run that starts in the id. Either way the search goes on at
+    the next id.
+    """
+    marks = text.translate(_DIGIT_MARKS)
+    found = []
+    start = 0
+    while (start := marks.find(_MARKED_RUN, start)) >= 0:
+        index = start // _ID_HEX
+        if start % _ID_HEX <= _ID_HEX - _CARD_DIGITS:
+            found.append(index)
+        start = (index + 1) * _ID_HEX
+    return found
 
 
 def new_transaction_and_event_ids(now_us: int) -> tuple[str, str]:
