@@ -88,7 +88,7 @@ def test_the_readme_block_is_replaced_and_the_rest_kept(tmp_path: Path) -> None:
     text = readme.read_text()
     assert text.startswith("# x\n\nbefore\n\n") and text.endswith("\n\nafter\n")
     assert "old table" not in text
-    assert "| detector over peer | ≥ 3.00 ratio | 3.50 | met | - |" in text
+    assert "| detector over peer | ≥ 3.00 ratio | 3.500 | met | - |" in text
     assert "![latency against offered load](benchmarks/results/latency-vs-load.png)" in text
     update_readme(readme, results, tmp_path / "benchmarks" / "results")
     assert readme.read_text() == text  # a second run replaces its own block
