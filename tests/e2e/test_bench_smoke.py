@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from txguard.bench.latency_hops import HOPS
 from txguard.bench.peer import peer_python
 from txguard.bench.report import LATENCY_PLOT, RESULTS_JSON, RESULTS_MARKDOWN
 from txguard.bench.runner import REPOSITORY, SMOKE, BenchOptions, run_bench
@@ -101,6 +102,14 @@ def test_smoke_run_writes_sane_results(
         run["per_transaction"]["cpu_ms"] > 0 and run["per_transaction"]["context_switches"] > 0
         for run in runs
     )
+    # Every transaction's two records were found, and its hops add up to its latency: the means
+    # of the hops (over the same transactions) sum to the mean accepted-to-applied latency.
+    for run in runs:
+        hops = run["hops"]
+        assert hops["transactions"] == run["accepted"]
+        total = sum(hops[key]["mean"] for key, _ in HOPS)
+        assert abs(total - run["accepted_to_applied_ms"]["mean"]) < 0.01
+    assert "### Latency by hop" in (output / RESULTS_MARKDOWN).read_text()
     assert results["meta"]["machine"]["wake_up_round_trip_us"] > 0
     # The cluster holds at least txguard's own topics, each with its partitions.
     cluster = results["meta"]["cluster_at_start"]

@@ -37,6 +37,8 @@ class DecisionCount:
     first_ms: int = 0
     last_ms: int = 0
     timestamps_ms: list[int] = field(default_factory=list)
+    # When the first decision of each transaction was produced (its record's CreateTime, ms).
+    produced_ms: dict[str, int] = field(default_factory=dict)
 
     @property
     def duplicates(self) -> int:
@@ -59,6 +61,7 @@ def count_decisions(bootstrap: str, topic: str, baseline: Offsets) -> DecisionCo
         count.records += 1
         count.transactions[decision.transaction_id] += 1
         count.scores.setdefault(decision.transaction_id, decision.score)
+        count.produced_ms.setdefault(decision.transaction_id, record.timestamp_ms)
         stamp = decision.decided_at
         count.timestamps_ms.append(stamp.seconds * 1000 + stamp.nanos // 1_000_000)
     if count.timestamps_ms:

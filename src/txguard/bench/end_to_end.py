@@ -31,6 +31,7 @@ import numpy as np
 
 from txguard.bench.detector_bench import count_decisions
 from txguard.bench.kafka_io import end_offsets
+from txguard.bench.latency_hops import hop_latencies, relayed_times
 from txguard.bench.machine import UsageMeter, broker_pid, own_usage, usage_between
 from txguard.bench.profile import StackSampler
 from txguard.bench.stats import percentiles, rate
@@ -330,7 +331,9 @@ class EndToEnd:
             self.factory, math.ceil(run.rate_per_second * run.duration_seconds) + 1
         )
         decisions_topic = pipeline.settings.topics.decisions
+        transactions_topic = pipeline.settings.topics.transactions
         baseline = end_offsets(pipeline.bootstrap, decisions_topic)
+        transactions_baseline = end_offsets(pipeline.bootstrap, transactions_topic)
         meter = UsageMeter(pipeline.pids())
         meter.start()
         samplers = [
@@ -365,6 +368,7 @@ class EndToEnd:
         decisions_by_id = Counter(
             {t: c for t, c in decisions.transactions.items() if t in accepted_ids}
         )
+        relayed = relayed_times(pipeline.bootstrap, transactions_topic, transactions_baseline)
         accepted_us = np.array([r[1] for r in rows], dtype=np.int64)
         decided_us = np.array([r[2] for r in rows], dtype=np.int64)
         applied_us = np.array([r[3] for r in rows], dtype=np.int64)
@@ -393,6 +397,7 @@ class EndToEnd:
             "api_ms": percentiles(stats.api_latencies_ms),
             "accepted_to_decided_ms": percentiles((decided_us - accepted_us) / 1000),
             "accepted_to_applied_ms": percentiles((applied_us - accepted_us) / 1000),
+            "hops": hop_latencies(rows, relayed, decisions.produced_ms),
             "usage": usage,
             "per_transaction": per_transaction_costs(through_drain, stats.accepted),
             **({"profiles": profiles} if profiles else {}),

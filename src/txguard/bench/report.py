@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from txguard.bench.latency_hops import HOPS
+
 log = logging.getLogger(__name__)
 
 RESULTS_JSON = "results.json"
@@ -431,6 +433,7 @@ def _end_to_end_section(e2e: Mapping[str, Any] | None) -> list[str]:
     )
     lines = ["## End to end: accepted -> decision applied", ""]
     lines += _table(header, [_latency_row(name, run) for name, run in e2e["fixed"].items()])
+    lines += _hops_section(e2e["fixed"])
     step_up = e2e.get("step_up", {})
     if step_up.get("steps"):
         lines += [
@@ -467,6 +470,39 @@ def _end_to_end_section(e2e: Mapping[str, Any] | None) -> list[str]:
         [_cost_row(name, run) for name, run in runs.items()],
     )
     return lines
+
+
+def _hops_section(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    measured = {name: run["hops"] for name, run in runs.items() if run.get("hops")}
+    if not measured:
+        return []
+    lines = [
+        "### Latency by hop, p50 / p99 ms",
+        "",
+        "Each transaction's latency split where its records entered Kafka: accepted by the API "
+        "-> relayed (the outbox relay produced its transaction record) -> decided by the "
+        "detector -> its decision produced -> applied to the store. The times of the two "
+        "records are their Kafka CreateTime, in whole milliseconds, so a hop next to one is "
+        "exact to 1 ms. Percentiles of one hop and of another come from different "
+        "transactions: they do not add up to the total's.",
+        "",
+    ]
+    header = ("run", "transactions", *(label for _, label in HOPS))
+    rows = [
+        (
+            name,
+            _n(hops.get("transactions")),
+            *(_p50_p99(hops.get(key)) for key, _ in HOPS),
+        )
+        for name, hops in measured.items()
+    ]
+    return [*lines, *_table(header, rows)]
+
+
+def _p50_p99(summary: Mapping[str, Any] | None) -> str:
+    if not summary or not summary.get("count"):
+        return "-"
+    return f"{_n(summary.get('p50'), 1)} / {_n(summary.get('p99'), 1)}"
 
 
 def _cost_row(name: str, run: Mapping[str, Any]) -> tuple[str, ...]:
