@@ -484,8 +484,7 @@ def produce_all(
         try:
             produce(topic, value, key, headers=cast(_ProduceHeaders, headers))
         except BufferError:
-            on_retry()
-            producer.poll(0.05)
+            # The queue is full: the slow path serves delivery reports until it has room.
             produce_with_backpressure(producer, record, on_retry=on_retry)
 
 
