@@ -60,3 +60,15 @@ def test_the_report_shows_p50_and_p99_of_each_hop_per_run() -> None:
 
 def test_runs_measured_without_hops_show_no_hop_table() -> None:
     assert "Latency by hop" not in markdown(_e2e(None))
+
+
+def test_a_hop_that_rounds_to_zero_from_below_reads_zero() -> None:
+    # A decision produced within the millisecond it was decided: its record's whole-millisecond
+    # time can fall just before the decision's own microsecond time.
+    hops = {
+        "transactions": 1,
+        **{key: {"count": 1, "p50": 1.0, "p99": 1.0} for key, _ in HOPS},
+        "decided_to_decision_produced_ms": {"count": 1, "p50": -0.04, "p99": -0.04},
+    }
+    text = markdown(_e2e(hops))
+    assert "| batch@2000 | 1 | 1.0 / 1.0 | 1.0 / 1.0 | 0.0 / 0.0 | 1.0 / 1.0 |" in text

@@ -141,7 +141,8 @@ def _n(value: Any, digits: int = 0) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float):
-        return f"{value:,.{digits}f}"
+        # + 0.0 turns a negative value that rounds to zero into 0.0, not "-0.0".
+        return f"{round(value, digits) + 0.0:,.{digits}f}"
     return str(value)
 
 
