@@ -90,6 +90,8 @@ def test_smoke_run_writes_sane_results(
     for run in results["scaling"]["runs"].values():
         assert run["decisions_total"] > 0
         assert 0 <= run["undecided_at_complete"] <= run["decisions_total"]
+        # The input was held back until every instance had its partitions.
+        assert run["decided_before_release"] == 0
         assert run["duplicates"] == 0
         assert all(rebalance["assigned"] for rebalance in run["rebalances"])
 

@@ -11,12 +11,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import NewTopic
 
 from txguard.kafka.clients import make_admin, make_consumer
+from txguard.kafka.consumer_loop import OutgoingRecord, produce_with_backpressure
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +209,16 @@ def read_from(
     bootstrap: str, topic: str, start: Offsets, *, timeout_seconds: float = 300.0
 ) -> Iterator[TopicRecord]:
     """Every record of `topic` from `start` (per partition; 0 if absent) to its current end."""
+    for message in read_messages(bootstrap, topic, start, timeout_seconds=timeout_seconds):
+        partition, offset = message.partition(), message.offset()
+        assert partition is not None and offset is not None
+        yield TopicRecord(partition, offset, message.timestamp()[1], message.value())
+
+
+def read_messages(
+    bootstrap: str, topic: str, start: Offsets, *, timeout_seconds: float = 300.0
+) -> Iterator[Message]:
+    """`read_from`, as the consumer's messages (keys and headers too)."""
     consumer = _reader(bootstrap, "read", **{"enable.partition.eof": True})
     try:
         ends: Offsets = {}
@@ -218,27 +236,47 @@ def read_from(
             if time.monotonic() > deadline:
                 raise BenchKafkaError(f"{topic} not read to its end in {timeout_seconds:.0f} s")
             for message in consumer.consume(num_messages=10_000, timeout=0.5):
-                record = _record(message, ends)
-                if record is not None:
-                    yield record
+                if _in_range(message, ends):
+                    yield message
     finally:
         consumer.close()
 
 
-def _record(message: Message, ends: Offsets) -> TopicRecord | None:
+def copy_topic(bootstrap: str, source: str, producer: Producer, target: str) -> int:
+    """Produce every record of `source` to the same partition of `target`, with its key and
+    headers; returns how many. The caller flushes (or commits) `producer`."""
+    copied = 0
+    for message in read_messages(bootstrap, source, {}):
+        partition = message.partition()
+        assert partition is not None
+        # Headers as consumed: a list of (name, bytes) pairs.
+        headers = cast(list[tuple[str, bytes]], message.headers() or [])
+        record = OutgoingRecord(target, message.key(), message.value(), headers, partition)
+        produce_with_backpressure(producer, record, on_retry=_no_count)
+        copied += 1
+    return copied
+
+
+def _no_count() -> None:
+    """A full local queue while copying is only waited out."""
+
+
+def _in_range(message: Message, ends: Offsets) -> bool:
+    """Whether `message` is a record before its partition's end; a partition's end (or EOF)
+    removes it from `ends`."""
     partition = message.partition()
     if partition is None:
-        return None
+        return False
     error = message.error()
     if error is not None:
         if error.code() == KafkaError._PARTITION_EOF:
             ends.pop(partition, None)
         elif error.fatal():
             raise KafkaException(error)
-        return None
+        return False
     offset = message.offset()
     if offset is None or partition not in ends or offset >= ends[partition]:
-        return None
+        return False
     if offset + 1 >= ends[partition]:
         ends.pop(partition, None)
-    return TopicRecord(partition, offset, message.timestamp()[1], message.value())
+    return True

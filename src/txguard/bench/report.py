@@ -396,10 +396,12 @@ def _scaling_section(scaling: Mapping[str, Any] | None) -> list[str]:
         if run.get("throughput_per_s") is None and run.get("undecided_at_complete") == 0
     ]
     method = (
-        "The instances of a run start together in a new group. Throughput counts the decisions "
-        "from the moment every instance has its partitions until all are decided (or the window "
-        "ends). Handover, for each instance but the first assigned: from the first revocation "
-        "another instance logged after this one started to this one's assignment."
+        "The instances of a run start together in a new group, on a copy of the input held back "
+        "in an open Kafka transaction until every instance has its partitions; then all start "
+        "on the whole input at once. Throughput counts the decisions from that moment until all "
+        "are decided (or the window ends). Handover, for each instance but the first assigned: "
+        "from the first revocation another instance logged after this one started to this "
+        "one's assignment."
     )
     lines = ["## Scaling: detector instances in one group", "", method, "", *_table(header, rows)]
     return [*lines, "", *notes] if notes else lines

@@ -1,19 +1,20 @@
-"""1, 2, 3 ... detector instances in one group on the pre-filled topic: throughput once the
-group is complete, and how long each added instance took to take over its partitions.
+"""1, 2, 3 ... detector instances in one group: throughput once the group is complete, and how
+long each added instance took to take over its partitions.
 
-Each count runs in a fresh group (empty state, from the first offset). The instances are started
-together and the group is complete once each has its partitions; throughput is then measured
-over a window of `window_seconds` (or until every transaction is decided) from that moment. Each
-instance takes seconds to start, load the terminal table and be assigned: the first one assigned
-decides alone until the others join, which is the handover the table reports (its partitions
-revoked, to the newcomer's assignment). Started one after the other, the first instance decided
-most of the input alone, and the partitions it kept had little left for the window.
+Each count runs in a fresh group (empty state) on a copy of the pre-filled input that no detector
+can read until every instance has its partitions (`GatedInput`): all of them then start on the
+whole input at the same moment, and throughput is measured from that moment over a window of
+`window_seconds` (or until every transaction is decided). The first instance assigned still gets
+every partition and hands some over as the others join, which is the handover the table reports
+(its partitions revoked, to the newcomer's assignment); with the input held back, nothing is
+decided meanwhile.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ from txguard.bench.detector_bench import (
     start_detector,
     wait_for_records,
 )
+from txguard.bench.gated_input import GatedInput
 from txguard.bench.kafka_io import OffsetWatcher, end_offsets
 from txguard.bench.logs import assignments, detector_stop_stats
 from txguard.bench.machine import UsageMeter, broker_pid
 from txguard.bench.stats import rate
-from txguard.bench.workload import BenchError, Prefill
+from txguard.bench.workload import BenchError, Prefill, namespaced
 from txguard.demo.processes import ServiceProcess
 
 ASSIGN_TIMEOUT_SECONDS = 180.0
@@ -76,40 +78,49 @@ def _scale_run(
     first_timeout: float,
     stall_timeout: float,
 ) -> dict[str, Any]:
-    topics = prefill.settings.topics
-    group = f"{topics.namespace}-scale{count}-{uuid.uuid4().hex[:6]}"
-    env = detector_env(bootstrap, prefill, model_dir, group)
-    baseline = end_offsets(bootstrap, topics.decisions)
+    source = prefill.settings
+    settings = namespaced(source, f"{source.topics.namespace}-scale{count}")
+    topics = settings.topics
+    group = f"{topics.namespace}-{uuid.uuid4().hex[:6]}"
+    env = detector_env(bootstrap, replace(prefill, settings=settings), model_dir, group)
     instances: list[ServiceProcess] = []
     started_at: list[float] = []
-    try:
-        with OffsetWatcher(bootstrap, topics.decisions) as watcher:
-            for index in range(count):
-                started_at.append(time.time())
-                instances.append(start_detector(env, work_dir / f"instance-{index + 1}"))
-            for instance in instances:
-                _wait_assigned(instance)
-            complete_at = time.time()
-            left_at_complete = prefill.transactions - watcher.records_since(baseline)
-            pids = {f"detector-{i + 1}": p.process.pid for i, p in enumerate(instances)}
-            broker = broker_pid(bootstrap)
-            if broker is not None:
-                pids["kafka-broker"] = broker
-            meter = UsageMeter(pids)
-            meter.start()
-            wait_for_records(
-                watcher,
-                baseline,
-                prefill.transactions,
-                instances,
-                first_timeout=first_timeout,
-                stall_timeout=stall_timeout,
-                until=complete_at + window_seconds,
-            )
-            ended_at = time.time()
-            usage = meter.stop(ended_at - complete_at)
-    finally:
-        codes = [instance.terminate(timeout=60) for instance in instances]
+    with GatedInput(bootstrap, source, settings) as gate:
+        gate.fill()
+        # The topic holds the replay's watermarks too: what is decided is its transactions.
+        expected = prefill.transactions
+        baseline = end_offsets(bootstrap, topics.decisions)
+        try:
+            with OffsetWatcher(bootstrap, topics.decisions) as watcher:
+                for index in range(count):
+                    started_at.append(time.time())
+                    instances.append(start_detector(env, work_dir / f"instance-{index + 1}"))
+                for instance in instances:
+                    _wait_assigned(instance)
+                # Nothing is decided yet: the input is still held back.
+                decided_before_release = watcher.records_since(baseline)
+                gate.release()
+                complete_at = time.time()
+                left_at_complete = expected - watcher.records_since(baseline)
+                pids = {f"detector-{i + 1}": p.process.pid for i, p in enumerate(instances)}
+                broker = broker_pid(bootstrap)
+                if broker is not None:
+                    pids["kafka-broker"] = broker
+                meter = UsageMeter(pids)
+                meter.start()
+                wait_for_records(
+                    watcher,
+                    baseline,
+                    expected,
+                    instances,
+                    first_timeout=first_timeout,
+                    stall_timeout=stall_timeout,
+                    until=complete_at + window_seconds,
+                )
+                ended_at = time.time()
+                usage = meter.stop(ended_at - complete_at)
+        finally:
+            codes = [instance.terminate(timeout=60) for instance in instances]
     decisions = count_decisions(bootstrap, topics.decisions, baseline)
     start_ms, end_ms = int(complete_at * 1000), int(ended_at * 1000)
     in_window = [t for t in decisions.timestamps_ms if start_ms <= t <= end_ms]
@@ -117,8 +128,9 @@ def _scale_run(
     states = [detector_stop_stats(p.log_path) or {} for p in instances]
     return {
         "instances": count,
-        # Transactions not yet decided when the group was complete: the window's input.
+        # Transactions not yet decided when the input was released: all of them.
         "undecided_at_complete": max(0, left_at_complete),
+        "decided_before_release": decided_before_release,
         "decisions_in_window": len(in_window),
         "window_seconds": round(seconds, 2),
         "throughput_per_s": rate(len(in_window), seconds) if in_window else None,
