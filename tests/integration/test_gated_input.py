@@ -45,15 +45,17 @@ def _read_committed(bootstrap: str, topic: str, *, seconds: float) -> list[tuple
         consumer.close()
 
 
-def test_transactions_are_held_back_until_released_and_the_table_is_not(
-    kafka_broker: KafkaBroker, txguard_env: dict[str, str]
-) -> None:
-    base = Settings.from_env(txguard_env)
+def _source_and_target(
+    bootstrap: str, env: dict[str, str], records: list[tuple[int, bytes, bytes]]
+) -> tuple[Settings, Settings]:
+    """A source namespace whose transactions topic holds `records` and whose terminal table holds
+    one entry, and an empty target namespace."""
+    base = Settings.from_env(env)
     source = namespaced(base, f"gate-source-{uuid.uuid4().hex[:8]}")
     target = namespaced(base, f"gate-target-{uuid.uuid4().hex[:8]}")
-    ensure_topics(kafka_broker.bootstrap, source)
-    producer = make_producer(kafka_broker.bootstrap, client_id="gate-test")
-    for partition, key, value in RECORDS:
+    ensure_topics(bootstrap, source)
+    producer = make_producer(bootstrap, client_id="gate-test")
+    for partition, key, value in records:
         producer.produce(
             source.topics.transactions, value, key, partition=partition, headers=[("n", value)]
         )
@@ -61,7 +63,13 @@ def test_transactions_are_held_back_until_released_and_the_table_is_not(
         source.topics.terminal_risk, b"table", b"terminal-1", partition=1, headers=[("n", b"table")]
     )
     assert producer.flush(30) == 0
+    return source, target
 
+
+def test_transactions_are_held_back_until_released_and_the_table_is_not(
+    kafka_broker: KafkaBroker, txguard_env: dict[str, str]
+) -> None:
+    source, target = _source_and_target(kafka_broker.bootstrap, txguard_env, RECORDS)
     with GatedInput(kafka_broker.bootstrap, source, target) as gate:
         assert gate.fill() == len(RECORDS)
         # The table is readable at once; the transactions are not.
@@ -80,17 +88,7 @@ def test_transactions_are_held_back_until_released_and_the_table_is_not(
 def test_leaving_without_release_discards_the_held_back_copy(
     kafka_broker: KafkaBroker, txguard_env: dict[str, str]
 ) -> None:
-    base = Settings.from_env(txguard_env)
-    source = namespaced(base, f"gate-source-{uuid.uuid4().hex[:8]}")
-    target = namespaced(base, f"gate-target-{uuid.uuid4().hex[:8]}")
-    ensure_topics(kafka_broker.bootstrap, source)
-    producer = make_producer(kafka_broker.bootstrap, client_id="gate-test")
-    for partition, key, value in RECORDS[:10]:
-        producer.produce(
-            source.topics.transactions, value, key, partition=partition, headers=[("n", value)]
-        )
-    assert producer.flush(30) == 0
-
+    source, target = _source_and_target(kafka_broker.bootstrap, txguard_env, RECORDS[:10])
     with GatedInput(kafka_broker.bootstrap, source, target) as gate:
         assert gate.fill() == 10
     assert _read_committed(kafka_broker.bootstrap, target.topics.transactions, seconds=3) == []
