@@ -15,9 +15,9 @@ import uuid
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
-from txguard.bench.kafka_io import copy_topic
+from txguard.bench.kafka_io import BenchKafkaError, copy_topic
 from txguard.config import Settings
 from txguard.kafka.clients import make_producer
 from txguard.kafka.consumer_loop import close_producer
@@ -36,13 +36,20 @@ class GatedInput:
         self.bootstrap = bootstrap
         self.source = source
         self.target = target
-        self.transactions = 0
+        # Set while a transaction is open: the one `release()` commits or leaving aborts.
         self._producer: Producer | None = None
 
     def fill(self) -> int:
-        """Copy the terminal table (readable at once) and the transactions (held back)."""
+        """Copy the terminal table (readable at once) and the transactions topic (held back);
+        returns how many records of the transactions topic were copied."""
         ensure_topics(self.bootstrap, self.target)
-        table = make_producer(self.bootstrap, client_id="txguard-bench-copy")
+        failed: list[KafkaError] = []
+
+        def report(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failed.append(error)
+
+        table = make_producer(self.bootstrap, client_id="txguard-bench-copy", on_delivery=report)
         try:
             copy_topic(
                 self.bootstrap,
@@ -50,18 +57,27 @@ class GatedInput:
                 table,
                 self.target.topics.terminal_risk,
             )
-            table.flush(TRANSACTION_CALL_SECONDS)
         finally:
-            close_producer(table, timeout=TRANSACTION_CALL_SECONDS)
+            dropped = close_producer(table, timeout=TRANSACTION_CALL_SECONDS)
+        if dropped or failed:
+            # A detector on a partial table would not compute the features of the others.
+            first = f" (first error: {failed[0]})" if failed else ""
+            raise BenchKafkaError(
+                f"{dropped + len(failed)} terminal-table records were not copied{first}"
+            )
         transactional: dict[str, Any] = {
             "transactional.id": f"txguard-bench-gate-{uuid.uuid4().hex}",
             "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         }
         producer = make_producer(self.bootstrap, client_id="txguard-bench-gate", **transactional)
+        try:
+            producer.init_transactions(TRANSACTION_CALL_SECONDS)
+            producer.begin_transaction()
+        except BaseException:
+            close_producer(producer, timeout=0)
+            raise
         self._producer = producer
-        producer.init_transactions(TRANSACTION_CALL_SECONDS)
-        producer.begin_transaction()
-        self.transactions = copy_topic(
+        copied = copy_topic(
             self.bootstrap,
             self.source.topics.transactions,
             producer,
@@ -69,7 +85,7 @@ class GatedInput:
         )
         # Written to the log, still unreadable to read_committed consumers.
         producer.flush(TRANSACTION_CALL_SECONDS)
-        return self.transactions
+        return copied
 
     def release(self) -> None:
         """Commit the copied transactions: every record becomes readable at once."""

@@ -101,7 +101,8 @@ def new_random_ascii_ids(count: int) -> list[bytes]:
 
 
 def _card_like_indices(text: bytes) -> list[int]:
-    """The indices of the 32-digit ids laid end to end in `text` that hold a run of 12 digits.
+    """The indices of the 32-character hex ids laid end to end in `text` that hold a run of 12
+    decimal digits.
 
     The first run found at or after an id's start is inside the id, or crosses into the next
     one: then so does every later run that starts in the id. Either way the search goes on at
