@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -33,6 +35,18 @@ if TYPE_CHECKING:
     from tests.conftest import KafkaBroker
 
 pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Records one transaction of account argv[2] in the store at argv[1], from a process of its own.
+COMMIT_ONE = """
+import sys
+from pathlib import Path
+from tests.support import new_transaction
+from txguard.store.sqlite import SqliteStore
+store = SqliteStore(Path(sys.argv[1]))
+store.record_transactions([new_transaction(sys.argv[2])])
+store.close()
+"""
 
 
 def read_matching(
@@ -237,12 +251,57 @@ def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(
         assert idle.wait(timeout=60)
         store.record_transactions([new_transaction(f"woken-{uuid.uuid4().hex[:8]}")])
         wait_until(lambda: relay.stats.published == 1, timeout=60)
-        assert store.outbox_backlog().count == 0
+        # Marked by the relay itself (no writer in this process) once its marks are due.
+        wait_until(lambda: store.outbox_backlog().count == 0, timeout=60)
     finally:
         stop.set()
         outbox_signal(settings.store_path).notify()  # ends the hour-long wait
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_a_commit_in_another_process_wakes_the_relay_without_waiting_for_its_poll(
+    kafka_broker: KafkaBroker,
+    settings: Settings,
+    store: SqliteStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An hour between polls, and the commit made by another process: only the store's outbox
+    # bell can start the round.
+    monkeypatch.setattr(relay_module, "IDLE_POLL_SECONDS", 3600.0)
+    idle = threading.Event()
+    wait = OutboxSignal.wait
+
+    def wait_and_tell(signal: OutboxSignal, timeout: float) -> bool:
+        idle.set()
+        return wait(signal, timeout)
+
+    monkeypatch.setattr(OutboxSignal, "wait", wait_and_tell)
+    settings = dataclasses.replace(settings, kafka_bootstrap=kafka_broker.bootstrap)
+    relay = OutboxRelay(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), name="relay-rung")
+    thread.start()
+    account = f"rung-{uuid.uuid4().hex[:8]}"
+    try:
+        assert idle.wait(timeout=60)
+        subprocess.run(
+            [sys.executable, "-c", COMMIT_ONE, str(settings.store_path), account],
+            cwd=REPO_ROOT,
+            check=True,
+            timeout=60,
+        )
+        wait_until(lambda: relay.stats.published == 1, timeout=60)
+        wait_until(lambda: store.outbox_backlog().count == 0, timeout=60)
+    finally:
+        stop.set()
+        outbox_signal(settings.store_path).notify()  # ends the hour-long wait
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    (message,) = read_matching(
+        kafka_broker.bootstrap, TRANSACTIONS_TOPIC, lambda m: m.key() == account.encode(), 1
+    )
+    assert message.key() == account.encode()
 
 
 def test_a_rejected_event_stays_unpublished_and_the_rest_of_its_round_is_marked(

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,6 +42,7 @@ from txguard.store.interface import (
     RecordOutcome,
     StoreLocked,
 )
+from txguard.store.outbox_bell import OutboxBell
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -123,17 +124,21 @@ def status_for_outcome(outcome: Outcome.ValueType) -> TransactionStatus.ValueTyp
 
 
 class OutboxSignal:
-    """Wakes a relay in this process as soon as a commit has added outbox events.
+    """Wakes the relay publishing this store as soon as a commit has added outbox events.
 
-    A relay in another process (`txguard serve relay`) is not woken: it finds new events at its
-    next poll.
+    Every notify sets an event (a relay thread of this process) and rings the store's
+    `OutboxBell` (a relay in any process, `txguard serve relay` included). A relay waits on the
+    bell when it can listen to it, and on the event otherwise (no abstract sockets here, or
+    another process listens).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path) -> None:
         self._event = threading.Event()
+        self._bell = OutboxBell(path)
 
     def notify(self) -> None:
         self._event.set()
+        self._bell.ring()
 
     def wait(self, timeout: float) -> bool:
         """Wait until notified (or `timeout`); True if notified. Resets the signal.
@@ -141,6 +146,15 @@ class OutboxSignal:
         A commit notified before the reset is read by the caller's next read, one after it wakes
         the next wait: no commit goes unnoticed.
         """
+        if self._bell.listening:
+            self._event.clear()
+            return self._bell.wait(timeout)
+        if self._bell.listen():
+            # Rings from before it listened were not heard: this process's commits are known
+            # by the event, another's are found by the caller's next poll.
+            notified = self._event.is_set()
+            self._event.clear()
+            return notified or self._bell.wait(timeout)
         notified = self._event.wait(timeout)
         self._event.clear()
         return notified
@@ -153,7 +167,7 @@ _signals_lock = threading.Lock()
 
 def outbox_signal(path: Path) -> OutboxSignal:
     """The one signal of the store at `path` in this process, shared by all its connections."""
-    return _one_per_store(_signals, path, OutboxSignal)
+    return _one_per_store(_signals, path, partial(OutboxSignal, path))
 
 
 def published_handoff(path: Path) -> PublishedHandoff:

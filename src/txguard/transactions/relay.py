@@ -11,11 +11,12 @@ in order and the round waits.
 Marking: inside `txguard serve transactions` the relay hands the acknowledged events to the API's
 group-commit writer (the store's `PublishedHandoff`), which marks them in its next batch
 transaction, so the relay takes no write lock; the relay reads past them (`after_seq`) meanwhile.
-A relay in its own process marks them itself. Either way an event is only ever marked after Kafka
+A relay in its own process (`txguard serve relay`) marks them itself, gathering the marks of
+MARK_INTERVAL_SECONDS into one write. Either way an event is only ever marked after Kafka
 acknowledged it, and a crash before the mark only publishes it again.
 
-Between rounds the relay waits for the store to tell it of a commit (the API's writer in the same
-process), or at most IDLE_POLL_SECONDS (a relay in its own process, `txguard serve relay`).
+Between rounds the relay waits for the store to tell it of a commit (the store's outbox bell, rung
+by the API's writer in this process or another), or at most IDLE_POLL_SECONDS.
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ from txguard.store.sqlite import SqliteRelayLock, SqliteStore
 log = logging.getLogger(__name__)
 
 # Between rounds when the outbox was drained and no commit woke the relay: bounds the added
-# latency when the writer is in another process; costs one indexed query.
+# latency where the store has no bell to ring; costs one indexed query.
 IDLE_POLL_SECONDS = 0.05
+# A relay in its own process marks acknowledged events at most this often: each mark takes the
+# store's write lock from the API's writer and the applier. A crash loses at most this much of
+# marks; those events are published again and dropped downstream as duplicates.
+MARK_INTERVAL_SECONDS = 0.1
 LOCK_RETRY_SECONDS = 1.0
 PRUNE_INTERVAL_SECONDS = 60.0
 # On stop, how long the in-flight round may still wait for its delivery reports.
@@ -104,6 +109,35 @@ class _RoundFailures:
         if not self.failed_seqs:
             return produced
         return [item for item in produced if item.seq not in self.failed_seqs]
+
+
+class _PendingMarks:
+    """Acknowledged events a relay in its own process has still to mark published."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._seqs: list[int] = []
+        self._published_at_us = 0
+        self._since: float | None = None
+
+    def add(self, events: PublishedEvents) -> None:
+        self._seqs.extend(events.seqs)
+        self._published_at_us = events.published_at_us
+        if self._since is None:
+            self._since = time.monotonic()
+
+    def due_in(self) -> float | None:
+        """Seconds until the pending marks are due (0: now); None when nothing is pending."""
+        if self._since is None:
+            return None
+        return max(0.0, self._since + self._interval - time.monotonic())
+
+    def flush(self, store: TransactionStore) -> None:
+        """Mark every pending event, in one write transaction."""
+        if self._seqs:
+            store.mark_published(self._seqs, self._published_at_us)
+        self._seqs = []
+        self._since = None
 
 
 class _RelayMetrics:
@@ -205,6 +239,7 @@ class OutboxRelay:
         # Every unpublished event up to this seq was acknowledged and handed over to be marked:
         # the next round reads after it. 0 after any failure: read from the oldest unpublished.
         self._acknowledged_through = 0
+        self._marks = _PendingMarks(MARK_INTERVAL_SECONDS)
 
     def run(self, stop: threading.Event) -> None:
         """Publish until `stop` is set; then finish the round in flight (bounded) and release."""
@@ -221,7 +256,7 @@ class OutboxRelay:
             stats_logged_at = time.monotonic()
             while not stop.is_set():
                 try:
-                    published = self.publish_pending(stop)
+                    published = self._publish_round_locked(stop)
                 except RelayDeliveryFailed as exc:
                     log.warning("outbox relay: %s; resending with a new producer", exc)
                     self.stats.retries += 1
@@ -242,6 +277,7 @@ class OutboxRelay:
                     backoff.sleep(stop)
                     continue
                 backoff.reset()
+                self._flush_marks_if_due()
                 self.prune_published_if_due()
                 if time.monotonic() - stats_logged_at >= STATS_LOG_INTERVAL_SECONDS:
                     stats_logged_at = time.monotonic()
@@ -250,8 +286,10 @@ class OutboxRelay:
                     if self._producer is not None:
                         # Serves the statistics callback, which an idle producer would queue up.
                         self._producer.poll(0)
-                    # Woken by a commit of this process; `stop` is seen within the poll interval.
-                    self._open_store().wait_for_outbox(IDLE_POLL_SECONDS)
+                    # Woken by a commit; `stop` is seen within the poll interval.
+                    marks_due = self._marks.due_in()
+                    timeout = IDLE_POLL_SECONDS if marks_due is None else marks_due
+                    self._open_store().wait_for_outbox(min(IDLE_POLL_SECONDS, timeout))
         finally:
             sampler.stop()
             self.close()
@@ -259,11 +297,22 @@ class OutboxRelay:
     def publish_pending(self, stop: threading.Event | None = None) -> int:
         """One round: publish the oldest unpublished events; returns how many were marked.
 
+        Everything acknowledged is marked (or handed over to be marked) before it returns.
         Raises RelayLockHeld if another relay holds the store, RelayDeliveryFailed if any event was
         not acknowledged (the acknowledged ones are marked all the same), DeliveryTimeout if
         `stop` is set and the reports do not arrive within the grace period (then nothing of the
         round is marked: it is published again, and consumers drop the duplicates).
         """
+        try:
+            published = self._publish_round_locked(stop)
+        except RelayDeliveryFailed:
+            self._marks.flush(self._open_store())
+            raise
+        self._marks.flush(self._open_store())
+        return published
+
+    def _publish_round_locked(self, stop: threading.Event | None) -> int:
+        """`publish_pending` without flushing the marks: `run` writes them when they are due."""
         if not self._lock_held:
             if not self._lock.try_acquire():
                 raise RelayLockHeld(f"another relay publishes the outbox of {self._store_path()}")
@@ -276,6 +325,9 @@ class OutboxRelay:
             raise
 
     def _publish_round(self, store: TransactionStore, stop: threading.Event | None) -> int:
+        if self._acknowledged_through == 0:
+            # Reading from the oldest unpublished event: the acknowledged ones are marked first.
+            self._marks.flush(store)
         pending = store.pending_outbox(self.settings.relay_batch_size, self._acknowledged_through)
         if not pending:
             return 0
@@ -303,7 +355,7 @@ class OutboxRelay:
             acknowledged = PublishedEvents(tuple(item.seq for item in delivered), marked_at_us)
             # Only after every report is in: nothing unacknowledged is ever marked.
             if not store.published_handoff().offer(acknowledged):
-                store.mark_published(acknowledged.seqs, marked_at_us)
+                self._marks.add(acknowledged)
             if not failures.errors:
                 self._acknowledged_through = pending[-1].seq
             self.stats.published += len(delivered)
@@ -331,8 +383,15 @@ class OutboxRelay:
             self.prune_published()
 
     def close(self) -> None:
-        """Close the producer (bounded wait), the store if opened here, and release the lock."""
+        """Close the producer (bounded wait), mark what is pending, close the store if opened
+        here, and release the lock."""
         self._drop_producer(timeout=STOP_GRACE_SECONDS)
+        if self._store is not None:
+            try:
+                self._marks.flush(self._store)
+            except Exception as exc:
+                # Unmarked events are published again by the next relay: nothing is lost.
+                log.warning("outbox relay: marks not written at close: %s", exc)
         if self._owns_store and self._store is not None:
             self._store.close()
             self._store = None
@@ -384,6 +443,10 @@ class OutboxRelay:
                 self._bootstrap, client_id="txguard-outbox-relay", statistics=True, **overrides
             )
         return self._producer
+
+    def _flush_marks_if_due(self) -> None:
+        if self._marks.due_in() == 0.0 and self._store is not None:
+            self._marks.flush(self._store)
 
     def _drop_producer(self, timeout: float = 0.0) -> None:
         if self._producer is not None:
