@@ -257,6 +257,7 @@ class OutboxRelay:
             while not stop.is_set():
                 try:
                     published = self._publish_round_locked(stop)
+                    self._flush_marks_if_due()
                 except RelayDeliveryFailed as exc:
                     log.warning("outbox relay: %s; resending with a new producer", exc)
                     self.stats.retries += 1
@@ -277,7 +278,6 @@ class OutboxRelay:
                     backoff.sleep(stop)
                     continue
                 backoff.reset()
-                self._flush_marks_if_due()
                 self.prune_published_if_due()
                 if time.monotonic() - stats_logged_at >= STATS_LOG_INTERVAL_SECONDS:
                     stats_logged_at = time.monotonic()
