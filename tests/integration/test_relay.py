@@ -304,6 +304,47 @@ def test_a_commit_in_another_process_wakes_the_relay_without_waiting_for_its_pol
     assert message.key() == account.encode()
 
 
+def test_a_relay_whose_marks_fail_keeps_publishing_and_marks_them_later(
+    kafka_broker: KafkaBroker,
+    settings: Settings,
+    store: SqliteStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failed: list[list[int]] = []
+    mark_published = SqliteStore.mark_published
+
+    def locked_once(self: SqliteStore, seqs: list[int], published_at_us: int) -> None:
+        if not failed:
+            failed.append(list(seqs))
+            raise sqlite3.OperationalError("database is locked")
+        mark_published(self, seqs, published_at_us)
+
+    monkeypatch.setattr(SqliteStore, "mark_published", locked_once)
+    settings = dataclasses.replace(settings, kafka_bootstrap=kafka_broker.bootstrap)
+    relay = OutboxRelay(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), name="relay-marks-failing")
+    account = f"marks-{uuid.uuid4().hex[:8]}"
+    store.record_transactions([new_transaction(account) for _ in range(3)])
+    thread.start()
+    try:
+        wait_until(lambda: store.outbox_backlog().count == 0, timeout=60)
+        assert thread.is_alive()
+        store.record_transactions([new_transaction(account)])
+        wait_until(lambda: relay.stats.published == 4, timeout=60)
+        wait_until(lambda: store.outbox_backlog().count == 0, timeout=60)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(failed) == 1 and relay.stats.retries == 1
+    # The failed marks were written later, not the events published again.
+    messages = read_matching(
+        kafka_broker.bootstrap, TRANSACTIONS_TOPIC, lambda m: m.key() == account.encode(), 5, 10
+    )
+    assert len(messages) == 4
+
+
 def test_a_rejected_event_stays_unpublished_and_the_rest_of_its_round_is_marked(
     kafka_broker: KafkaBroker, settings: Settings, store: SqliteStore
 ) -> None:
