@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--keep-topics", action="store_true", help="keep the benchmark's topics")
     bench.add_argument(
+        "--relay",
+        choices=("in-process", "own-process"),
+        default="in-process",
+        help="where the end-to-end pipeline's outbox relay runs: inside serve transactions "
+        "(default), or as serve relay beside serve transactions --no-relay",
+    )
+    bench.add_argument(
         "--readme",
         type=Path,
         default=None,
@@ -232,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenarios=args.scenarios or list(SCENARIOS),
             keep_topics=args.keep_topics,
             readme=args.readme,
+            relay=args.relay,
         )
         if args.output is not None:
             bench_options = replace(bench_options, output_dir=args.output)

@@ -96,6 +96,11 @@ def test_smoke_run_writes_sane_results(
         assert all(rebalance["assigned"] for rebalance in run["rebalances"])
 
     e2e = results["end_to_end"]
+    assert e2e["relay"] == "in-process"
+    assert (
+        "The outbox relay runs inside `serve transactions`"
+        in (output / RESULTS_MARKDOWN).read_text()
+    )
     runs = [*e2e["fixed"].values(), *e2e["step_up"]["steps"]]
     assert {run["mode"] for run in runs} == {"unary", "stream", "batch"}
     assert all(run["items_per_batch"] for run in runs if run["mode"] == "batch")

@@ -54,6 +54,9 @@ from txguard.transactions.client import TransactionClient
 
 # Services in shutdown order: the API (and its relay) first, so everything accepted is published.
 SERVICES = ("transactions", "detector", "terminal-risk", "applier")
+# Where the outbox relay runs: inside `serve transactions` (the default deployment), or in a
+# process of its own (`serve transactions --no-relay` + `serve relay`, stopped after the API).
+RELAY_PLACES = ("in-process", "own-process")
 CLIENT_ID = "txguard-bench"
 SAMPLE_SECONDS = 0.5
 # A step is sustained when the API accepts this share of the offered load without errors, the
@@ -98,8 +101,19 @@ def _free_port() -> int:
 class Pipeline:
     """The four services of one end-to-end benchmark, on a topic namespace of their own."""
 
-    def __init__(self, bootstrap: str, settings: Settings, model_dir: Path, work_dir: Path) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        settings: Settings,
+        model_dir: Path,
+        work_dir: Path,
+        *,
+        relay: str = "in-process",
+    ) -> None:
+        if relay not in RELAY_PLACES:
+            raise BenchError(f"unknown relay place {relay!r}; choose from {RELAY_PLACES}")
         self.bootstrap = bootstrap
+        self.relay = relay
         self.settings = namespaced(settings, f"{settings.topics.namespace}-e2e")
         self.store_path = work_dir / "store.db"
         self.log_dir = work_dir / "logs"
@@ -116,10 +130,21 @@ class Pipeline:
         self.services: list[ServiceProcess] = []
         self.work_dir = work_dir
 
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """The services in shutdown order."""
+        if self.relay == "own-process":
+            return (SERVICES[0], "relay", *SERVICES[1:])
+        return SERVICES
+
     def start(self) -> None:
         ensure_topics(self.bootstrap, self.settings)
-        for name in SERVICES:
-            self.services.append(start_service(name, env=self.env, log_dir=self.log_dir))
+        own_relay = self.relay == "own-process"
+        for name in self.service_names:
+            extra_args = ("--no-relay",) if own_relay and name == "transactions" else ()
+            self.services.append(
+                start_service(name, env=self.env, log_dir=self.log_dir, extra_args=extra_args)
+            )
         wait_for_grpc_serving(self.grpc_addr, self.services[0], timeout=120)
 
     def pids(self) -> dict[str, int]:
@@ -452,11 +477,12 @@ def run_end_to_end(
     step_seconds: float,
     step_mode: str,
     drain_timeout: float,
+    relay: str = "in-process",
 ) -> dict[str, Any]:
     unknown = sorted({*modes, step_mode} - set(MODES))
     if unknown:
         raise BenchError(f"unknown e2e API mode {', '.join(unknown)}; choose from {MODES}")
-    pipeline = Pipeline(bootstrap, settings, model_dir, work_dir)
+    pipeline = Pipeline(bootstrap, settings, model_dir, work_dir, relay=relay)
     bench = EndToEnd(pipeline, drain_timeout=drain_timeout)
     fixed: dict[str, Any] = {}
     profiled: dict[str, Any] = {}
@@ -490,7 +516,8 @@ def run_end_to_end(
         result["sustained"] = sustained(result)
     return {
         "namespace": pipeline.settings.topics.namespace,
-        "services": list(SERVICES),
+        "services": list(pipeline.service_names),
+        "relay": relay,
         "fixed": fixed,
         # The profiled run: its latencies are not in the report's tables.
         "profiled": profiled,

@@ -421,6 +421,16 @@ def _latency_row(name: str, run: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _deployment_line(e2e: Mapping[str, Any]) -> str:
+    where = (
+        "in a process of its own (`serve relay`, beside `serve transactions --no-relay`)"
+        if e2e.get("relay") == "own-process"
+        else "inside `serve transactions`"
+    )
+    services = ", ".join(e2e.get("services", []))
+    return f"Services: {services}. The outbox relay runs {where}."
+
+
 def _end_to_end_section(e2e: Mapping[str, Any] | None) -> list[str]:
     if not e2e or "fixed" not in e2e:
         return []
@@ -434,7 +444,7 @@ def _end_to_end_section(e2e: Mapping[str, Any] | None) -> list[str]:
         "missing / duplicate decisions",
         "sustained",
     )
-    lines = ["## End to end: accepted -> decision applied", ""]
+    lines = ["## End to end: accepted -> decision applied", "", _deployment_line(e2e), ""]
     lines += _table(header, [_latency_row(name, run) for name, run in e2e["fixed"].items()])
     lines += _hops_section(e2e["fixed"])
     step_up = e2e.get("step_up", {})

@@ -29,7 +29,7 @@ from confluent_kafka import KafkaException
 from txguard.bench import machine
 from txguard.bench.ceiling import passthrough_ceiling, produce_ceiling
 from txguard.bench.detector_bench import run_detector
-from txguard.bench.end_to_end import run_end_to_end
+from txguard.bench.end_to_end import RELAY_PLACES, run_end_to_end
 from txguard.bench.kafka_io import BenchKafkaError, cluster_size, delete_topics
 from txguard.bench.peer import create_peer_venv, peer_python, run_peer
 from txguard.bench.reference_check import check_against_reference
@@ -160,6 +160,8 @@ class BenchOptions:
     targets: Path = TARGETS
     # A README whose results block is rewritten with this run's targets table and plot.
     readme: Path | None = None
+    # Where the end-to-end pipeline's outbox relay runs: one of end_to_end.RELAY_PLACES.
+    relay: str = "in-process"
 
 
 def resolve_scenarios(names: Sequence[str]) -> list[str]:
@@ -183,6 +185,10 @@ def run_bench(settings: Settings, options: BenchOptions) -> int:
     try:
         scenarios = resolve_scenarios(options.scenarios)
         targets = load_targets(options.targets)
+        if options.relay not in RELAY_PLACES:
+            raise ValueError(
+                f"unknown relay place {options.relay!r}; choose from {', '.join(RELAY_PLACES)}"
+            )
     except (ValueError, TargetsError) as exc:
         print(f"txguard bench: {exc}", file=sys.stderr)
         return 2
@@ -196,7 +202,9 @@ def run_bench(settings: Settings, options: BenchOptions) -> int:
         "meta": {
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "mode": "smoke" if options.smoke else "full",
-            "command": "txguard bench" + (" --smoke" if options.smoke else ""),
+            "command": "txguard bench"
+            + (" --smoke" if options.smoke else "")
+            + (f" --relay {options.relay}" if options.relay != "in-process" else ""),
             "scenarios": scenarios,
             "sizes": _jsonable(sizes),
             "machine": machine.machine_facts(),
@@ -213,7 +221,14 @@ def run_bench(settings: Settings, options: BenchOptions) -> int:
                 results["meta"]["cluster_at_start"] = cluster_size(bootstrap)
             except KafkaException as exc:
                 _say(f"could not count the cluster's topics: {exc}")
-            bench = _Bench(bootstrap, namespaced(settings, namespace), sizes, work_dir, results)
+            bench = _Bench(
+                bootstrap,
+                namespaced(settings, namespace),
+                sizes,
+                work_dir,
+                results,
+                relay=options.relay,
+            )
             try:
                 bench.run(scenarios, options)
             finally:
@@ -244,8 +259,11 @@ class _Bench:
         sizes: BenchSizes,
         work_dir: Path,
         results: dict[str, Any],
+        *,
+        relay: str = "in-process",
     ) -> None:
         self.bootstrap = bootstrap
+        self.relay = relay
         self.settings = settings
         self.sizes = sizes
         self.work_dir = work_dir
@@ -433,6 +451,7 @@ class _Bench:
             step_seconds=sizes.e2e_step_seconds,
             step_mode=sizes.e2e_step_mode,
             drain_timeout=sizes.drain_timeout_seconds,
+            relay=self.relay,
         )
 
 
