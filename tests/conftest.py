@@ -59,7 +59,7 @@ class KafkaBroker:
 
     def start(self) -> None:
         local = self._require_local()
-        local.start()
+        local.start(tied=True)
         assert local.bootstrap == self.bootstrap
 
     def kill(self) -> None:
@@ -99,7 +99,8 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         pytest.fail(f"cannot run the local Kafka broker: {exc}", pytrace=False)
     local = LocalBroker(home / "kafka")
     try:
-        local.start()
+        # Killed with the test run, should that be killed before it can stop the broker.
+        local.start(tied=True)
         ensure_topics(local.bootstrap, _settings(home, local.bootstrap))
         yield KafkaBroker(local.bootstrap, local)
     finally:

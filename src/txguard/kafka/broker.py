@@ -29,6 +29,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from txguard.child_process import tied_to_this_process
 from txguard.config import Settings
 
 log = logging.getLogger(__name__)
@@ -421,8 +422,12 @@ class LocalBroker:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, timeout: float = 90.0) -> None:
-        """Start the broker and wait until it answers metadata requests; no-op if running."""
+    def start(self, timeout: float = 90.0, *, tied: bool = False) -> None:
+        """Start the broker and wait until it answers metadata requests; no-op if running.
+
+        `tied`: the broker is killed with the process starting it, should that one die before
+        calling `stop()` (a broker of one test session or one run, not `txguard kafka up`'s).
+        """
         if self.is_running():
             return
         # Prerequisites first, so a machine without Java gets the message and no data dir.
@@ -445,7 +450,7 @@ class LocalBroker:
             self._write_config()
             cluster_id = self._format_storage(java)
             began = time.monotonic()
-            self._spawn(java)
+            self._spawn(java, tied=tied)
             assert self._process is not None
             _write_broker_state(
                 self.data_dir,
@@ -599,7 +604,7 @@ class LocalBroker:
         log.debug("formatted Kafka storage: %s", result.stdout.strip())
         return _read_cluster_id(self.storage_dir) or cluster_id
 
-    def _spawn(self, java: str) -> None:
+    def _spawn(self, java: str, *, tied: bool) -> None:
         command = self._java_command(
             java, self.heap, "kafka.Kafka", str(self.data_dir / _SERVER_PROPERTIES)
         )
@@ -613,6 +618,7 @@ class LocalBroker:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,  # Ctrl-C in the starting terminal must not kill it.
+                preexec_fn=tied_to_this_process() if tied else None,
             )
 
     def _wait_ready(self, deadline: float) -> None:

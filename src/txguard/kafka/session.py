@@ -35,7 +35,8 @@ def running_kafka(settings: Settings) -> Iterator[str]:
         if started_here:
             print("starting the local Kafka broker (first run fetches its jars) ...", flush=True)
             fetch_kafka_libs()
-            broker.start()
+            # Stopped below; should this process be killed first, the kernel stops it.
+            broker.start(tied=True)
     except (BrokerStartError, KafkaFetchError, KafkaSetupError) as exc:
         raise KafkaUnavailable(str(exc)) from exc
     try:
