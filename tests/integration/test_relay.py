@@ -225,13 +225,16 @@ def test_backlog_written_during_a_broker_outage_drains_in_order(
     assert in_offset_order == expected
 
 
+@pytest.mark.parametrize("committer", ["this process", "another process"])
 def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(
+    committer: str,
     kafka_broker: KafkaBroker,
     settings: Settings,
     store: SqliteStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # An hour between polls: only the store's notification of the commit can start the round.
+    # An hour between polls: only the store's notification of the commit can start the round,
+    # from this process (its signal) or another (the store's outbox bell).
     monkeypatch.setattr(relay_module, "IDLE_POLL_SECONDS", 3600.0)
     idle = threading.Event()
     wait = OutboxSignal.wait
@@ -246,52 +249,21 @@ def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(
     stop = threading.Event()
     thread = threading.Thread(target=relay.run, args=(stop,), name="relay-woken")
     thread.start()
+    account = f"woken-{uuid.uuid4().hex[:8]}"
     try:
         # The first round found nothing; the relay now waits for a commit (or an hour).
         assert idle.wait(timeout=60)
-        store.record_transactions([new_transaction(f"woken-{uuid.uuid4().hex[:8]}")])
+        if committer == "this process":
+            store.record_transactions([new_transaction(account)])
+        else:
+            subprocess.run(
+                [sys.executable, "-c", COMMIT_ONE, str(settings.store_path), account],
+                cwd=REPO_ROOT,
+                check=True,
+                timeout=60,
+            )
         wait_until(lambda: relay.stats.published == 1, timeout=60)
         # Marked by the relay itself (no writer in this process) once its marks are due.
-        wait_until(lambda: store.outbox_backlog().count == 0, timeout=60)
-    finally:
-        stop.set()
-        outbox_signal(settings.store_path).notify()  # ends the hour-long wait
-        thread.join(timeout=30)
-    assert not thread.is_alive()
-
-
-def test_a_commit_in_another_process_wakes_the_relay_without_waiting_for_its_poll(
-    kafka_broker: KafkaBroker,
-    settings: Settings,
-    store: SqliteStore,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # An hour between polls, and the commit made by another process: only the store's outbox
-    # bell can start the round.
-    monkeypatch.setattr(relay_module, "IDLE_POLL_SECONDS", 3600.0)
-    idle = threading.Event()
-    wait = OutboxSignal.wait
-
-    def wait_and_tell(signal: OutboxSignal, timeout: float) -> bool:
-        idle.set()
-        return wait(signal, timeout)
-
-    monkeypatch.setattr(OutboxSignal, "wait", wait_and_tell)
-    settings = dataclasses.replace(settings, kafka_bootstrap=kafka_broker.bootstrap)
-    relay = OutboxRelay(settings)
-    stop = threading.Event()
-    thread = threading.Thread(target=relay.run, args=(stop,), name="relay-rung")
-    thread.start()
-    account = f"rung-{uuid.uuid4().hex[:8]}"
-    try:
-        assert idle.wait(timeout=60)
-        subprocess.run(
-            [sys.executable, "-c", COMMIT_ONE, str(settings.store_path), account],
-            cwd=REPO_ROOT,
-            check=True,
-            timeout=60,
-        )
-        wait_until(lambda: relay.stats.published == 1, timeout=60)
         wait_until(lambda: store.outbox_backlog().count == 0, timeout=60)
     finally:
         stop.set()
