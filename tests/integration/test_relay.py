@@ -27,7 +27,8 @@ from txguard.kafka.serde import (
     HEADER_SCHEMA,
     HEADER_SCHEMA_VERSION,
 )
-from txguard.store.sqlite import OutboxSignal, SqliteStore, outbox_signal
+from txguard.store.outbox_bell import OutboxBell
+from txguard.store.sqlite import SqliteStore, outbox_signal
 from txguard.transactions import relay as relay_module
 from txguard.transactions.relay import OutboxRelay, RelayDeliveryFailed, RelayLockHeld
 
@@ -237,13 +238,13 @@ def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(
     # from this process (its signal) or another (the store's outbox bell).
     monkeypatch.setattr(relay_module, "IDLE_POLL_SECONDS", 3600.0)
     idle = threading.Event()
-    wait = OutboxSignal.wait
+    wait = OutboxBell.wait
 
-    def wait_and_tell(signal: OutboxSignal, timeout: float) -> bool:
-        idle.set()
-        return wait(signal, timeout)
+    def wait_and_tell(bell: OutboxBell, timeout: float) -> bool:
+        idle.set()  # listening by now: a ring from here on is heard
+        return wait(bell, timeout)
 
-    monkeypatch.setattr(OutboxSignal, "wait", wait_and_tell)
+    monkeypatch.setattr(OutboxBell, "wait", wait_and_tell)
     settings = dataclasses.replace(settings, kafka_bootstrap=kafka_broker.bootstrap)
     relay = OutboxRelay(settings)  # its own connection, on its own thread, as in the service
     stop = threading.Event()
@@ -274,6 +275,34 @@ def test_a_commit_wakes_the_relay_without_waiting_for_its_poll(
         kafka_broker.bootstrap, TRANSACTIONS_TOPIC, lambda m: m.key() == account.encode(), 1
     )
     assert message.key() == account.encode()
+
+
+def test_a_relay_of_its_own_gathers_its_marks_and_writes_those_pending_when_it_stops(
+    kafka_broker: KafkaBroker,
+    settings: Settings,
+    store: SqliteStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Marks due only after an hour: only the stop can write them.
+    monkeypatch.setattr(relay_module, "MARK_INTERVAL_SECONDS", 3600.0)
+    settings = dataclasses.replace(settings, kafka_bootstrap=kafka_broker.bootstrap)
+    relay = OutboxRelay(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), name="relay-gathering")
+    store.record_transactions([new_transaction(f"gather-{uuid.uuid4().hex[:8]}")])
+    thread.start()
+    try:
+        wait_until(lambda: relay.stats.published == 1, timeout=60)
+        store.record_transactions([new_transaction(f"gather-{uuid.uuid4().hex[:8]}")])
+        wait_until(lambda: relay.stats.published == 2, timeout=60)
+        # Published, and read past, but not marked yet.
+        assert store.outbox_backlog().count == 2
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert store.outbox_backlog().count == 0
+    assert relay.stats.published == 2
 
 
 def test_a_relay_whose_marks_fail_keeps_publishing_and_marks_them_later(

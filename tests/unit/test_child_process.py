@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from tests.support import wait_until
+from txguard.child_process import tied_command
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's"
@@ -19,8 +21,8 @@ pytestmark = pytest.mark.skipif(
 # Starts two sleeping children, one tied to it and one not, prints their pids, then waits.
 PARENT = """
 import subprocess, sys, time
-from txguard.child_process import tied_to_this_process
-tied = subprocess.Popen(["sleep", "600"], preexec_fn=tied_to_this_process())
+from txguard.child_process import tied_command
+tied = subprocess.Popen(tied_command(["sleep", "600"]))
 untied = subprocess.Popen(["sleep", "600"])
 print(tied.pid, untied.pid, flush=True)
 time.sleep(600)
@@ -58,3 +60,20 @@ def test_a_tied_child_is_killed_with_its_parent_and_an_untied_one_is_not() -> No
             parent.stdout.close()
         if untied_pid is not None and not dead(untied_pid):
             os.kill(untied_pid, signal.SIGKILL)
+
+
+def test_only_the_main_thread_may_start_a_tied_child() -> None:
+    # The kernel would kill the child when the starting thread ends, not the process.
+    errors: list[Exception] = []
+
+    def start() -> None:
+        try:
+            tied_command(["true"])
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=start)
+    worker.start()
+    worker.join(timeout=30)
+    assert [str(error) for error in errors] == ["a tied child must be started from the main thread"]
+    assert tied_command(["true"])[-1] == "true"

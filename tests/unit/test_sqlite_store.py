@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sqlite3
 import threading
 import uuid
@@ -28,6 +29,7 @@ from txguard.store.interface import (
     RecordOutcome,
     StoreLocked,
 )
+from txguard.store.outbox_bell import OutboxBell
 from txguard.store.sqlite import (
     ROWS_PER_STATEMENT,
     SqliteStore,
@@ -150,6 +152,29 @@ def test_a_commit_wakes_a_waiting_relay_connection_of_the_same_store(tmp_path: P
         writer.close()
         relay_side.close()
         elsewhere.close()
+
+
+def test_a_relay_whose_bell_another_process_holds_is_woken_by_this_process_s_commits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "store.db"
+    squatter = OutboxBell(path)  # stands in for another process listening on the store's bell
+    assert squatter.listen()
+    writer, relay_side = SqliteStore(path), SqliteStore(path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="txguard.store.outbox_bell"):
+            assert not relay_side.wait_for_outbox(0)
+        assert "taken by another process" in caplog.text
+        woken: list[bool] = []
+        waiter = threading.Thread(target=lambda: woken.append(relay_side.wait_for_outbox(3600)))
+        waiter.start()
+        writer.record_transactions([new_transaction("acct-squat")])
+        waiter.join(timeout=60)
+        assert woken == [True]
+    finally:
+        writer.close()
+        relay_side.close()
+        squatter.close()
 
 
 def test_a_batch_of_only_replays_does_not_notify(store: SqliteStore, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from txguard.child_process import tied_to_this_process
+from txguard.child_process import tied_command
 from txguard.config import Settings
 
 log = logging.getLogger(__name__)
@@ -425,8 +425,9 @@ class LocalBroker:
     def start(self, timeout: float = 90.0, *, tied: bool = False) -> None:
         """Start the broker and wait until it answers metadata requests; no-op if running.
 
-        `tied`: the broker is killed with the process starting it, should that one die before
-        calling `stop()` (a broker of one test session or one run, not `txguard kafka up`'s).
+        `tied`: the broker is killed with the process starting it (from its main thread), should
+        that one die before calling `stop()`: a broker of one test session or one run, not
+        `txguard kafka up`'s.
         """
         if self.is_running():
             return
@@ -612,13 +613,12 @@ class LocalBroker:
         # JVM stdout/stderr (crash reports, early errors) go to broker.out; Kafka logs to logs/.
         with open(self.data_dir / _CONSOLE_LOG, "ab") as console:
             self._process = subprocess.Popen(
-                command,
+                tied_command(command) if tied else command,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,  # Ctrl-C in the starting terminal must not kill it.
-                preexec_fn=tied_to_this_process() if tied else None,
             )
 
     def _wait_ready(self, deadline: float) -> None:

@@ -10,10 +10,15 @@ relay finds new events by polling.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
+import math
 import select
 import socket
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _PREFIX = b"\0txguard-outbox-"
 # Queued rings read per wake-up: one is enough to wake, the rest only need clearing.
@@ -30,9 +35,12 @@ class OutboxBell:
     """Rings (any process that commits) and listens (the one relay publishing the store)."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._address = bell_address(path)
         self._sender = _datagram_socket()
         self._listener: socket.socket | None = None
+        self._poller: select.poll | None = None
+        self._taken_logged = False
 
     def ring(self) -> None:
         """Tell a listening relay that events were committed; never blocks, never fails."""
@@ -53,10 +61,19 @@ class OutboxBell:
             return False
         try:
             listener.bind(self._address)
-        except OSError:
+        except OSError as exc:
             listener.close()
+            if exc.errno == errno.EADDRINUSE and not self._taken_logged:
+                self._taken_logged = True
+                log.warning(
+                    "the outbox bell of %s is taken by another process (a relay of this store "
+                    "still running?); this relay finds new events by polling",
+                    self._path,
+                )
             return False
-        self._listener = listener
+        poller = select.poll()
+        poller.register(listener.fileno(), select.POLLIN)
+        self._listener, self._poller = listener, poller
         return True
 
     @property
@@ -65,11 +82,11 @@ class OutboxBell:
 
     def wait(self, timeout: float) -> bool:
         """Wait (listening) for a ring or `timeout`; True if rung. Clears the queued rings."""
-        listener = self._listener
-        if listener is None:
+        listener, poller = self._listener, self._poller
+        if listener is None or poller is None:
             raise RuntimeError("the outbox bell is not listened to: call listen() first")
-        ready, _, _ = select.select([listener], [], [], timeout)
-        if not ready:
+        # poll(), not select(): the listener's descriptor may be above select()'s 1024.
+        if not poller.poll(math.ceil(max(0.0, timeout) * 1000)):
             return False
         try:
             while listener.recv(_DRAIN_BYTES):
@@ -83,6 +100,7 @@ class OutboxBell:
             if sock is not None:
                 sock.close()
         self._sender = self._listener = None
+        self._poller = None
 
     def __del__(self) -> None:
         # The bell of a store lives as long as the store's connections in this process do.
@@ -90,9 +108,14 @@ class OutboxBell:
 
 
 def _datagram_socket() -> socket.socket | None:
+    """A non-blocking Unix datagram socket; None where there is none (or none to be had)."""
     family = getattr(socket, "AF_UNIX", None)
-    if family is None:
+    if family is None or not hasattr(select, "poll"):
         return None
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as exc:
+        log.warning("no outbox bell (%s): the relay finds new events by polling", exc)
+        return None
     sock.setblocking(False)
     return sock

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -43,6 +44,8 @@ from txguard.store.interface import (
     StoreLocked,
 )
 from txguard.store.outbox_bell import OutboxBell
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -117,6 +120,8 @@ _LOCK_ATTEMPT_WAIT_MS = 1
 # within about 1-3 ms of the lock coming free, and at most some hundred times a second.
 _LOCK_RETRY_SLEEPS = (0.0002, 0.0005, 0.001, 0.002)
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
+# How often a relay whose outbox bell is taken (or missing) tries to listen to it again.
+_BELL_RETRY_SECONDS = 5.0
 
 
 def status_for_outcome(outcome: Outcome.ValueType) -> TransactionStatus.ValueType:
@@ -133,8 +138,11 @@ class OutboxSignal:
     """
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._event = threading.Event()
         self._bell = OutboxBell(path)
+        # A bell that could not be listened to is tried again at most this often.
+        self._listen_again_at = 0.0
 
     def notify(self) -> None:
         self._event.set()
@@ -146,15 +154,25 @@ class OutboxSignal:
         A commit notified before the reset is read by the caller's next read, one after it wakes
         the next wait: no commit goes unnoticed.
         """
-        if self._bell.listening:
-            self._event.clear()
-            return self._bell.wait(timeout)
-        if self._bell.listen():
-            # Rings from before it listened were not heard: this process's commits are known
-            # by the event, another's are found by the caller's next poll.
-            notified = self._event.is_set()
-            self._event.clear()
-            return notified or self._bell.wait(timeout)
+        try:
+            if self._bell.listening:
+                self._event.clear()
+                return self._bell.wait(timeout)
+            if time.monotonic() >= self._listen_again_at:
+                if self._bell.listen():
+                    # Rings from before it listened were not heard: this process's commits
+                    # are known by the event, another's are found by the caller's next poll.
+                    notified = self._event.is_set()
+                    self._event.clear()
+                    return notified or self._bell.wait(timeout)
+                self._listen_again_at = time.monotonic() + _BELL_RETRY_SECONDS
+        except OSError as exc:
+            # The relay must never stop on its wake-up: without the bell, it polls.
+            log.warning("outbox bell failed (%s); polling instead", exc)
+            self._bell.close()
+            self._bell = OutboxBell(self._path)
+            self._listen_again_at = time.monotonic() + _BELL_RETRY_SECONDS
+            return True
         notified = self._event.wait(timeout)
         self._event.clear()
         return notified

@@ -446,7 +446,13 @@ class OutboxRelay:
 
     def _flush_marks_if_due(self) -> None:
         if self._marks.due_in() == 0.0 and self._store is not None:
-            self._marks.flush(self._store)
+            try:
+                self._marks.flush(self._store)
+            except BaseException:
+                # No reading ahead while marks fail: the next round writes them first, so they
+                # cannot pile up.
+                self._acknowledged_through = 0
+                raise
 
     def _drop_producer(self, timeout: float = 0.0) -> None:
         if self._producer is not None:
