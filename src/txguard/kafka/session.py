@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 from txguard.config import Settings
@@ -35,8 +36,9 @@ def running_kafka(settings: Settings) -> Iterator[str]:
         if started_here:
             print("starting the local Kafka broker (first run fetches its jars) ...", flush=True)
             fetch_kafka_libs()
-            # Stopped below; should this process be killed first, the kernel stops it.
-            broker.start(tied=True)
+            # Stopped below; should this process be killed first, the kernel stops it (a tie
+            # only the main thread can make: from another, the broker may outlive a kill).
+            broker.start(tied=threading.current_thread() is threading.main_thread())
     except (BrokerStartError, KafkaFetchError, KafkaSetupError) as exc:
         raise KafkaUnavailable(str(exc)) from exc
     try:
