@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from txguard.bench.end_to_end import RELAY_PLACES
 from txguard.bench.report import RESULTS_JSON, RESULTS_MARKDOWN
 from txguard.bench.runner import SMOKE, BenchOptions, run_bench
 from txguard.cli import build_parser
@@ -67,4 +68,5 @@ def test_an_unknown_relay_place_is_a_usage_mistake(
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["bench", "--relay", "elsewhere"])
     assert exit_info.value.code == 2
-    assert build_parser().parse_args(["bench", "--relay", "own-process"]).relay == "own-process"
+    for place in RELAY_PLACES:  # the command line offers every place the harness knows
+        assert build_parser().parse_args(["bench", "--relay", place]).relay == place

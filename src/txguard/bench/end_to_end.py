@@ -57,6 +57,15 @@ SERVICES = ("transactions", "detector", "terminal-risk", "applier")
 # Where the outbox relay runs: inside `serve transactions` (the default deployment), or in a
 # process of its own (`serve transactions --no-relay` + `serve relay`, stopped after the API).
 RELAY_PLACES = ("in-process", "own-process")
+
+
+def check_relay_place(relay: str) -> str:
+    """`relay` if it is one of RELAY_PLACES; ValueError otherwise."""
+    if relay not in RELAY_PLACES:
+        raise ValueError(f"unknown relay place {relay!r}; choose from {', '.join(RELAY_PLACES)}")
+    return relay
+
+
 CLIENT_ID = "txguard-bench"
 SAMPLE_SECONDS = 0.5
 # A step is sustained when the API accepts this share of the offered load without errors, the
@@ -110,10 +119,8 @@ class Pipeline:
         *,
         relay: str = "in-process",
     ) -> None:
-        if relay not in RELAY_PLACES:
-            raise BenchError(f"unknown relay place {relay!r}; choose from {RELAY_PLACES}")
         self.bootstrap = bootstrap
-        self.relay = relay
+        self.relay = check_relay_place(relay)
         self.settings = namespaced(settings, f"{settings.topics.namespace}-e2e")
         self.store_path = work_dir / "store.db"
         self.log_dir = work_dir / "logs"

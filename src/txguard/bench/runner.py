@@ -29,7 +29,7 @@ from confluent_kafka import KafkaException
 from txguard.bench import machine
 from txguard.bench.ceiling import passthrough_ceiling, produce_ceiling
 from txguard.bench.detector_bench import run_detector
-from txguard.bench.end_to_end import RELAY_PLACES, run_end_to_end
+from txguard.bench.end_to_end import check_relay_place, run_end_to_end
 from txguard.bench.kafka_io import BenchKafkaError, cluster_size, delete_topics
 from txguard.bench.peer import create_peer_venv, peer_python, run_peer
 from txguard.bench.reference_check import check_against_reference
@@ -185,10 +185,7 @@ def run_bench(settings: Settings, options: BenchOptions) -> int:
     try:
         scenarios = resolve_scenarios(options.scenarios)
         targets = load_targets(options.targets)
-        if options.relay not in RELAY_PLACES:
-            raise ValueError(
-                f"unknown relay place {options.relay!r}; choose from {', '.join(RELAY_PLACES)}"
-            )
+        check_relay_place(options.relay)
     except (ValueError, TargetsError) as exc:
         print(f"txguard bench: {exc}", file=sys.stderr)
         return 2

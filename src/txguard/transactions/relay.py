@@ -256,7 +256,7 @@ class OutboxRelay:
             stats_logged_at = time.monotonic()
             while not stop.is_set():
                 try:
-                    published = self._publish_round_locked(stop)
+                    published = self._publish_round_with_lock(stop)
                     self._flush_marks_if_due()
                 except RelayDeliveryFailed as exc:
                     log.warning("outbox relay: %s; resending with a new producer", exc)
@@ -304,14 +304,14 @@ class OutboxRelay:
         round is marked: it is published again, and consumers drop the duplicates).
         """
         try:
-            published = self._publish_round_locked(stop)
+            published = self._publish_round_with_lock(stop)
         except RelayDeliveryFailed:
             self._marks.flush(self._open_store())
             raise
         self._marks.flush(self._open_store())
         return published
 
-    def _publish_round_locked(self, stop: threading.Event | None) -> int:
+    def _publish_round_with_lock(self, stop: threading.Event | None) -> int:
         """`publish_pending` without flushing the marks: `run` writes them when they are due."""
         if not self._lock_held:
             if not self._lock.try_acquire():
