@@ -117,6 +117,17 @@ def test_smoke_run_writes_sane_results(
         total = sum(hops[key]["mean"] for key, _ in HOPS)
         assert abs(total - run["accepted_to_applied_ms"]["mean"]) < 0.01
     assert "### Latency by hop" in (output / RESULTS_MARKDOWN).read_text()
+    # The gRPC floor: every fixed run's load went to the no-op API too, and all of it was
+    # answered, at a cost in CPU to its server and to the load generator.
+    floor = e2e["grpc_floor"]["runs"]
+    assert set(floor) == set(e2e["fixed"])
+    for run in floor.values():
+        assert run["errors"] == {}
+        assert run["accepted"] == run["sent"] > 0
+        assert run["api_ms"]["count"] == run["accepted"]
+        assert run["cpu_us_per_transaction"]["server"] > 0
+        assert run["cpu_us_per_transaction"]["load-generator"] > 0
+    assert "### The gRPC floor" in (output / RESULTS_MARKDOWN).read_text()
     assert results["meta"]["machine"]["wake_up_round_trip_us"] > 0
     # The cluster holds at least txguard's own topics, each with its partitions.
     cluster = results["meta"]["cluster_at_start"]

@@ -106,3 +106,44 @@ def test_without_a_second_passthrough_the_ceiling_is_the_one_run() -> None:
     text = markdown({**results, "targets": []})
     assert _rows(text)["ceiling: consume -> produce passthrough (batches of 500)"][2] == "1.000"
     assert "mean of the two passthrough runs" not in text
+
+
+def _pipeline_run(cpu_ms: float) -> dict[str, Any]:
+    return {
+        "offered_per_s": 2_000.0,
+        "accepted_per_s": 1_999.0,
+        "applied_per_s": 1_999.0,
+        "accepted_to_applied_ms": {"p99": 225.8},
+        "api_ms": {"p99": 672.6},
+        "missing": 0,
+        "duplicate_decisions": 0,
+        "sustained": False,
+        "per_transaction": {"cpu_ms": cpu_ms, "context_switches": 22.7, "kernel_share": 0.3},
+    }
+
+
+def _floor_run(server_us: float, client_us: float) -> dict[str, Any]:
+    return {
+        "accepted_per_s": 1_998.5,
+        "api_ms": {"p50": 0.79, "p99": 19.27},
+        "usage": {"server": {"cpu_percent": 76.8}, "load-generator": {"cpu_percent": 64.0}},
+        "cpu_us_per_transaction": {"server": server_us, "load-generator": client_us},
+    }
+
+
+def test_the_grpc_floor_is_shown_as_a_share_of_the_pipelines_cpu_per_transaction() -> None:
+    e2e = {
+        "fixed": {"unary@2000": _pipeline_run(0.9)},
+        "grpc_floor": {
+            "runs": {"unary@2000": _floor_run(384.0, 336.0), "unary@9000": _floor_run(1.0, 1.0)}
+        },
+    }
+    text = markdown({"end_to_end": e2e, "targets": []})
+    floor = _rows(text[text.index("### The gRPC floor") :])
+    # (384 + 336) µs of the pipeline's 900 µs per transaction.
+    assert floor["unary@2000"] == ["1,998", "0.8 / 19.3", "384.0 (77%)", "336.0 (64%)", "80%"]
+    # A load the pipeline was not run at has no share to show.
+    assert floor["unary@9000"][-1] == "-"
+    assert "### The gRPC floor" not in markdown(
+        {"end_to_end": {"fixed": e2e["fixed"]}, "targets": []}
+    )

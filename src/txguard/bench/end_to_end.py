@@ -17,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
-import socket
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from txguard.bench.workload import BenchError, namespaced, service_env
 from txguard.clock import now_us
 from txguard.config import Settings
 from txguard.demo.processes import ServiceProcess, start_service, wait_for_grpc_serving
+from txguard.kafka.broker import free_port
 from txguard.kafka.topics import ensure_topics
 from txguard.schema.v1.service_pb2 import SubmitTransactionsRequest
 from txguard.simulate.load_generator import (
@@ -100,13 +100,6 @@ class RunOutcome:
     backlog: list[tuple[float, int]] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Pipeline:
     """The four services of one end-to-end benchmark, on a topic namespace of their own."""
 
@@ -124,7 +117,7 @@ class Pipeline:
         self.settings = namespaced(settings, f"{settings.topics.namespace}-e2e")
         self.store_path = work_dir / "store.db"
         self.log_dir = work_dir / "logs"
-        self.grpc_addr = f"127.0.0.1:{_free_port()}"
+        self.grpc_addr = f"127.0.0.1:{free_port()}"
         self.env = service_env(
             bootstrap,
             self.settings,
@@ -254,6 +247,31 @@ async def submit_load(
         await asyncio.gather(*readers)
 
 
+def offer_load(
+    run: LoadRun, target: str, requests: RequestSource, stats: LoadStats
+) -> Coroutine[Any, Any, None]:
+    """The load generator of `run`'s API mode, offering its load to the API at `target`."""
+    if run.mode == "stream":
+        return submit_load(
+            target,
+            requests,
+            rate_per_second=run.rate_per_second,
+            duration_seconds=run.duration_seconds,
+            stats=stats,
+        )
+    generate = generate_load if run.mode == "unary" else generate_batched_load
+    return generate(
+        target,
+        requests,
+        rate_per_second=run.rate_per_second,
+        duration_seconds=run.duration_seconds,
+        stop=asyncio.Event(),
+        stats=stats,
+        client_id=CLIENT_ID,
+        max_in_flight=STREAM_IN_FLIGHT,
+    )
+
+
 @dataclass(frozen=True)
 class RunStart:
     """Where a run begins in the store: its transactions are stored after `after_rowid` and
@@ -272,32 +290,8 @@ async def _drive(
     check: Callable[[], None],
 ) -> RunOutcome:
     stats = LoadStats()
-    stop = asyncio.Event()
     started = time.monotonic()
-    if run.mode == "stream":
-        load = asyncio.create_task(
-            submit_load(
-                target,
-                requests,
-                rate_per_second=run.rate_per_second,
-                duration_seconds=run.duration_seconds,
-                stats=stats,
-            )
-        )
-    else:
-        generate = generate_load if run.mode == "unary" else generate_batched_load
-        load = asyncio.create_task(
-            generate(
-                target,
-                requests,
-                rate_per_second=run.rate_per_second,
-                duration_seconds=run.duration_seconds,
-                stop=stop,
-                stats=stats,
-                client_id=CLIENT_ID,
-                max_in_flight=STREAM_IN_FLIGHT,
-            )
-        )
+    load = asyncio.create_task(offer_load(run, target, requests, stats))
     outcome = RunOutcome(stats, 0.0)
     while not load.done():
         await asyncio.wait({load}, timeout=SAMPLE_SECONDS)

@@ -482,7 +482,59 @@ def _end_to_end_section(e2e: Mapping[str, Any] | None) -> list[str]:
         ),
         [_cost_row(name, run) for name, run in runs.items()],
     )
-    return lines
+    return lines + _grpc_floor_section(e2e.get("grpc_floor"), e2e["fixed"])
+
+
+def _grpc_floor_section(
+    floor: Mapping[str, Any] | None, pipeline_runs: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    if not floor or not floor.get("runs"):
+        return []
+    lines = [
+        "### The gRPC floor: the same loads, answered by an API that does nothing",
+        "",
+        "The same load generator offered the same loads to `txguard.bench.noop_api`: the same "
+        "grpc.aio server as the API, every transaction answered at once with a fixed answer of "
+        "the real size, nothing validated, stored or published. Its CPU per transaction is what "
+        "gRPC costs on this machine before txguard does any work (measured with nothing else "
+        "running, before the pipeline started: a server woken for every request spends more per "
+        "request than one that finds several waiting). Last column: that floor (server and load "
+        "generator) as a share of the end-to-end run's CPU per transaction.",
+        "",
+    ]
+    header = (
+        "run",
+        "accepted/s",
+        "API p50 / p99 ms",
+        "server CPU µs per transaction (share of one core)",
+        "load generator CPU µs per transaction (share of one core)",
+        "share of the end-to-end run's CPU per transaction",
+    )
+    rows = []
+    for name, run in floor["runs"].items():
+        per_transaction = run.get("cpu_us_per_transaction", {})
+        usage = run.get("usage", {})
+        cells = [
+            f"{_n(per_transaction.get(process), 1)} "
+            f"({_n(usage.get(process, {}).get('cpu_percent'))}%)"
+            for process in ("server", "load-generator")
+        ]
+        floor_us = sum(
+            per_transaction.get(process) or 0.0 for process in ("server", "load-generator")
+        )
+        pipeline_ms = (pipeline_runs.get(name, {}).get("per_transaction") or {}).get("cpu_ms")
+        share = f"{floor_us / (1000 * pipeline_ms):.0%}" if pipeline_ms else "-"
+        api = run.get("api_ms", {})
+        rows.append(
+            (
+                name,
+                _n(run["accepted_per_s"]),
+                f"{_n(api.get('p50'), 1)} / {_n(api.get('p99'), 1)}",
+                *cells,
+                share,
+            )
+        )
+    return [*lines, *_table(header, rows)]
 
 
 def _hops_section(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:

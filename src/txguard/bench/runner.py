@@ -7,7 +7,8 @@ Scenarios, in the order they run:
 - detector: the real detector on a pre-filled transactions topic (also gives `state`);
 - peer: the same detection as a Quix Streams application, same input;
 - scaling: 1, 2, 3 detector instances in one group on the same topic;
-- e2e: load generator -> gRPC -> store -> outbox -> Kafka -> detector -> applier.
+- e2e: load generator -> gRPC -> store -> outbox -> Kafka -> detector -> applier, after the
+  same loads offered to an API that does nothing (the gRPC floor).
 Everything runs in a fresh topic namespace `txguard-bench-<id>`, deleted at the end.
 """
 
@@ -30,6 +31,7 @@ from txguard.bench import machine
 from txguard.bench.ceiling import passthrough_ceiling, produce_ceiling
 from txguard.bench.detector_bench import run_detector
 from txguard.bench.end_to_end import check_relay_place, run_end_to_end
+from txguard.bench.grpc_floor import run_grpc_floor
 from txguard.bench.kafka_io import BenchKafkaError, cluster_size, delete_topics
 from txguard.bench.peer import create_peer_venv, peer_python, run_peer
 from txguard.bench.reference_check import check_against_reference
@@ -90,6 +92,8 @@ class BenchSizes:
     e2e_step_seconds: float
     e2e_step_mode: str
     drain_timeout_seconds: float
+    # Each fixed e2e load offered to the no-op API (`grpc_floor`) for this long.
+    grpc_floor_seconds: float
     first_decision_timeout_seconds: float = 300.0
     stall_timeout_seconds: float = 120.0
     table_timeout_seconds: float = 1800.0
@@ -123,6 +127,7 @@ FULL = BenchSizes(
     e2e_step_seconds=20.0,
     e2e_step_mode="batch",
     drain_timeout_seconds=300.0,
+    grpc_floor_seconds=10.0,
 )
 
 SMOKE = BenchSizes(
@@ -141,6 +146,7 @@ SMOKE = BenchSizes(
     e2e_step_seconds=3.0,
     e2e_step_mode="batch",
     drain_timeout_seconds=60.0,
+    grpc_floor_seconds=2.0,
     first_decision_timeout_seconds=120.0,
     stall_timeout_seconds=60.0,
     table_timeout_seconds=120.0,
@@ -436,7 +442,11 @@ class _Bench:
 
     def end_to_end(self) -> dict[str, Any]:
         sizes = self.sizes
-        return run_end_to_end(
+        _say("the gRPC floor: the end-to-end loads offered to an API that does nothing")
+        floor = run_grpc_floor(
+            rates=sizes.e2e_fixed_rates, modes=sizes.e2e_modes, seconds=sizes.grpc_floor_seconds
+        )
+        result = run_end_to_end(
             self.bootstrap,
             self.settings,
             self.model,
@@ -450,6 +460,8 @@ class _Bench:
             drain_timeout=sizes.drain_timeout_seconds,
             relay=self.relay,
         )
+        result["grpc_floor"] = floor
+        return result
 
 
 def _decided_exactly_once(results: dict[str, Any]) -> bool:
