@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from txguard.fraud.feature_batch import TransactionRow, observe_batch, terminal_columns
 from txguard.fraud.features import ALL_FEATURES, DAY_MS, record_and_compute, terminal_features
-from txguard.fraud.state import DetectorState, StateLimits, StateNotRestored, event_id_hash
+from txguard.fraud.state import (
+    AccountHistory,
+    DetectorState,
+    StateLimits,
+    StateNotRestored,
+    event_id_hash,
+)
 from txguard.fraud.terminal_table import TerminalTable, _TerminalEntries
 
 START_MS = 1_530_000_000_000  # mid-2018, like the handbook's data
@@ -82,7 +88,10 @@ def one_by_one(
     in_velocity: list[int] = []
     duplicates = 0
     for r in rows:
-        history = state.history(r.partition, r.account_id)
+        accounts, _changed = state.accounts_and_changes()[r.partition]
+        history = accounts.get(r.account_id)
+        if history is None:
+            history = accounts[r.account_id] = AccountHistory(r.account_id)
         id_hash = event_id_hash(r.event_id)
         if history.has_seen(id_hash):
             duplicates += 1
@@ -201,7 +210,8 @@ def test_batches_give_the_features_of_one_by_one(
     # And the state left behind (what the changelog gets) is the same.
     for part in expected_state:
         for account_id, history in part.accounts.items():
-            mine = state.history(part.partition, account_id)
+            mine = state.account(part.partition, account_id)
+            assert mine is not None
             assert list(mine.times_ms) == list(history.times_ms)
             assert list(mine.hashes) == list(history.hashes)
             assert list(mine.amounts_minor) == list(history.amounts_minor)
@@ -465,7 +475,8 @@ def test_an_event_beyond_what_its_account_remembers_is_scored_from_itself_alone(
     assert features["CUSTOMER_ID_NB_TX_30DAY_WINDOW"] == 1.0
     assert features["CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW"] == 2.0
     assert features["CUSTOMER_ID_SECONDS_SINCE_PREV_TX"] == 30 * 86_400
-    assert list(state.history(0, "a").times_ms) == [START_MS + 31 * DAY_MS]
+    account = state.account(0, "a")
+    assert account is not None and list(account.times_ms) == [START_MS + 31 * DAY_MS]
 
 
 def test_terminal_columns_follow_the_table_as_it_changes() -> None:

@@ -102,21 +102,32 @@ def test_a_state_written_in_the_earlier_format_is_read_the_same() -> None:
     assert not restored.to_proto().event_times_ms
 
 
+def _observed(state: DetectorState, partition: int, account_id: str) -> AccountHistory:
+    """What `observe_batch` does with a record's account: find it, or create it empty, and mark
+    it changed since the last checkpoint."""
+    accounts, changed = state.accounts_and_changes()[partition]
+    history = accounts.get(account_id)
+    if history is None:
+        history = accounts[account_id] = AccountHistory(account_id)
+    changed.add(account_id)
+    return history
+
+
 def test_detector_state_reports_each_changed_account_once() -> None:
     state = DetectorState()
     old = AccountHistory("old")
     record(old, "x", 1)
     state.assign(0, [old.to_proto()])
     state.assign(1, [])
-    assert state.history(0, "old").has_seen(event_id_hash("x"))
-    assert not state.history(1, "old").has_seen(event_id_hash("x"))
+    restored = state.account(0, "old")
+    assert restored is not None and restored.has_seen(event_id_hash("x"))
+    assert state.account(1, "old") is None
     for partition, account, event_id, time_ms in [
         (0, "new", "e1", 10),
         (0, "new", "e2", 20),
         (1, "other", "e3", 30),
     ]:
-        record(state.history(partition, account), event_id, time_ms)
-        state.mark_changed(partition, account)
+        record(_observed(state, partition, account), event_id, time_ms)
     changes = state.take_changed_copies({0: 7, 1: 3})
     assert sorted((p, history.account_id) for p, history in changes) == [(0, "new"), (1, "other")]
     new_state = next(history for _, history in changes if history.account_id == "new")
@@ -128,11 +139,11 @@ def test_detector_state_reports_each_changed_account_once() -> None:
 def test_dropped_partition_must_be_restored_before_use() -> None:
     state = DetectorState()
     state.assign(3, [])
-    state.history(3, "acct")
+    _observed(state, 3, "acct")
     state.drop(3)
     assert state.partitions == []
     with pytest.raises(StateNotRestored):
-        state.history(3, "acct")
+        state.account(3, "acct")
 
 
 def test_memory_per_account_is_a_few_bytes_per_event() -> None:
@@ -178,19 +189,17 @@ def test_changed_copies_keep_the_state_they_were_taken_with() -> None:
     state = DetectorState()
     state.assign(0, [])
     state.assign(1, [])
-    record(state.history(0, "a"), "e1", 10)
-    state.mark_changed(0, "a")
-    record(state.history(1, "b"), "e2", 20)
-    state.mark_changed(1, "b")
+    record(_observed(state, 0, "a"), "e1", 10)
+    record(_observed(state, 1, "b"), "e2", 20)
     copies = state.take_changed_copies({})
     assert state.take_changed_copies({}) == []
     # The original goes on changing; the copy a checkpoint writes does not.
-    record(state.history(0, "a"), "e3", 30)
+    record(_observed(state, 0, "a"), "e3", 30)
     assert [(p, h.account_id, list(h.times_ms)) for p, h in copies] == [
         (0, "a", [10]),
         (1, "b", [20]),
     ]
-    assert list(state.history(0, "a").times_ms) == [10, 30]
+    assert list(_observed(state, 0, "a").times_ms) == [10, 30]
     assert copies[0][1].has_seen(event_id_hash("e1"))
     assert not copies[0][1].has_seen(event_id_hash("e3"))
 
@@ -204,17 +213,17 @@ def test_a_copy_reflects_the_highest_offset_its_account_was_ever_written_with() 
     assert AccountHistory.from_proto(written.to_proto()).next_offset == 50
     state = DetectorState()
     state.assign(0, [written.to_proto()])
-    state.mark_changed(0, "acct")
+    _observed(state, 0, "acct")
     [(_, below)] = state.take_changed_copies({0: 20})
     assert below.next_offset == 50
-    state.mark_changed(0, "acct")
+    _observed(state, 0, "acct")
     [(_, above)] = state.take_changed_copies({0: 70})
     assert above.next_offset == 70
     assert AccountHistory.from_proto(above.to_proto()).next_offset == 70
     # An account restored from an older topic (recreated since) forgets its offset, and the next
     # checkpoint writes it with the new topic's.
     assert state.forget_offsets(0) == 1
-    assert state.history(0, "acct").next_offset == 0
+    assert _observed(state, 0, "acct").next_offset == 0
     [(_, rewritten)] = state.take_changed_copies({0: 3})
     assert rewritten.next_offset == 3
     assert state.forget_offsets(0) == 0

@@ -281,31 +281,17 @@ class DetectorState:
     def partitions(self) -> list[int]:
         return sorted(self._partitions)
 
-    def account_count(self, partition: int) -> int:
-        return len(self._partition(partition).accounts)
-
     def account_total(self) -> int:
         return sum(len(part.accounts) for part in self._partitions.values())
 
     def account(self, partition: int, account_id: str) -> AccountHistory | None:
         return self._partition(partition).accounts.get(account_id)
 
-    def history(self, partition: int, account_id: str) -> AccountHistory:
-        """The account's history, created empty on first sight."""
-        accounts = self._partition(partition).accounts
-        history = accounts.get(account_id)
-        if history is None:
-            history = accounts[account_id] = AccountHistory(account_id)
-        return history
-
     def accounts_and_changes(self) -> dict[int, tuple[dict[str, AccountHistory], set[str]]]:
         """Per owned partition, its accounts by id and the ids changed since the last checkpoint,
         as they are (not copies): `feature_batch.observe_batch` looks up, creates and marks
         changed a batch's accounts in them at once."""
         return {number: (part.accounts, part.changed) for number, part in self._partitions.items()}
-
-    def mark_changed(self, partition: int, account_id: str) -> None:
-        self._partition(partition).changed.add(account_id)
 
     def take_changed_copies(self, positions: Mapping[int, int]) -> list[tuple[int, AccountHistory]]:
         """(partition, a copy of the history as it is now) of every account changed since the
