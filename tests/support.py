@@ -118,3 +118,13 @@ def new_transaction(account_id: str, amount_minor: int = 1_000) -> NewTransactio
             headers=encoded.headers,
         ),
     )
+
+
+# `python -c` source that rings the outbox bell of the store at argv[1]: a commit of another
+# process, as the relay hears it.
+RING_FROM_ANOTHER_PROCESS = """
+import sys
+from pathlib import Path
+from txguard.store.outbox_bell import OutboxBell
+OutboxBell(Path(sys.argv[1])).ring()
+"""

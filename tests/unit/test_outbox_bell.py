@@ -9,18 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import RING_FROM_ANOTHER_PROCESS
 from txguard.store.outbox_bell import OutboxBell, bell_address
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="abstract sockets are Linux's"
 )
-
-RING_FROM_ANOTHER_PROCESS = """
-import sys
-from pathlib import Path
-from txguard.store.outbox_bell import OutboxBell
-OutboxBell(Path(sys.argv[1])).ring()
-"""
 
 
 @pytest.fixture

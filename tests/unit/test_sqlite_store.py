@@ -6,6 +6,8 @@ import dataclasses
 import json
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.support import new_transaction
+from tests.support import RING_FROM_ANOTHER_PROCESS, new_transaction
 from txguard.clock import now_us, timestamp_from_us
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome
 from txguard.schema.v1.service_pb2 import CreateTransactionResponse
@@ -152,6 +154,53 @@ def test_a_commit_wakes_a_waiting_relay_connection_of_the_same_store(tmp_path: P
         writer.close()
         relay_side.close()
         elsewhere.close()
+
+
+def test_a_commit_beside_its_listening_relay_wakes_it_without_ringing_the_bell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store.db"
+    rings: list[OutboxBell] = []
+    ring = OutboxBell.ring
+
+    def counted_ring(bell: OutboxBell) -> None:
+        rings.append(bell)
+        ring(bell)
+
+    monkeypatch.setattr(OutboxBell, "ring", counted_ring)
+    writer, relay_side = SqliteStore(path), SqliteStore(path)
+    try:
+        assert not relay_side.wait_for_outbox(0)  # The relay listens from its first wait.
+        woken: list[bool] = []
+        waiter = threading.Thread(target=lambda: woken.append(relay_side.wait_for_outbox(3600)))
+        waiter.start()
+        writer.record_transactions([new_transaction("acct-beside")])
+        waiter.join(timeout=60)
+        assert woken == [True]
+        # The bell's socket (two system calls and a thread switch per commit) is for other
+        # processes only.
+        assert rings == []
+    finally:
+        writer.close()
+        relay_side.close()
+
+
+def test_a_ring_from_another_process_wakes_the_relay_through_the_bell(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    relay_side = SqliteStore(path)
+    try:
+        assert not relay_side.wait_for_outbox(0)
+        woken: list[bool] = []
+        waiter = threading.Thread(target=lambda: woken.append(relay_side.wait_for_outbox(3600)))
+        waiter.start()
+        # The other process only rings; an hour-long wait ends early only if the ring is heard.
+        subprocess.run(
+            [sys.executable, "-c", RING_FROM_ANOTHER_PROCESS, str(path)], check=True, timeout=60
+        )
+        waiter.join(timeout=60)
+        assert woken == [True]
+    finally:
+        relay_side.close()
 
 
 def test_a_relay_whose_bell_another_process_holds_is_woken_by_this_process_s_commits(

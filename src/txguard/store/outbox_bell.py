@@ -1,7 +1,8 @@
 """Wakes an outbox relay in another process as soon as a commit has added outbox events.
 
 The bell is a datagram socket in Linux's abstract namespace, named after the store's resolved
-path: the relay listens on it, and every commit that adds outbox events sends it one byte. Nothing
+path: the relay listens on it, and every commit that adds outbox events in a process without a
+listening relay sends it one byte (a commit beside its relay wakes it directly). Nothing
 is created on disk, so nothing is left behind by a crash. A ring with nobody listening costs one
 failed send; a ring while the relay is busy stays queued in its socket until it next waits, so
 no commit goes unnoticed. Where abstract sockets do not exist, `listen()` returns False and the

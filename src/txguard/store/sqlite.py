@@ -122,6 +122,8 @@ _LOCK_RETRY_SLEEPS = (0.0002, 0.0005, 0.001, 0.002)
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
 # How often a relay whose outbox bell is taken (or missing) tries to listen to it again.
 _BELL_RETRY_SECONDS = 5.0
+# How often the bell's thread checks that its store is still open in this process.
+_BELL_THREAD_CHECK_SECONDS = 1.0
 
 
 def status_for_outcome(outcome: Outcome.ValueType) -> TransactionStatus.ValueType:
@@ -131,10 +133,13 @@ def status_for_outcome(outcome: Outcome.ValueType) -> TransactionStatus.ValueTyp
 class OutboxSignal:
     """Wakes the relay publishing this store as soon as a commit has added outbox events.
 
-    Every notify sets an event (a relay thread of this process) and rings the store's
-    `OutboxBell` (a relay in any process, `txguard serve relay` included). A relay waits on the
-    bell when it can listen to it, and on the event otherwise (no abstract sockets here, or
-    another process listens).
+    The relay waits on an event. A commit in the relay's own process sets it; a commit in a
+    process without a listening relay rings the store's `OutboxBell` instead, and the relay
+    listening on the bell (in any process, `txguard serve relay` included) has a thread that sets
+    its event for every ring. A commit beside its relay thus costs no system call and the relay
+    one wake-up; the bell's socket is used only between processes. Without a bell (no abstract
+    sockets here, or another process listens), the relay is woken by its own process's commits
+    and finds others' by polling.
     """
 
     def __init__(self, path: Path) -> None:
@@ -146,36 +151,66 @@ class OutboxSignal:
 
     def notify(self) -> None:
         self._event.set()
-        self._bell.ring()
+        bell = self._bell
+        if not bell.listening:  # A relay of this process hears the event.
+            bell.ring()
 
     def wait(self, timeout: float) -> bool:
         """Wait until notified (or `timeout`); True if notified. Resets the signal.
 
         A commit notified before the reset is read by the caller's next read, one after it wakes
-        the next wait: no commit goes unnoticed.
+        the next wait: no commit goes unnoticed. Rings from before the relay listened were not
+        heard: another process's commits from then are found by the caller's next read too.
         """
-        try:
-            if self._bell.listening:
-                self._event.clear()
-                return self._bell.wait(timeout)
-            if time.monotonic() >= self._listen_again_at:
-                if self._bell.listen():
-                    # Rings from before it listened were not heard: this process's commits
-                    # are known by the event, another's are found by the caller's next poll.
-                    notified = self._event.is_set()
-                    self._event.clear()
-                    return notified or self._bell.wait(timeout)
-                self._listen_again_at = time.monotonic() + _BELL_RETRY_SECONDS
-        except OSError as exc:
-            # The relay must never stop on its wake-up: without the bell, it polls.
-            log.warning("outbox bell failed (%s); polling instead", exc)
-            self._bell.close()
-            self._bell = OutboxBell(self._path)
-            self._listen_again_at = time.monotonic() + _BELL_RETRY_SECONDS
-            return True
+        if not self._bell.listening and time.monotonic() >= self._listen_again_at:
+            self._listen()
         notified = self._event.wait(timeout)
         self._event.clear()
         return notified
+
+    def _listen(self) -> None:
+        bell = self._bell
+        try:
+            listening = bell.listen()
+        except OSError as exc:
+            log.warning("outbox bell failed (%s); polling instead", exc)
+            listening = False
+        if not listening:
+            self._listen_again_at = time.monotonic() + _BELL_RETRY_SECONDS
+            return
+        threading.Thread(
+            target=_pass_rings_on,
+            args=(weakref.ref(self), bell),
+            name="txguard-outbox-bell",
+            daemon=True,
+        ).start()
+
+    def _bell_failed(self, bell: OutboxBell, error: OSError) -> None:
+        """The listening bell broke: the relay polls, and listens to a new bell later."""
+        log.warning("outbox bell failed (%s); polling instead", error)
+        bell.close()
+        self._bell = OutboxBell(self._path)
+        self._listen_again_at = time.monotonic() + _BELL_RETRY_SECONDS
+
+
+def _pass_rings_on(signal_ref: weakref.ref[OutboxSignal], bell: OutboxBell) -> None:
+    """The bell's thread: every ring sets the relay's event. Ends (and stops listening) once the
+    signal is gone, i.e. no store of this path is open in this process any more."""
+    while True:
+        try:
+            rung = bell.wait(_BELL_THREAD_CHECK_SECONDS)
+        except (OSError, RuntimeError) as exc:
+            signal = signal_ref()
+            if signal is not None and isinstance(exc, OSError) and signal._bell is bell:
+                signal._bell_failed(bell, exc)
+            return
+        signal = signal_ref()
+        if signal is None or signal._bell is not bell:
+            bell.close()
+            return
+        if rung:
+            signal._event.set()
+        del signal
 
 
 _signals: weakref.WeakValueDictionary[str, OutboxSignal] = weakref.WeakValueDictionary()
