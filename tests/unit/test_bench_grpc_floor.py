@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from txguard.bench.end_to_end import MODES
 from txguard.bench.grpc_floor import run_grpc_floor
 from txguard.bench.noop_api import fixed_answer
 
 
-def test_every_mode_is_answered_in_full_and_costs_both_sides_cpu() -> None:
-    floor = run_grpc_floor(rates=(200.0,), modes=MODES, seconds=1.0)
+def test_every_mode_is_answered_in_full_and_costs_both_sides_cpu(tmp_path: Path) -> None:
+    floor = run_grpc_floor(rates=(200.0,), modes=MODES, seconds=1.0, log_dir=tmp_path)
 
     assert set(floor["runs"]) == {f"{mode}@200" for mode in MODES}
     for name, run in floor["runs"].items():

@@ -14,15 +14,15 @@ import math
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
-
-import grpc
 
 from txguard.bench.end_to_end import LoadRun, offer_load
 from txguard.bench.machine import own_usage, process_usage, usage_between
 from txguard.bench.stats import percentiles, rate
 from txguard.bench.workload import BenchError
 from txguard.child_process import tied_command
+from txguard.demo.processes import ServiceProcess, wait_for_grpc_serving
 from txguard.kafka.broker import free_port
 from txguard.simulate.load_generator import LoadStats, PreparedRequests, TransactionFactory
 
@@ -31,17 +31,14 @@ STOP_TIMEOUT_SECONDS = 10.0
 
 
 def run_grpc_floor(
-    *, rates: tuple[float, ...], modes: tuple[str, ...], seconds: float
+    *, rates: tuple[float, ...], modes: tuple[str, ...], seconds: float, log_dir: Path
 ) -> dict[str, Any]:
     """Per run (`mode@rate`): accepted/s, API latency, and the server's and load generator's
-    CPU per transaction and share of one core."""
+    CPU per transaction and share of one core. The server's output goes to `log_dir`."""
     target = f"127.0.0.1:{free_port()}"
-    server = subprocess.Popen(
-        tied_command([sys.executable, "-m", "txguard.bench.noop_api", target.rpartition(":")[2]]),
-        stdin=subprocess.DEVNULL,
-    )
+    server = _start_server(target.rpartition(":")[2], log_dir)
     try:
-        _wait_until_serving(target, server)
+        wait_for_grpc_serving(target, server, timeout=START_TIMEOUT_SECONDS)
         factory = TransactionFactory(accounts=5_000, seed=11)
         runs = {}
         for mode in modes:
@@ -50,27 +47,36 @@ def run_grpc_floor(
                 runs[run.name] = _measure(run, target, server, factory)
         return {"server": "txguard.bench.noop_api", "runs": runs}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.terminate(timeout=STOP_TIMEOUT_SECONDS)
+
+
+def _start_server(port: str, log_dir: Path) -> ServiceProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "noop-api.log"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            tied_command([sys.executable, "-m", "txguard.bench.noop_api", port]),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return ServiceProcess("noop-api", process, log_path)
 
 
 def _measure(
-    run: LoadRun, target: str, server: subprocess.Popen[bytes], factory: TransactionFactory
+    run: LoadRun, target: str, server: ServiceProcess, factory: TransactionFactory
 ) -> dict[str, Any]:
     requests = PreparedRequests(factory, math.ceil(run.rate_per_second * run.duration_seconds) + 1)
     stats = LoadStats()
-    server_before = process_usage(server.pid)
+    pid = server.process.pid
+    server_before = process_usage(pid)
     client_before = own_usage()
     started = time.monotonic()
     asyncio.run(offer_load(run, target, requests, stats))
     seconds = time.monotonic() - started
-    server_after = process_usage(server.pid)
-    if server_before is None or server_after is None:
-        raise BenchError(f"the no-op API exited with code {server.poll()} during {run.name}")
+    server_after = process_usage(pid)
+    if server_before is None or server_after is None or not server.alive():
+        raise BenchError(f"during {run.name}: {server.exit_report()}")
     usage = {
         "server": usage_between(server_before, server_after, seconds),
         "load-generator": usage_between(client_before, own_usage(), seconds),
@@ -91,20 +97,3 @@ def _measure(
         "usage": usage,
         "cpu_us_per_transaction": per_transaction,
     }
-
-
-def _wait_until_serving(target: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    with grpc.insecure_channel(target) as channel:
-        while True:
-            if server.poll() is not None:
-                raise BenchError(f"the no-op API exited with code {server.returncode}")
-            try:
-                grpc.channel_ready_future(channel).result(timeout=0.5)
-                return
-            except grpc.FutureTimeoutError:
-                if time.monotonic() >= deadline:
-                    raise BenchError(
-                        f"the no-op API did not listen on {target} within "
-                        f"{START_TIMEOUT_SECONDS:.0f} s"
-                    ) from None

@@ -1,6 +1,7 @@
 """A transaction API that answers every request at once and does nothing else: gRPC's own cost.
 
-`python -m txguard.bench.noop_api PORT` serves TransactionService's three ingestion RPCs on
+`python -m txguard.bench.noop_api PORT` serves TransactionService's three ingestion RPCs (and
+gRPC health checking) on
 127.0.0.1:PORT with the same gRPC server txguard's API runs (grpc.aio, one event loop), until
 SIGTERM or SIGINT. Every transaction gets the same answer, built once at start-up the way the
 real API builds its answers, so that answers have the real size: no validation, no card
@@ -17,6 +18,7 @@ import sys
 from collections.abc import AsyncIterable, AsyncIterator
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from txguard.clock import now_us
 from txguard.schema.v1 import service_pb2_grpc
@@ -93,6 +95,8 @@ async def serve(port: int) -> None:
     service_pb2_grpc.add_TransactionServiceServicer_to_server(
         NoOpTransactionService(fixed_answer()), server
     )
+    # Reports SERVING from the start: how the harness sees that it listens, as for the real API.
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -444,7 +444,10 @@ class _Bench:
         sizes = self.sizes
         _say("the gRPC floor: the end-to-end loads offered to an API that does nothing")
         floor = run_grpc_floor(
-            rates=sizes.e2e_fixed_rates, modes=sizes.e2e_modes, seconds=sizes.grpc_floor_seconds
+            rates=sizes.e2e_fixed_rates,
+            modes=sizes.e2e_modes,
+            seconds=sizes.grpc_floor_seconds,
+            log_dir=self.work_dir / "grpc-floor",
         )
         result = run_end_to_end(
             self.bootstrap,
