@@ -514,26 +514,16 @@ def _grpc_floor_section(
     for name, run in floor["runs"].items():
         per_transaction = run.get("cpu_us_per_transaction", {})
         usage = run.get("usage", {})
+        processes = ("server", "load-generator")
         cells = [
             f"{_n(per_transaction.get(process), 1)} "
             f"({_n(usage.get(process, {}).get('cpu_percent'))}%)"
-            for process in ("server", "load-generator")
+            for process in processes
         ]
-        floor_us = sum(
-            per_transaction.get(process) or 0.0 for process in ("server", "load-generator")
-        )
+        floor_us = sum(per_transaction.get(process) or 0.0 for process in processes)
         pipeline_ms = (pipeline_runs.get(name, {}).get("per_transaction") or {}).get("cpu_ms")
         share = f"{floor_us / (1000 * pipeline_ms):.0%}" if pipeline_ms else "-"
-        api = run.get("api_ms", {})
-        rows.append(
-            (
-                name,
-                _n(run["accepted_per_s"]),
-                f"{_n(api.get('p50'), 1)} / {_n(api.get('p99'), 1)}",
-                *cells,
-                share,
-            )
-        )
+        rows.append((name, _n(run["accepted_per_s"]), _p50_p99(run.get("api_ms")), *cells, share))
     return [*lines, *_table(header, rows)]
 
 
