@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -133,6 +133,17 @@ def test_pending_outbox_reads_the_oldest_events_up_to_the_limit(store: SqliteSto
     assert store.pending_outbox(0) == []
 
 
+def _wakes_a_waiting_relay(relay_side: SqliteStore, act: Callable[[], object]) -> bool:
+    """Whether `act()` ends a relay's wait for outbox events: the wait is an hour long, so only
+    a notification ends it before the join's minute is up."""
+    woken: list[bool] = []
+    waiter = threading.Thread(target=lambda: woken.append(relay_side.wait_for_outbox(3600)))
+    waiter.start()
+    act()
+    waiter.join(timeout=60)
+    return woken == [True]
+
+
 def test_a_commit_wakes_a_waiting_relay_connection_of_the_same_store(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     writer, relay_side = SqliteStore(path), SqliteStore(path)
@@ -140,13 +151,9 @@ def test_a_commit_wakes_a_waiting_relay_connection_of_the_same_store(tmp_path: P
     try:
         # Nothing committed yet: not notified (wait(0) only reads the signal).
         assert not relay_side.wait_for_outbox(0)
-        woken: list[bool] = []
-        # An hour: only the writer's notification can end this wait before the join below.
-        waiter = threading.Thread(target=lambda: woken.append(relay_side.wait_for_outbox(3600)))
-        waiter.start()
-        writer.record_transactions([new_transaction("acct-w")])
-        waiter.join(timeout=60)
-        assert woken == [True]
+        assert _wakes_a_waiting_relay(
+            relay_side, lambda: writer.record_transactions([new_transaction("acct-w")])
+        )
         # The wait reset the signal; a store at another path was never notified.
         assert not relay_side.wait_for_outbox(0)
         assert not elsewhere.wait_for_outbox(0)
@@ -171,12 +178,9 @@ def test_a_commit_beside_its_listening_relay_wakes_it_without_ringing_the_bell(
     writer, relay_side = SqliteStore(path), SqliteStore(path)
     try:
         assert not relay_side.wait_for_outbox(0)  # The relay listens from its first wait.
-        woken: list[bool] = []
-        waiter = threading.Thread(target=lambda: woken.append(relay_side.wait_for_outbox(3600)))
-        waiter.start()
-        writer.record_transactions([new_transaction("acct-beside")])
-        waiter.join(timeout=60)
-        assert woken == [True]
+        assert _wakes_a_waiting_relay(
+            relay_side, lambda: writer.record_transactions([new_transaction("acct-beside")])
+        )
         # The bell's socket (two system calls and a thread switch per commit) is for other
         # processes only.
         assert rings == []
@@ -190,15 +194,11 @@ def test_a_ring_from_another_process_wakes_the_relay_through_the_bell(tmp_path: 
     relay_side = SqliteStore(path)
     try:
         assert not relay_side.wait_for_outbox(0)
-        woken: list[bool] = []
-        waiter = threading.Thread(target=lambda: woken.append(relay_side.wait_for_outbox(3600)))
-        waiter.start()
-        # The other process only rings; an hour-long wait ends early only if the ring is heard.
-        subprocess.run(
-            [sys.executable, "-c", RING_FROM_ANOTHER_PROCESS, str(path)], check=True, timeout=60
+        # The other process only rings.
+        command = [sys.executable, "-c", RING_FROM_ANOTHER_PROCESS, str(path)]
+        assert _wakes_a_waiting_relay(
+            relay_side, lambda: subprocess.run(command, check=True, timeout=60)
         )
-        waiter.join(timeout=60)
-        assert woken == [True]
     finally:
         relay_side.close()
 
@@ -214,12 +214,9 @@ def test_a_relay_whose_bell_another_process_holds_is_woken_by_this_process_s_com
         with caplog.at_level(logging.WARNING, logger="txguard.store.outbox_bell"):
             assert not relay_side.wait_for_outbox(0)
         assert "taken by another process" in caplog.text
-        woken: list[bool] = []
-        waiter = threading.Thread(target=lambda: woken.append(relay_side.wait_for_outbox(3600)))
-        waiter.start()
-        writer.record_transactions([new_transaction("acct-squat")])
-        waiter.join(timeout=60)
-        assert woken == [True]
+        assert _wakes_a_waiting_relay(
+            relay_side, lambda: writer.record_transactions([new_transaction("acct-squat")])
+        )
     finally:
         writer.close()
         relay_side.close()
