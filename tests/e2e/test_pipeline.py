@@ -21,6 +21,7 @@ from tests.e2e.harness import (
     read_topic,
     send_with_retries,
     wait_for_decisions,
+    wait_for_log_line,
 )
 from tests.support import committed_offsets
 from txguard.config import DECISIONS_TOPIC, TRANSACTIONS_TOPIC, Settings
@@ -169,6 +170,27 @@ def test_broker_outage_api_keeps_accepting_and_backlog_drains(
     events = transactions_on_kafka(kafka_broker.bootstrap, accounts)
     assert {e.transaction.transaction_id for e in events} == ids
     assert_per_account_order(events, decisions_on_kafka(kafka_broker.bootstrap, accounts))
+
+
+def test_services_stop_cleanly_while_the_broker_is_down(pipeline: Pipeline, kafka_broker) -> None:
+    """SIGTERM with the broker away for longer than the consumers' session timeout: each service
+    exits 0 before the harness's SIGKILL (60 s), although its consumer cannot leave the group."""
+    pipeline.start(*ALL_SERVICES)
+    customers = make_customers(10, seed=11)
+    requests = make_requests(customers, 100, seed=12)
+    result = asyncio.run(send_with_retries(pipeline.grpc_target, requests, rate_per_second=200))
+    ids = set(result.acknowledged.values())
+    assert wait_for_decisions(store_path(pipeline), ids, timeout=120) == set()
+    applier = pipeline.processes["applier"]
+    log_size = applier.log_path.stat().st_size
+    kafka_broker.stop()
+    try:
+        wait_for_log_line(applier, "Consumer group session timed out", log_size)
+        codes = {name: pipeline.stop(name) for name in reversed(ALL_SERVICES)}
+    finally:
+        kafka_broker.start()
+    assert codes == dict.fromkeys(ALL_SERVICES, 0), pipeline.logs()[-5000:]
+    assert_exactly_one_applied_decision(store_path(pipeline), ids)
 
 
 def decided_count(path: Path) -> int:

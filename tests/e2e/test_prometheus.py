@@ -629,6 +629,7 @@ def check_every_panel_has_data(prometheus: Prometheus, events: UnusualEvents) ->
         ("detector", "commit"),
         ("applier", "store_locked"),
         ("applier", "commit"),
+        ("applier", "consumer_replaced"),
         ("terminal-risk", "produce_or_commit"),
     } <= reasons
 

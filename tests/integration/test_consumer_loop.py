@@ -6,15 +6,16 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from tests.support import wait_until
 from txguard.bench.kafka_io import create_topic
 from txguard.kafka.clients import make_consumer, make_producer
-from txguard.kafka.consumer_loop import poll_batch, subscribe
+from txguard.kafka.consumer_loop import close_consumer, poll_batch, subscribe
 
 if TYPE_CHECKING:
     from tests.conftest import KafkaBroker
@@ -96,3 +97,55 @@ def test_a_batch_holds_no_record_of_a_partition_revoked_while_it_was_gathered(
         if thread.is_alive():
             thread.join(30)
         first.close()
+
+
+def _member_with_partitions(
+    bootstrap: str, on_revoke: Callable[[Consumer, list[TopicPartition]], None]
+) -> Consumer:
+    """A group member that owns the partitions of a new topic."""
+    topic = f"test-consumer-close-{uuid.uuid4().hex}"
+    create_topic(bootstrap, topic, 2)
+    consumer = make_consumer(
+        bootstrap, group_id=f"test-consumer-close-{uuid.uuid4().hex}", client_id="test-close"
+    )
+    consumer.subscribe([topic], on_revoke=on_revoke)
+
+    def assigned() -> bool:
+        consumer.consume(num_messages=1, timeout=0.2)
+        return len(consumer.assignment()) == 2
+
+    wait_until(assigned, timeout=60)
+    return consumer
+
+
+def test_close_consumer_gives_up_after_its_timeout_when_close_blocks(
+    kafka_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+
+    def wait_for_release(_consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        release.wait(60)
+
+    consumer = _member_with_partitions(kafka_broker.bootstrap, wait_for_release)
+    try:
+        with caplog.at_level(logging.WARNING, logger="txguard.kafka.consumer_loop"):
+            assert close_consumer(consumer, what="test", timeout=0.5) is False
+        assert "test: Kafka consumer not closed within 0.5 s" in caplog.text
+    finally:
+        release.set()
+
+
+def test_close_consumer_closes_and_raises_what_close_raised(kafka_broker: KafkaBroker) -> None:
+    revoked: list[TopicPartition] = []
+    closed = _member_with_partitions(
+        kafka_broker.bootstrap, lambda _consumer, partitions: revoked.extend(partitions)
+    )
+    assert close_consumer(closed, what="test") is True
+    assert len(revoked) == 2, "close() ran the revoke callback: the group was left"
+
+    def fail(_consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        raise ValueError("revoke callback failed")
+
+    failing = _member_with_partitions(kafka_broker.bootstrap, fail)
+    with pytest.raises(ValueError, match="revoke callback failed"):
+        close_consumer(failing, what="test")

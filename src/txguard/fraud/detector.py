@@ -44,6 +44,7 @@ from txguard.kafka.consumer_loop import (
     OutgoingRecord,
     UncommittedOffsets,
     batch_processed,
+    close_consumer,
     commit_offsets,
     next_offsets,
     poll_batch,
@@ -229,7 +230,7 @@ class FraudDetector:
         finally:
             # Closing leaves the group; the revoke callback drops the partitions' state, which is
             # in the changelog up to the last checkpoint, as far as the committed offsets go.
-            consumer.close()
+            close_consumer(consumer, what="fraud detector")
             if self._publisher is not None:
                 self._publisher.close()
             if self._follower is not None:

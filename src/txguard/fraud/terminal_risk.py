@@ -38,6 +38,7 @@ from txguard.kafka.consumer_loop import (
     OutgoingRecord,
     Subscription,
     batch_processed,
+    close_consumer,
     commit_offsets,
     next_offsets,
     poll_batch,
@@ -153,7 +154,7 @@ class _Stage:
                 raise
             log.error("stopping without committing the last batch (%s)", exc)
         finally:
-            consumer.close()
+            close_consumer(consumer, what=f"terminal-risk {self.name}")
             publisher.close()
             log.info("terminal-risk %s stopped: %s", self.name, asdict(self.stats))
 

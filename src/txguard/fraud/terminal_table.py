@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 
 from txguard.kafka.clients import BACKGROUND_FETCH, make_consumer
 from txguard.kafka.compacted import TopicReadError, end_offsets
+from txguard.kafka.consumer_loop import close_consumer
 from txguard.schema.v1.terminal_risk_pb2 import TerminalTableRecord
 
 log = logging.getLogger(__name__)
@@ -322,4 +323,4 @@ class TerminalTableFollower:
         return applied
 
     def close(self) -> None:
-        self._consumer.close()
+        close_consumer(self._consumer, what="terminal table")

@@ -7,6 +7,7 @@
 - `produce_with_backpressure`: `produce()` that polls and retries while the local queue is full
   (`produce_all` for many records);
 - `wait_for_deliveries` / `close_producer`: flush with a bounded wait once the loop is stopping;
+- `close_consumer`: close (leave the group) with a bounded wait, broker or no broker;
 - `wait_for_kafka`: the bootstrap address and topics, waiting while the cluster is unreachable;
 - `Backoff`: exponential back-off that a stop event interrupts;
 - `subscribe` / `batch_processed`: with `poll_batch(..., metrics=...)`, a loop's consumer metrics
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # The consumer's positions and watermarks are read at most this often for the lag metrics.
 LAG_REFRESH_SECONDS = 0.5
+# A stopping loop waits at most this long for its consumer to close (`close_consumer`).
+CLOSE_SECONDS = 10.0
 RebalanceCallback = Callable[[Consumer, list[TopicPartition]], None]
 # What produce() takes as headers; per-record casts name it (a spelt-out type is rebuilt per call).
 _ProduceHeaders = list[tuple[str, str | bytes | None]]
@@ -132,6 +135,12 @@ class Subscription:
     def __init__(self) -> None:
         # One set per rebalance callback that gave partitions up, since the last `reset()`.
         self._given_up: list[set[tuple[str, int]]] = []
+        self.retired = False
+
+    def retire(self) -> None:
+        """The loop replaces this consumer: its rebalance callbacks, should a `close()` given up
+        on run them later, do nothing (the loop's state belongs to the new consumer)."""
+        self.retired = True
 
     def record(self, partitions: Iterable[TopicPartition]) -> None:
         self._given_up.append({(p.topic, p.partition) for p in partitions})
@@ -303,17 +312,21 @@ def subscribe(
 
     Without `on_lost`, lost partitions go to `on_revoke`, as librdkafka itself does. The returned
     `Subscription` is for `poll_batch`, which then drops records of partitions given up while it
-    gathered a batch.
+    gathered a batch; once `retire()`d, the callbacks do nothing.
     """
     subscription = Subscription()
 
     def assigned(c: Consumer, partitions: list[TopicPartition]) -> None:
+        if subscription.retired:
+            return
         if metrics is not None:
             metrics.rebalanced("assigned", [(p.topic, p.partition) for p in partitions])
         if on_assign is not None:
             on_assign(c, partitions)
 
     def revoked(c: Consumer, partitions: list[TopicPartition]) -> None:
+        if subscription.retired:
+            return
         subscription.record(partitions)
         if metrics is not None:
             metrics.rebalanced("revoked", [(p.topic, p.partition) for p in partitions])
@@ -321,6 +334,8 @@ def subscribe(
             on_revoke(c, partitions)
 
     def lost(c: Consumer, partitions: list[TopicPartition]) -> None:
+        if subscription.retired:
+            return
         subscription.record(partitions)
         if metrics is not None:
             metrics.rebalanced("lost", [(p.topic, p.partition) for p in partitions])
@@ -536,6 +551,41 @@ def close_producer(producer: Producer, *, timeout: float) -> int:
         producer.flush(1.0)
     producer.close()
     return remaining
+
+
+def close_consumer(consumer: Consumer, *, what: str, timeout: float = CLOSE_SECONDS) -> bool:
+    """Close the consumer (last rebalance callbacks, leave the group) within `timeout` seconds.
+
+    librdkafka's `close()` waits for the group coordinator without limit: with the broker away
+    when a service stops, it blocked for minutes, and the service with it. A stopping service
+    must not wait for the broker: its committed offsets are all the state there is, and a member
+    that did not leave the group is dropped after `session.timeout.ms`. So `close()` runs in a
+    daemon thread; if it has not returned within `timeout`, this logs a warning and returns False,
+    and the process exits without it. An exception of `close()` (a rebalance callback's) is
+    raised here when it returns in time.
+    """
+    failure: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            consumer.close()
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    closing = threading.Thread(target=close, name=f"{what}-close", daemon=True)
+    closing.start()
+    closing.join(timeout)
+    if closing.is_alive():
+        log.warning(
+            "%s: Kafka consumer not closed within %g s (is the broker reachable?); stopping "
+            "without leaving the group, which drops this member after its session timeout",
+            what,
+            timeout,
+        )
+        return False
+    if failure:
+        raise failure[0]
+    return True
 
 
 def wait_for_kafka(settings: Settings, stop: threading.Event, *, what: str) -> str | None:

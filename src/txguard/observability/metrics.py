@@ -325,7 +325,7 @@ REBALANCE_KINDS: Final = ("assigned", "revoked", "lost")
 # What each consumer retries (`txguard_retries_total{reason}`); exposed at 0 from the start.
 CONSUMER_RETRY_REASONS: Final[Mapping[ServiceName, tuple[str, ...]]] = {
     "detector": ("produce", "commit"),
-    "applier": ("store_locked", "commit"),
+    "applier": ("store_locked", "commit", "consumer_replaced"),
     "terminal-risk": ("produce_or_commit",),
 }
 

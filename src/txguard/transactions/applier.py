@@ -9,6 +9,10 @@ crash only yields "duplicate" results. "unknown" (no such transaction in this st
 when several stores share the decisions topic. An undecodable decision is logged, counted and
 skipped: decisions are written by txguard's own detector, so one that does not decode is a bug to
 fix there, and no transaction depends on it.
+
+A consumer whose group membership has not worked for `STALL_SECONDS` (`group_watch`) while the
+cluster answers is replaced by a new one; while the cluster does not answer, it is left to rejoin
+by itself. Closing a consumer waits at most `CLOSE_SECONDS` (`close_consumer`).
 """
 
 from __future__ import annotations
@@ -29,14 +33,17 @@ from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     Backoff,
     CommitReporter,
+    Subscription,
     UncommittedOffsets,
     batch_processed,
+    close_consumer,
     commit_offsets,
     next_offsets,
     poll_batch,
     subscribe,
     wait_for_kafka,
 )
+from txguard.kafka.group_watch import STALL_SECONDS, GroupWatch, cluster_answers
 from txguard.kafka.serde import InvalidEvent, ReceivedHeaders, decode_decision
 from txguard.observability import metrics
 from txguard.schema.v1.decision_pb2 import FraudDecision
@@ -69,12 +76,19 @@ class ApplierStats:
     invalid: int = 0  # records that did not decode as a FraudDecision; skipped
     retries: int = 0  # store or commit attempts retried
     batches: int = 0  # batches applied
+    consumers_replaced: int = 0  # consumers replaced after the group membership stalled
 
 
 class DecisionApplier:
     """Applies decisions from the decisions topic to one store."""
 
-    def __init__(self, settings: Settings, *, store: TransactionStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: TransactionStore | None = None,
+        group_stall_seconds: float = STALL_SECONDS,
+    ) -> None:
         self.settings = settings
         self.stats = ApplierStats()
         self._store = store
@@ -86,6 +100,8 @@ class DecisionApplier:
         # Applied but not yet committed offsets, per partition; committed by `_commit`.
         self._uncommitted = UncommittedOffsets()
         self._committed_at = time.monotonic()
+        self._group_stall_seconds = group_stall_seconds
+        self._group = GroupWatch(stall_seconds=group_stall_seconds)
 
     def run(self, stop: threading.Event) -> None:
         """Apply until `stop` is set; the batch in hand is applied and committed first."""
@@ -93,22 +109,10 @@ class DecisionApplier:
         if bootstrap is None:
             return
         store = self._open_store()
-        consumer = make_consumer(
-            bootstrap,
-            group_id=self.settings.applier_group,
-            client_id="txguard-applier",
-            statistics=True,
-            on_commit=CommitReporter(self._count_commit_retry),
-        )
+        consumer = self._new_consumer(bootstrap)
         stats_logged_at = time.monotonic()
         try:
-            subscription = subscribe(
-                consumer,
-                [self.settings.topics.decisions],
-                metrics=self.metrics,
-                on_revoke=self._commit_revoked,
-                on_lost=self._forget_lost,
-            )
+            subscription = self._subscribe(consumer)
             while not stop.is_set():
                 records = poll_batch(
                     consumer,
@@ -126,17 +130,71 @@ class DecisionApplier:
                     batch_processed(consumer, self.metrics)
                 if time.monotonic() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
                     self._commit(consumer)
+                if self._group.stalled() and self._replace_consumer(
+                    bootstrap, consumer, subscription
+                ):
+                    consumer = self._new_consumer(bootstrap)
+                    subscription = self._subscribe(consumer)
                 if time.monotonic() - stats_logged_at >= STATS_LOG_INTERVAL_SECONDS:
                     stats_logged_at = time.monotonic()
                     log.info("decision applier: %s", asdict(self.stats))
             self._commit(consumer)
         finally:
-            consumer.close()
+            close_consumer(consumer, what="decision applier")
             self.metrics.lag.forget_all()
             if self._owns_store:
                 store.close()
                 self._store = None
             log.info("decision applier stopped: %s", asdict(self.stats))
+
+    def _new_consumer(self, bootstrap: str) -> Consumer:
+        """A consumer of the applier group, watched by a new `GroupWatch`."""
+        self._group = GroupWatch(stall_seconds=self._group_stall_seconds)
+        return make_consumer(
+            bootstrap,
+            group_id=self.settings.applier_group,
+            client_id="txguard-applier",
+            statistics=True,
+            stats_cb=self._group.stats_cb,
+            on_commit=CommitReporter(self._count_commit_retry),
+        )
+
+    def _subscribe(self, consumer: Consumer) -> Subscription:
+        return subscribe(
+            consumer,
+            [self.settings.topics.decisions],
+            metrics=self.metrics,
+            on_revoke=self._commit_revoked,
+            on_lost=self._forget_lost,
+        )
+
+    def _replace_consumer(
+        self, bootstrap: str, consumer: Consumer, subscription: Subscription
+    ) -> bool:
+        """The group membership has not worked for a while: if the cluster answers, close the
+        consumer (within its bound) and return True, for the caller to make a new one.
+
+        The applied offsets not committed yet are dropped, and the old consumer's rebalance
+        callbacks retired: the group no longer counts this member, so the partitions' next owner
+        applies those decisions again, as duplicates.
+        """
+        if not cluster_answers(bootstrap):
+            self._group.restart()  # An outage: the consumer rejoins by itself once it is over.
+            return False
+        log.error(
+            "decision applier: not a working member of group %s for %.0f s (last state %s) "
+            "although the cluster answers; replacing the Kafka consumer",
+            self.settings.applier_group,
+            self._group.stalled_seconds(),
+            self._group.last_state,
+        )
+        self.stats.consumers_replaced += 1
+        self.metrics.retries["consumer_replaced"].inc()
+        self._uncommitted.take()
+        self.metrics.lag.forget_all()
+        subscription.retire()
+        close_consumer(consumer, what="decision applier")
+        return True
 
     def _commit(self, consumer: Consumer) -> None:
         """Commit every applied offset not committed yet."""

@@ -1,0 +1,91 @@
+"""Whether a consumer's group membership works, read from librdkafka's statistics.
+
+Every statistics report of a consumer (each `STATISTICS_INTERVAL_MS`) carries its group's state:
+`cgrp.state` and `cgrp.join_state`. A member that works is `up` and `steady`, with partitions or
+without (an extra member beyond the partition count). During a rebalance, a broker restart or an
+outage it is something else for a while, and comes back by itself.
+
+It did not always come back: after a broker restart, a consumer was seen to stay out of its group
+for good, its group coordinator unknown and a request to it never sent, while every other client
+of the same cluster had reconnected. `GroupWatch` notices a membership that has not worked for
+`stall_seconds`; the loop then asks the cluster whether it answers (`cluster_answers`) and, if it
+does, replaces its consumer (`close_consumer`, then a new one); if it does not, that is an outage,
+and the loop keeps waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException
+
+from txguard.kafka.clients import make_admin
+from txguard.observability.exporter import kafka_statistics
+
+log = logging.getLogger(__name__)
+
+# Longer than what a working member goes through on its own: a session timeout (10 s), a
+# cooperative rebalance (two rounds), a restarted broker loading its groups, and several
+# statistics intervals (10 s), so that a report of the working state has had its chance to arrive.
+STALL_SECONDS = 90.0
+# How long `cluster_answers` waits for the cluster's metadata.
+CLUSTER_CHECK_SECONDS = 5.0
+
+
+class GroupWatch:
+    """The time since a consumer's group membership last worked; its `stats_cb` feeds it."""
+
+    def __init__(
+        self,
+        *,
+        stall_seconds: float = STALL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stall_seconds = stall_seconds
+        self._clock = clock
+        self._working_at = clock()
+        # The last reported "state/join_state", for the log line of a stall.
+        self.last_state = "not reported yet"
+
+    def stats_cb(self, stats_json: str) -> None:
+        """The consumer's `stats_cb`: the Kafka-health metrics first, then the group's state."""
+        kafka_statistics(stats_json)
+        try:
+            cgrp = json.loads(stats_json).get("cgrp")
+        except ValueError:
+            return  # kafka_statistics has logged it
+        if isinstance(cgrp, Mapping):
+            self.observe(cgrp)
+
+    def observe(self, cgrp: Mapping[str, Any]) -> None:
+        """One report's `cgrp` object."""
+        state, join_state = cgrp.get("state"), cgrp.get("join_state")
+        self.last_state = f"{state}/{join_state}"
+        if state == "up" and join_state == "steady":
+            self._working_at = self._clock()
+
+    def stalled_seconds(self) -> float:
+        """Seconds since the membership last worked (or since the watch started)."""
+        return self._clock() - self._working_at
+
+    def stalled(self) -> bool:
+        return self.stalled_seconds() >= self.stall_seconds
+
+    def restart(self) -> None:
+        """Count from now: a new consumer, or a check that found the cluster away."""
+        self._working_at = self._clock()
+
+
+def cluster_answers(bootstrap: str, *, timeout: float = CLUSTER_CHECK_SECONDS) -> bool:
+    """Whether the cluster returns its metadata to a new client within `timeout` seconds."""
+    try:
+        with make_admin(bootstrap, client_id="txguard-cluster-check") as admin:
+            admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        log.debug("cluster check: %s", exc)
+        return False
+    return True
