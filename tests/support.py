@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
@@ -63,6 +64,32 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+class OtherProtocolMember:
+    """A member of `group` whose only assignment strategy (roundrobin) txguard's consumers
+    (cooperative-sticky) do not speak: while it keeps its membership, they cannot join."""
+
+    def __init__(self, bootstrap: str, group: str, topics: list[str]) -> None:
+        roundrobin: dict[str, Any] = {"partition.assignment.strategy": "roundrobin"}
+        self._consumer = make_consumer(
+            bootstrap, group_id=group, client_id="test-other-protocol", **roundrobin
+        )
+        self._consumer.subscribe(topics)
+        wait_until(lambda: bool(self._consume() or self._consumer.assignment()))
+
+    def hold_until(self, condition: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Keep the membership (consume) until `condition` holds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met in time"
+            self._consume()
+
+    def leave(self) -> None:
+        self._consumer.close()
+
+    def _consume(self) -> bool:
+        return bool(self._consumer.consume(num_messages=100, timeout=0.2))
 
 
 @contextmanager

@@ -627,10 +627,12 @@ def check_every_panel_has_data(prometheus: Prometheus, events: UnusualEvents) ->
     assert {
         ("detector", "produce"),
         ("detector", "commit"),
+        ("detector", "consumer_replaced"),
         ("applier", "store_locked"),
         ("applier", "commit"),
         ("applier", "consumer_replaced"),
         ("terminal-risk", "produce_or_commit"),
+        ("terminal-risk", "consumer_replaced"),
     } <= reasons
 
 

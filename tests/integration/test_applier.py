@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from tests.support import committed_offsets, new_transaction, running_in_thread, wait_until
+from tests.support import (
+    OtherProtocolMember,
+    committed_offsets,
+    new_transaction,
+    running_in_thread,
+    wait_until,
+)
 from txguard.clock import now_us, timestamp_from_us
 from txguard.config import DECISIONS_TOPIC, Settings
 from txguard.kafka import serde
-from txguard.kafka.clients import make_consumer, make_producer
+from txguard.kafka.clients import make_producer
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome, Reason
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
 from txguard.store.sqlite import SqliteStore
@@ -233,27 +238,16 @@ def test_a_consumer_kept_out_of_its_group_is_replaced_and_applies_once_let_in(
     """A member of the applier group with an assignment strategy the applier does not speak keeps
     the applier's consumer from joining while the cluster answers: a membership that does not
     work. The applier replaces its consumer; once the other member leaves, it applies."""
-    other_protocol: dict[str, Any] = {"partition.assignment.strategy": "roundrobin"}
-    blocker = make_consumer(
-        kafka_broker.bootstrap,
-        group_id=settings.applier_group,
-        client_id="test-other-protocol",
-        **other_protocol,
-    )
-    blocker.subscribe([DECISIONS_TOPIC])
-    wait_until(lambda: bool(blocker.consume(num_messages=1, timeout=0.2) or blocker.assignment()))
+    blocker = OtherProtocolMember(kafka_broker.bootstrap, settings.applier_group, [DECISIONS_TOPIC])
     store = SqliteStore(settings.store_path)
     applier = DecisionApplier(settings, group_stall_seconds=3.0)
     try:
         item = new_transaction(f"stalled-{uuid.uuid4().hex[:10]}")
         store.record_transactions([item])
         with running_in_thread(applier.run, "decision-applier"):
-            deadline = time.monotonic() + 60
-            while applier.stats.consumers_replaced < 2 and time.monotonic() < deadline:
-                blocker.consume(num_messages=100, timeout=0.2)  # keeps its membership
-            assert applier.stats.consumers_replaced >= 2
+            blocker.hold_until(lambda: applier.stats.consumers_replaced >= 2)
             assert applier.stats.consumed == 0
-            blocker.close()
+            blocker.leave()
             publish(producer, [decision_for(item.transaction, Outcome.OUTCOME_APPROVE, 0.1)])
             wait_until(lambda: applier.stats.applied == 1)
         applied = store.get_transaction(item.transaction.transaction_id)

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, cast
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from tests.support import committed_offsets, running_in_thread, start_group_at_end, wait_until
+from tests.support import (
+    OtherProtocolMember,
+    committed_offsets,
+    running_in_thread,
+    start_group_at_end,
+    wait_until,
+)
 from txguard.clock import now_us
 from txguard.config import DECISIONS_TOPIC, DLQ_TOPIC, TRANSACTIONS_TOPIC, Settings
 from txguard.fraud import detector as detector_module
@@ -636,3 +642,29 @@ def test_a_batch_that_fails_before_its_decisions_are_sent_is_decided_after_a_res
     # `before` may be decided again (nothing was committed): the applier keeps the first.
     assert set(decided) == {before.transaction.transaction_id, event.transaction.transaction_id}
     assert decided.count(event.transaction.transaction_id) == 1
+
+
+def test_a_consumer_kept_out_of_its_group_is_replaced_and_decides_once_let_in(
+    kafka_broker: KafkaBroker, settings: Settings, produce: RecordProducer
+) -> None:
+    """A member of the detector group with an assignment strategy the detector does not speak
+    keeps the detector's consumer from joining while the cluster answers. The detector replaces
+    its consumer; once the other member leaves, it decides what was waiting."""
+    detector_group_at_end(kafka_broker, settings)
+    blocker = OtherProtocolMember(
+        kafka_broker.bootstrap, settings.detector_group, [TRANSACTIONS_TOPIC]
+    )
+    account = new_account("stalled")
+    event = transaction_event(account)
+    reader = DecisionReader(kafka_broker.bootstrap, {account})
+    detector = FraudDetector(settings, group_stall_seconds=3.0)
+    try:
+        with running_in_thread(detector.run, "fraud-detector"):
+            blocker.hold_until(lambda: detector.stats.consumers_replaced >= 2)
+            assert detector.stats.processed == 0
+            blocker.leave()
+            produce.events([event])
+            decisions = reader.until_decided({event.transaction.transaction_id})
+    finally:
+        reader.close()
+    assert [d.transaction_id for d in decisions] == [event.transaction.transaction_id]

@@ -5,7 +5,8 @@ Per batch: decode -> dedup -> state/features -> score -> decide -> emit (see
 checkpoints (`FraudDetector.checkpoint_step`). Delivery is at-least-once;
 the per-account state restored from the changelog (its events' ids, and the offset below which it
 reflects every record of its account) turns reprocessed events into duplicates, across restarts
-and rebalances alike.
+and rebalances alike. A consumer whose group membership stalls while the cluster answers is
+replaced, its partitions handled as lost (`group_watch`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     CommitReporter,
     OutgoingRecord,
+    Subscription,
     UncommittedOffsets,
     batch_processed,
     close_consumer,
@@ -51,6 +53,7 @@ from txguard.kafka.consumer_loop import (
     subscribe,
     wait_for_kafka,
 )
+from txguard.kafka.group_watch import STALL_SECONDS, GroupWatch, replace_stalled_consumer
 from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
 from txguard.kafka.serde import (
     InvalidEvent,
@@ -99,6 +102,7 @@ class DetectorStats:
     stale_table_batches: int = 0  # batches scored before the table caught up (bounded wait)
     accounts: int = 0  # accounts held in memory (at the last stats log)
     state_bytes_per_account: int = 0  # their history's memory, on average (at the last stats log)
+    consumers_replaced: int = 0  # consumers replaced after the group membership stalled
 
 
 @dataclass
@@ -120,9 +124,12 @@ class FraudDetector:
         *,
         scorer: Scorer | None = None,
         on_loaded: Callable[[], None] | None = None,
+        group_stall_seconds: float = STALL_SECONDS,
     ) -> None:
         """`on_loaded` is called once the terminal table is loaded, before the first record."""
         self.settings = settings
+        self._group_stall_seconds = group_stall_seconds
+        self._group = GroupWatch(stall_seconds=group_stall_seconds)
         self._on_loaded = on_loaded
         self.topics = settings.topics
         self.live_model = LiveModel(settings) if scorer is None else None
@@ -162,13 +169,7 @@ class FraudDetector:
             return
         self._bootstrap = bootstrap
         group = self.settings.detector_group
-        consumer = make_consumer(
-            bootstrap,
-            group_id=group,
-            client_id="txguard-detector",
-            statistics=True,
-            on_commit=CommitReporter(self._count_commit_retry),
-        )
+        consumer = self._new_consumer(bootstrap)
         try:
             # The group's own changelog is created on first start of a new group.
             ensure_topics(bootstrap, self.settings)
@@ -193,14 +194,7 @@ class FraudDetector:
                 on_retry=self._count_retry,
                 stop_grace_seconds=STOP_GRACE_SECONDS,
             )
-            subscription = subscribe(
-                consumer,
-                [self.topics.transactions],
-                metrics=self.metrics,
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
-            )
+            subscription = self._subscribe(consumer)
             while not stop.is_set():
                 records = poll_batch(
                     consumer,
@@ -218,6 +212,12 @@ class FraudDetector:
                     self._batch_unsent = False
                     batch_processed(consumer, self.metrics)
                 self.checkpoint_step(consumer, stop, len(records))
+                if self._group.stalled() and replace_stalled_consumer(
+                    self._group, bootstrap, what="fraud detector", group=group
+                ):
+                    self._retire(consumer, subscription)
+                    consumer = self._new_consumer(bootstrap)
+                    subscription = self._subscribe(consumer)
                 self._log_stats_periodically()
             self.measure_state()  # Before closing: the revoke forgets the partitions' state.
             self.checkpoint(consumer, stop)
@@ -236,6 +236,44 @@ class FraudDetector:
             if self._follower is not None:
                 self._follower.close()
             log.info("fraud detector stopped: %s", asdict(self.stats))
+
+    def _new_consumer(self, bootstrap: str) -> Consumer:
+        """A consumer of the detector group, watched by a new `GroupWatch`."""
+        self._group = GroupWatch(stall_seconds=self._group_stall_seconds)
+        return make_consumer(
+            bootstrap,
+            group_id=self.settings.detector_group,
+            client_id="txguard-detector",
+            statistics=True,
+            stats_cb=self._group.stats_cb,
+            on_commit=CommitReporter(self._count_commit_retry),
+        )
+
+    def _subscribe(self, consumer: Consumer) -> Subscription:
+        return subscribe(
+            consumer,
+            [self.topics.transactions],
+            metrics=self.metrics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def _retire(self, consumer: Consumer, subscription: Subscription) -> None:
+        """Give up a consumer whose group membership stalled, before a new one subscribes.
+
+        Its partitions are handled as lost: their state is dropped (the changelog has it up to
+        the last checkpoint, which the next owner restores) and their offsets not committed yet
+        are forgotten (the next owner reprocesses since the last commit, and deduplicates).
+        """
+        self.stats.consumers_replaced += 1
+        self.metrics.retries["consumer_replaced"].inc()
+        held = [TopicPartition(self.topics.transactions, p) for p in self.state.partitions]
+        if held:
+            self._on_lost(consumer, held)
+        self.metrics.lag.forget_all()
+        subscription.retire()
+        close_consumer(consumer, what="fraud detector")
 
     # -- the pipeline, one step per method ---------------------------------------------------
 

@@ -45,6 +45,7 @@ from txguard.kafka.consumer_loop import (
     subscribe,
     wait_for_kafka,
 )
+from txguard.kafka.group_watch import STALL_SECONDS, GroupWatch, replace_stalled_consumer
 from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
 from txguard.kafka.serde import (
     InvalidEvent,
@@ -89,6 +90,7 @@ class AggregatorStats:
     entries_deleted: int = 0
     batches: int = 0
     retries: int = 0
+    consumers_replaced: int = 0  # consumers replaced after the group membership stalled
 
 
 def _partition_count(consumer: Consumer, topic: str) -> int:
@@ -116,23 +118,26 @@ class _Stage:
         self.metrics = metrics.ConsumerMetrics("terminal-risk")
         self.group = f"{settings.terminal_risk_group}.{self.name}"
         self.bootstrap = ""
+        self.group_stall_seconds = STALL_SECONDS
+        self._group_watch = GroupWatch(stall_seconds=self.group_stall_seconds)
+        self._what = f"terminal-risk {self.name}"
 
     def run(self, stop: threading.Event) -> None:
-        bootstrap = wait_for_kafka(self.settings, stop, what=f"terminal-risk {self.name}")
+        bootstrap = wait_for_kafka(self.settings, stop, what=self._what)
         if bootstrap is None:
             return
         self.bootstrap = bootstrap
-        consumer = make_consumer(
-            bootstrap,
-            group_id=self.group,
-            client_id=self.group,
-            on_commit=CommitReporter(self._retry),
-            **BACKGROUND_FETCH,
-        )
+        consumer = self._new_consumer(bootstrap)
         publisher = ConfirmedPublisher(bootstrap, client_id=self.group, on_retry=self._retry)
         try:
             subscription = self.subscribe(consumer)
             while not stop.is_set():
+                if self._group_watch.stalled() and replace_stalled_consumer(
+                    self._group_watch, bootstrap, what=self._what, group=self.group
+                ):
+                    self._retire(consumer, subscription)
+                    consumer = self._new_consumer(bootstrap)
+                    subscription = self.subscribe(consumer)
                 records = poll_batch(
                     consumer,
                     self.settings.consume_batch_size,
@@ -144,7 +149,7 @@ class _Stage:
                 if not records:
                     continue
                 output = self.transform(records)
-                publisher.publish(output, stop, what=f"terminal-risk {self.name}")
+                publisher.publish(output, stop, what=self._what)
                 self.metrics.produced[self.output_topic].inc(len(output))
                 commit_offsets(consumer, next_offsets(records), on_retry=self._retry)
                 self.stats.batches += 1
@@ -154,9 +159,35 @@ class _Stage:
                 raise
             log.error("stopping without committing the last batch (%s)", exc)
         finally:
-            close_consumer(consumer, what=f"terminal-risk {self.name}")
+            close_consumer(consumer, what=self._what)
             publisher.close()
             log.info("terminal-risk %s stopped: %s", self.name, asdict(self.stats))
+
+    def _new_consumer(self, bootstrap: str) -> Consumer:
+        """A consumer of the stage's group, watched by a new `GroupWatch`."""
+        self._group_watch = GroupWatch(stall_seconds=self.group_stall_seconds)
+        return make_consumer(
+            bootstrap,
+            group_id=self.group,
+            client_id=self.group,
+            statistics=True,
+            stats_cb=self._group_watch.stats_cb,
+            on_commit=CommitReporter(self._retry),
+            **BACKGROUND_FETCH,
+        )
+
+    def _retire(self, consumer: Consumer, subscription: Subscription) -> None:
+        """Give up a consumer whose group membership stalled; its partitions are handled as
+        lost (`forget_partitions`), before a new consumer subscribes."""
+        self.stats.consumers_replaced += 1
+        self.metrics.retries["consumer_replaced"].inc()
+        self.forget_partitions()
+        self.metrics.lag.forget_all()
+        subscription.retire()
+        close_consumer(consumer, what=self._what)
+
+    def forget_partitions(self) -> None:
+        """Drop what the stage holds of its partitions (a stage with state overrides this)."""
 
     def subscribe(self, consumer: Consumer) -> Subscription:
         raise NotImplementedError
@@ -488,6 +519,9 @@ class TerminalTableBuilder(_Stage):
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for partition in partitions:
             self._tables.pop(partition.partition, None)
+
+    def forget_partitions(self) -> None:
+        self._tables.clear()
 
 
 class TerminalRiskAggregator:

@@ -8,9 +8,10 @@ outage it is something else for a while, and comes back by itself.
 It did not always come back: after a broker restart, a consumer was seen to stay out of its group
 for good, its group coordinator unknown and a request to it never sent, while every other client
 of the same cluster had reconnected. `GroupWatch` notices a membership that has not worked for
-`stall_seconds`; the loop then asks the cluster whether it answers (`cluster_answers`) and, if it
-does, replaces its consumer (`close_consumer`, then a new one); if it does not, that is an outage,
-and the loop keeps waiting.
+`stall_seconds`; the loop then asks `replace_stalled_consumer` whether to replace its consumer:
+yes when the cluster answers a new client, and the loop drops what it holds of its partitions (as
+if they were lost), retires the old subscription, closes the consumer (`close_consumer`) and
+subscribes a new one; no during an outage, and the loop keeps waiting for the consumer to rejoin.
 """
 
 from __future__ import annotations
@@ -78,6 +79,34 @@ class GroupWatch:
     def restart(self) -> None:
         """Count from now: a new consumer, or a check that found the cluster away."""
         self._working_at = self._clock()
+
+
+def replace_stalled_consumer(watch: GroupWatch, bootstrap: str, *, what: str, group: str) -> bool:
+    """Called once `watch.stalled()`: whether the loop should replace its consumer now.
+
+    True when the cluster answers: the membership failed although the group's coordinator can be
+    reached (logged at ERROR). False when it does not answer: an outage, which the consumer comes
+    back from by itself; the watch counts again from now.
+    """
+    if not cluster_answers(bootstrap):
+        log.warning(
+            "%s: not a working member of group %s for %.0f s, and the cluster does not answer; "
+            "waiting for it",
+            what,
+            group,
+            watch.stalled_seconds(),
+        )
+        watch.restart()
+        return False
+    log.error(
+        "%s: not a working member of group %s for %.0f s (last state %s) although the cluster "
+        "answers; replacing the Kafka consumer",
+        what,
+        group,
+        watch.stalled_seconds(),
+        watch.last_state,
+    )
+    return True
 
 
 def cluster_answers(bootstrap: str, *, timeout: float = CLUSTER_CHECK_SECONDS) -> bool:

@@ -324,9 +324,9 @@ END_TO_END_STAGES: Final = ("published", "decided", "applied")
 REBALANCE_KINDS: Final = ("assigned", "revoked", "lost")
 # What each consumer retries (`txguard_retries_total{reason}`); exposed at 0 from the start.
 CONSUMER_RETRY_REASONS: Final[Mapping[ServiceName, tuple[str, ...]]] = {
-    "detector": ("produce", "commit"),
+    "detector": ("produce", "commit", "consumer_replaced"),
     "applier": ("store_locked", "commit", "consumer_replaced"),
-    "terminal-risk": ("produce_or_commit",),
+    "terminal-risk": ("produce_or_commit", "consumer_replaced"),
 }
 
 TopicPartitionKey: TypeAlias = tuple[str, int]

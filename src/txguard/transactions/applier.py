@@ -43,7 +43,7 @@ from txguard.kafka.consumer_loop import (
     subscribe,
     wait_for_kafka,
 )
-from txguard.kafka.group_watch import STALL_SECONDS, GroupWatch, cluster_answers
+from txguard.kafka.group_watch import STALL_SECONDS, GroupWatch, replace_stalled_consumer
 from txguard.kafka.serde import InvalidEvent, ReceivedHeaders, decode_decision
 from txguard.observability import metrics
 from txguard.schema.v1.decision_pb2 import FraudDecision
@@ -178,22 +178,15 @@ class DecisionApplier:
         callbacks retired: the group no longer counts this member, so the partitions' next owner
         applies those decisions again, as duplicates.
         """
-        if not cluster_answers(bootstrap):
-            self._group.restart()  # An outage: the consumer rejoins by itself once it is over.
+        what, group = "decision applier", self.settings.applier_group
+        if not replace_stalled_consumer(self._group, bootstrap, what=what, group=group):
             return False
-        log.error(
-            "decision applier: not a working member of group %s for %.0f s (last state %s) "
-            "although the cluster answers; replacing the Kafka consumer",
-            self.settings.applier_group,
-            self._group.stalled_seconds(),
-            self._group.last_state,
-        )
         self.stats.consumers_replaced += 1
         self.metrics.retries["consumer_replaced"].inc()
         self._uncommitted.take()
         self.metrics.lag.forget_all()
         subscription.retire()
-        close_consumer(consumer, what="decision applier")
+        close_consumer(consumer, what=what)
         return True
 
     def _commit(self, consumer: Consumer) -> None:
