@@ -2,7 +2,8 @@
 
 Every producer is idempotent with acks=all; every consumer commits manually, stores offsets
 explicitly, reads committed data only and rebalances cooperatively. librdkafka's log lines are
-routed to Python logging (logger `txguard.kafka.librdkafka`), never printed to stderr.
+routed to Python logging (logger `txguard.kafka.librdkafka`), never printed to stderr; a line
+repeated within 30 s is passed once, and the next one passed says how many were dropped.
 
 Dotted librdkafka keys are passed as overrides with `**{"linger.ms": 20}`; callbacks such as
 `stats_cb`, `error_cb` or `on_commit` can be passed the same way.
@@ -25,8 +26,11 @@ from confluent_kafka.admin import AdminClient
 from txguard.config import Settings
 from txguard.kafka.broker import running_broker_bootstrap
 from txguard.observability.exporter import STATISTICS_INTERVAL_MS, kafka_statistics
+from txguard.observability.log_repeats import RepeatedLines
 
 LIBRDKAFKA_LOGGER = logging.getLogger("txguard.kafka.librdkafka")
+# librdkafka logs every reconnection attempt: one line of a kind per 30 s, with the count.
+LIBRDKAFKA_LOGGER.addFilter(RepeatedLines())
 
 AdminConfig = dict[str, str | int | float | bool]
 
