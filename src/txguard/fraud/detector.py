@@ -39,7 +39,6 @@ from txguard.fraud.rules import default_rules
 from txguard.fraud.scoring import Scorer, ScoreResult
 from txguard.fraud.state import AccountHistory, DetectorState, StateChange
 from txguard.fraud.terminal_table import NOT_STARTED_MS, TerminalTable, TerminalTableFollower
-from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     CommitReporter,
     OutgoingRecord,
@@ -53,7 +52,13 @@ from txguard.kafka.consumer_loop import (
     subscribe,
     wait_for_kafka,
 )
-from txguard.kafka.group_watch import STALL_SECONDS, GroupWatch, replace_stalled_consumer
+from txguard.kafka.group_watch import (
+    STALL_SECONDS,
+    GroupWatch,
+    replace_stalled_consumer,
+    retire_consumer,
+    watched_consumer,
+)
 from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
 from txguard.kafka.serde import (
     InvalidEvent,
@@ -239,18 +244,17 @@ class FraudDetector:
 
     def _new_consumer(self, bootstrap: str) -> Consumer:
         """A consumer of the detector group, watched by a new `GroupWatch`."""
-        self._group = GroupWatch(stall_seconds=self._group_stall_seconds)
-        return make_consumer(
+        consumer, self._group = watched_consumer(
             bootstrap,
             group_id=self.settings.detector_group,
             client_id="txguard-detector",
-            statistics=True,
-            stats_cb=self._group.stats_cb,
+            stall_seconds=self._group_stall_seconds,
             on_commit=CommitReporter(self._count_commit_retry),
         )
+        return consumer
 
     def _subscribe(self, consumer: Consumer) -> Subscription:
-        return subscribe(
+        subscription = subscribe(
             consumer,
             [self.topics.transactions],
             metrics=self.metrics,
@@ -258,6 +262,10 @@ class FraudDetector:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        # The watch counts from the subscription, not from the consumer's creation: the terminal
+        # table is loaded in between, which can take longer than a stall.
+        self._group.restart()
+        return subscription
 
     def _retire(self, consumer: Consumer, subscription: Subscription) -> None:
         """Give up a consumer whose group membership stalled, before a new one subscribes.
@@ -267,13 +275,10 @@ class FraudDetector:
         are forgotten (the next owner reprocesses since the last commit, and deduplicates).
         """
         self.stats.consumers_replaced += 1
-        self.metrics.retries["consumer_replaced"].inc()
         held = [TopicPartition(self.topics.transactions, p) for p in self.state.partitions]
         if held:
             self._on_lost(consumer, held)
-        self.metrics.lag.forget_all()
-        subscription.retire()
-        close_consumer(consumer, what="fraud detector")
+        retire_consumer(consumer, subscription, self.metrics, what="fraud detector")
 
     # -- the pipeline, one step per method ---------------------------------------------------
 

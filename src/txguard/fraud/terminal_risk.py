@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError
 
 from txguard.config import Settings
 from txguard.fraud.terminal_table import NOT_STARTED_MS, entry_key, watermark_key
-from txguard.kafka.clients import BACKGROUND_FETCH, make_consumer
+from txguard.kafka.clients import BACKGROUND_FETCH
 from txguard.kafka.compacted import read_to_end
 from txguard.kafka.consumer_loop import (
     CommitReporter,
@@ -45,7 +45,13 @@ from txguard.kafka.consumer_loop import (
     subscribe,
     wait_for_kafka,
 )
-from txguard.kafka.group_watch import STALL_SECONDS, GroupWatch, replace_stalled_consumer
+from txguard.kafka.group_watch import (
+    STALL_SECONDS,
+    GroupWatch,
+    replace_stalled_consumer,
+    retire_consumer,
+    watched_consumer,
+)
 from txguard.kafka.publisher import ConfirmedPublisher, PublishError, PublishTimeout
 from txguard.kafka.serde import (
     InvalidEvent,
@@ -131,6 +137,7 @@ class _Stage:
         publisher = ConfirmedPublisher(bootstrap, client_id=self.group, on_retry=self._retry)
         try:
             subscription = self.subscribe(consumer)
+            self._group_watch.restart()  # Counts from the subscription (after the metadata reads).
             while not stop.is_set():
                 if self._group_watch.stalled() and replace_stalled_consumer(
                     self._group_watch, bootstrap, what=self._what, group=self.group
@@ -165,26 +172,22 @@ class _Stage:
 
     def _new_consumer(self, bootstrap: str) -> Consumer:
         """A consumer of the stage's group, watched by a new `GroupWatch`."""
-        self._group_watch = GroupWatch(stall_seconds=self.group_stall_seconds)
-        return make_consumer(
+        consumer, self._group_watch = watched_consumer(
             bootstrap,
             group_id=self.group,
             client_id=self.group,
-            statistics=True,
-            stats_cb=self._group_watch.stats_cb,
+            stall_seconds=self.group_stall_seconds,
             on_commit=CommitReporter(self._retry),
             **BACKGROUND_FETCH,
         )
+        return consumer
 
     def _retire(self, consumer: Consumer, subscription: Subscription) -> None:
         """Give up a consumer whose group membership stalled; its partitions are handled as
         lost (`forget_partitions`), before a new consumer subscribes."""
         self.stats.consumers_replaced += 1
-        self.metrics.retries["consumer_replaced"].inc()
         self.forget_partitions()
-        self.metrics.lag.forget_all()
-        subscription.retire()
-        close_consumer(consumer, what=self._what)
+        retire_consumer(consumer, subscription, self.metrics, what=self._what)
 
     def forget_partitions(self) -> None:
         """Drop what the stage holds of its partitions (a stage with state overrides this)."""

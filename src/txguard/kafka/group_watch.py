@@ -22,10 +22,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaException
 
-from txguard.kafka.clients import make_admin
+from txguard.kafka.clients import make_admin, make_consumer
+from txguard.kafka.consumer_loop import Subscription, close_consumer
 from txguard.observability.exporter import kafka_statistics
+from txguard.observability.metrics import ConsumerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,33 @@ class GroupWatch:
     def restart(self) -> None:
         """Count from now: a new consumer, or a check that found the cluster away."""
         self._working_at = self._clock()
+
+
+def watched_consumer(
+    bootstrap: str, *, group_id: str, client_id: str, stall_seconds: float, **overrides: Any
+) -> tuple[Consumer, GroupWatch]:
+    """A consumer that reports statistics, and the `GroupWatch` they feed."""
+    watch = GroupWatch(stall_seconds=stall_seconds)
+    consumer = make_consumer(
+        bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        statistics=True,
+        stats_cb=watch.stats_cb,
+        **overrides,
+    )
+    return consumer, watch
+
+
+def retire_consumer(
+    consumer: Consumer, subscription: Subscription, metrics: ConsumerMetrics, *, what: str
+) -> None:
+    """After the loop has handled its partitions as lost: count the replacement, forget the lag,
+    retire the subscription's callbacks and close the consumer (within `close_consumer`'s bound)."""
+    metrics.retries["consumer_replaced"].inc()
+    metrics.lag.forget_all()
+    subscription.retire()
+    close_consumer(consumer, what=what)
 
 
 def replace_stalled_consumer(watch: GroupWatch, bootstrap: str, *, what: str, group: str) -> bool:

@@ -29,7 +29,6 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from txguard.clock import now_us
 from txguard.config import Settings
-from txguard.kafka.clients import make_consumer
 from txguard.kafka.consumer_loop import (
     Backoff,
     CommitReporter,
@@ -43,7 +42,13 @@ from txguard.kafka.consumer_loop import (
     subscribe,
     wait_for_kafka,
 )
-from txguard.kafka.group_watch import STALL_SECONDS, GroupWatch, replace_stalled_consumer
+from txguard.kafka.group_watch import (
+    STALL_SECONDS,
+    GroupWatch,
+    replace_stalled_consumer,
+    retire_consumer,
+    watched_consumer,
+)
 from txguard.kafka.serde import InvalidEvent, ReceivedHeaders, decode_decision
 from txguard.observability import metrics
 from txguard.schema.v1.decision_pb2 import FraudDecision
@@ -149,15 +154,14 @@ class DecisionApplier:
 
     def _new_consumer(self, bootstrap: str) -> Consumer:
         """A consumer of the applier group, watched by a new `GroupWatch`."""
-        self._group = GroupWatch(stall_seconds=self._group_stall_seconds)
-        return make_consumer(
+        consumer, self._group = watched_consumer(
             bootstrap,
             group_id=self.settings.applier_group,
             client_id="txguard-applier",
-            statistics=True,
-            stats_cb=self._group.stats_cb,
+            stall_seconds=self._group_stall_seconds,
             on_commit=CommitReporter(self._count_commit_retry),
         )
+        return consumer
 
     def _subscribe(self, consumer: Consumer) -> Subscription:
         return subscribe(
@@ -182,11 +186,8 @@ class DecisionApplier:
         if not replace_stalled_consumer(self._group, bootstrap, what=what, group=group):
             return False
         self.stats.consumers_replaced += 1
-        self.metrics.retries["consumer_replaced"].inc()
         self._uncommitted.take()
-        self.metrics.lag.forget_all()
-        subscription.retire()
-        close_consumer(consumer, what=what)
+        retire_consumer(consumer, subscription, self.metrics, what=what)
         return True
 
     def _commit(self, consumer: Consumer) -> None:
