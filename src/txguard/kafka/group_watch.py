@@ -32,15 +32,21 @@ from txguard.observability.metrics import ConsumerMetrics
 log = logging.getLogger(__name__)
 
 # Longer than what a working member goes through on its own: a session timeout (10 s), a
-# cooperative rebalance (two rounds), a restarted broker loading its groups, and several
-# statistics intervals (10 s), so that a report of the working state has had its chance to arrive.
+# cooperative rebalance (two rounds), a restarted broker loading its groups (13 s seen here).
 STALL_SECONDS = 90.0
 # How long `cluster_answers` waits for the cluster's metadata.
 CLUSTER_CHECK_SECONDS = 5.0
 
 
 class GroupWatch:
-    """The time since a consumer's group membership last worked; its `stats_cb` feeds it."""
+    """How long a consumer's reports have said, without a break, that its membership does not
+    work; its `stats_cb` feeds it.
+
+    Only reports count, and the time between the first of such a run and the latest check: a
+    loop busy elsewhere for minutes (a store locked, a publish waiting for the broker) is served
+    the reports queued meanwhile all at once, and librdkafka's own heartbeats keep its membership
+    working in the meantime, which those reports say. Without any report, nothing is stalled.
+    """
 
     def __init__(
         self,
@@ -50,7 +56,8 @@ class GroupWatch:
     ) -> None:
         self.stall_seconds = stall_seconds
         self._clock = clock
-        self._working_at = clock()
+        # When the current run of reports of a membership that does not work was first served.
+        self._failing_since: float | None = None
         # The last reported "state/join_state", for the log line of a stall.
         self.last_state = "not reported yet"
 
@@ -69,18 +76,23 @@ class GroupWatch:
         state, join_state = cgrp.get("state"), cgrp.get("join_state")
         self.last_state = f"{state}/{join_state}"
         if state == "up" and join_state == "steady":
-            self._working_at = self._clock()
+            self._failing_since = None
+        elif self._failing_since is None:
+            self._failing_since = self._clock()
 
     def stalled_seconds(self) -> float:
-        """Seconds since the membership last worked (or since the watch started)."""
-        return self._clock() - self._working_at
+        """Seconds since the first of the current run of reports that the membership does not
+        work; 0 when the last report said it works."""
+        return 0.0 if self._failing_since is None else self._clock() - self._failing_since
 
     def stalled(self) -> bool:
-        return self.stalled_seconds() >= self.stall_seconds
+        return self._failing_since is not None and self.stalled_seconds() >= self.stall_seconds
 
     def restart(self) -> None:
-        """Count from now: a new consumer, or a check that found the cluster away."""
-        self._working_at = self._clock()
+        """Count a run of failing reports from now: after a check that found the cluster away,
+        or once a consumer is subscribed."""
+        if self._failing_since is not None:
+            self._failing_since = self._clock()
 
 
 def watched_consumer(
