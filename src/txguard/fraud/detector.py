@@ -262,8 +262,8 @@ class FraudDetector:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        # The watch counts from the subscription, not from the consumer's creation: the terminal
-        # table is loaded in between, which can take longer than a stall.
+        # A run of failing reports counts from the subscription, not from the consumer's
+        # creation: the terminal table is loaded in between, which can take longer than a stall.
         self._group.restart()
         return subscription
 

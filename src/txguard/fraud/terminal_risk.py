@@ -137,7 +137,8 @@ class _Stage:
         publisher = ConfirmedPublisher(bootstrap, client_id=self.group, on_retry=self._retry)
         try:
             subscription = self.subscribe(consumer)
-            self._group_watch.restart()  # Counts from the subscription (after the metadata reads).
+            # A run of failing reports counts from the subscription, after the metadata reads.
+            self._group_watch.restart()
             while not stop.is_set():
                 if self._group_watch.stalled() and replace_stalled_consumer(
                     self._group_watch, bootstrap, what=self._what, group=self.group

@@ -7,8 +7,9 @@ outage it is something else for a while, and comes back by itself.
 
 It did not always come back: after a broker restart, a consumer was seen to stay out of its group
 for good, its group coordinator unknown and a request to it never sent, while every other client
-of the same cluster had reconnected. `GroupWatch` notices a membership that has not worked for
-`stall_seconds`; the loop then asks `replace_stalled_consumer` whether to replace its consumer:
+of the same cluster had reconnected. `GroupWatch` notices a membership whose reports have said for
+`stall_seconds` that it does not work; the loop then asks `replace_stalled_consumer` whether to
+replace its consumer:
 yes when the cluster answers a new client, and the loop drops what it holds of its partitions (as
 if they were lost), retires the old subscription, closes the consumer (`close_consumer`) and
 subscribes a new one; no during an outage, and the loop keeps waiting for the consumer to rejoin.
