@@ -173,8 +173,8 @@ class OutboxSignal:
         try:
             listening = bell.listen()
         except OSError as exc:
-            log.warning("outbox bell failed (%s); polling instead", exc)
-            listening = False
+            self._bell_failed(bell, exc)
+            return
         if not listening:
             self._listen_again_at = time.monotonic() + _BELL_RETRY_SECONDS
             return
@@ -186,7 +186,8 @@ class OutboxSignal:
         ).start()
 
     def _bell_failed(self, bell: OutboxBell, error: OSError) -> None:
-        """The listening bell broke: the relay polls, and listens to a new bell later."""
+        """The bell broke (listening to it, or while listened to): the relay polls, and listens
+        to a new bell later."""
         log.warning("outbox bell failed (%s); polling instead", error)
         bell.close()
         self._bell = OutboxBell(self._path)
