@@ -114,6 +114,7 @@ class DecisionApplier:
         if bootstrap is None:
             return
         store = self._open_store()
+        group = self.settings.applier_group
         consumer = self._new_consumer(bootstrap)
         stats_logged_at = time.monotonic()
         try:
@@ -135,9 +136,10 @@ class DecisionApplier:
                     batch_processed(consumer, self.metrics)
                 if time.monotonic() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
                     self._commit(consumer)
-                if self._group.stalled() and self._replace_consumer(
-                    bootstrap, consumer, subscription
+                if self._group.stalled() and replace_stalled_consumer(
+                    self._group, bootstrap, what="decision applier", group=group
                 ):
+                    self._retire(consumer, subscription)
                     consumer = self._new_consumer(bootstrap)
                     subscription = self._subscribe(consumer)
                 if time.monotonic() - stats_logged_at >= STATS_LOG_INTERVAL_SECONDS:
@@ -172,23 +174,15 @@ class DecisionApplier:
             on_lost=self._forget_lost,
         )
 
-    def _replace_consumer(
-        self, bootstrap: str, consumer: Consumer, subscription: Subscription
-    ) -> bool:
-        """The group membership has not worked for a while: if the cluster answers, close the
-        consumer (within its bound) and return True, for the caller to make a new one.
+    def _retire(self, consumer: Consumer, subscription: Subscription) -> None:
+        """Give up a consumer whose group membership stalled, before a new one subscribes.
 
-        The applied offsets not committed yet are dropped, and the old consumer's rebalance
-        callbacks retired: the group no longer counts this member, so the partitions' next owner
-        applies those decisions again, as duplicates.
+        The applied offsets not committed yet are dropped: the group no longer counts this
+        member, so the partitions' next owner applies those decisions again, as duplicates.
         """
-        what, group = "decision applier", self.settings.applier_group
-        if not replace_stalled_consumer(self._group, bootstrap, what=what, group=group):
-            return False
         self.stats.consumers_replaced += 1
         self._uncommitted.take()
-        retire_consumer(consumer, subscription, self.metrics, what=what)
-        return True
+        retire_consumer(consumer, subscription, self.metrics, what="decision applier")
 
     def _commit(self, consumer: Consumer) -> None:
         """Commit every applied offset not committed yet."""
