@@ -17,7 +17,6 @@ subscribes a new one; no during an outage, and the loop keeps waiting for the co
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -64,11 +63,8 @@ class GroupWatch:
 
     def stats_cb(self, stats_json: str) -> None:
         """The consumer's `stats_cb`: the Kafka-health metrics first, then the group's state."""
-        kafka_statistics(stats_json)
-        try:
-            cgrp = json.loads(stats_json).get("cgrp")
-        except ValueError:
-            return  # kafka_statistics has logged it
+        stats = kafka_statistics.report(stats_json)
+        cgrp = stats.get("cgrp") if stats is not None else None
         if isinstance(cgrp, Mapping):
             self.observe(cgrp)
 

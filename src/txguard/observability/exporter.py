@@ -124,10 +124,21 @@ class KafkaStatistics:
 
     def __call__(self, stats_json: str) -> None:
         """The `stats_cb` of every txguard client; never raises into librdkafka's poll."""
+        self.report(stats_json)
+
+    def report(self, stats_json: str) -> Mapping[str, Any] | None:
+        """Update the metrics from one report; returns it parsed (None if it is not a JSON
+        object), for a callback that reads more of it. Never raises."""
         try:
-            self.update(json.loads(stats_json))
+            stats = json.loads(stats_json)
         except Exception:
             log.warning("ignoring malformed librdkafka statistics", exc_info=True)
+            return None
+        try:
+            self.update(stats)
+        except Exception:
+            log.warning("ignoring malformed librdkafka statistics", exc_info=True)
+        return stats if isinstance(stats, Mapping) else None
 
     def update(self, stats: Mapping[str, Any]) -> None:
         client_id = str(stats.get("client_id", ""))
