@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,13 +12,37 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
 from txguard.clock import now_us
-from txguard.config import TRANSACTIONS_TOPIC
+from txguard.config import TRANSACTIONS_TOPIC, Settings
 from txguard.kafka.clients import make_admin, make_consumer
 from txguard.kafka.serde import encode_transaction_created
+from txguard.kafka.topics import ensure_topics, topic_specs
 from txguard.schema.ids import new_random_id
 from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
 from txguard.store.interface import NewTransaction, OutboxEvent
+
+
+def delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete the topics (those that exist) and wait until the cluster no longer lists them."""
+    with make_admin(bootstrap, client_id="test-delete-topics") as admin:
+        futures = admin.delete_topics(names, operation_timeout=30)
+        for future in futures.values():
+            with contextlib.suppress(KafkaException):
+                future.result()
+        wait_until(lambda: not set(names) & set(admin.list_topics(timeout=10).topics))
+
+
+def delete_namespace_topics(settings: Settings) -> None:
+    """Delete every topic of the settings' namespace (a test's own pipeline)."""
+    assert settings.kafka_bootstrap is not None
+    delete_topics(settings.kafka_bootstrap, [spec.name for spec in topic_specs(settings)])
+
+
+def recreate_topic(settings: Settings, name: str) -> None:
+    """Delete a topic of the settings' namespace and create it again, empty, with its spec."""
+    assert settings.kafka_bootstrap is not None
+    delete_topics(settings.kafka_bootstrap, [name])
+    assert ensure_topics(settings.kafka_bootstrap, settings) == [name]
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:

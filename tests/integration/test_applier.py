@@ -13,7 +13,9 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from tests.support import (
     OtherProtocolMember,
     committed_offsets,
+    delete_namespace_topics,
     new_transaction,
+    recreate_topic,
     running_in_thread,
     wait_until,
 )
@@ -21,6 +23,7 @@ from txguard.clock import now_us, timestamp_from_us
 from txguard.config import DECISIONS_TOPIC, Settings
 from txguard.kafka import serde
 from txguard.kafka.clients import make_producer
+from txguard.kafka.topics import ensure_topics
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome, Reason
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
 from txguard.store.sqlite import SqliteStore
@@ -48,7 +51,9 @@ def decision_for(tx: Transaction, outcome: Outcome.ValueType, score: float) -> F
     )
 
 
-def publish(producer: Producer, decisions: list[FraudDecision]) -> None:
+def publish(
+    producer: Producer, decisions: list[FraudDecision], topic: str = DECISIONS_TOPIC
+) -> None:
     errors: list[KafkaError] = []
 
     def report(error: KafkaError | None, _message: Message) -> None:
@@ -58,7 +63,7 @@ def publish(producer: Producer, decisions: list[FraudDecision]) -> None:
     for decision in decisions:
         encoded = serde.encode_decision(decision)
         producer.produce(
-            DECISIONS_TOPIC,
+            topic,
             key=encoded.key,
             value=encoded.value,
             headers=list(encoded.headers),
@@ -255,3 +260,52 @@ def test_a_consumer_kept_out_of_its_group_is_replaced_and_applies_once_let_in(
         assert applied.status == TransactionStatus.TRANSACTION_STATUS_APPROVED
     finally:
         store.close()
+
+
+class ConsumerKeepingApplier(DecisionApplier):
+    """An applier whose latest Kafka consumer the test can reach, to pause its fetching."""
+
+    consumer: Consumer | None = None
+
+    def _new_consumer(self, bootstrap: str) -> Consumer:
+        self.consumer = super()._new_consumer(bootstrap)
+        return self.consumer
+
+
+def test_a_decisions_topic_created_again_while_the_applier_runs_is_read_from_its_start(
+    kafka_broker: KafkaBroker, txguard_env: dict[str, str], producer: Producer
+) -> None:
+    """The applier holds its partitions at offset 3 when the decisions topic is deleted and
+    created again. It fetches nothing meanwhile (paused), so the new topic has grown past offset
+    3 when it fetches again: a consumer that goes on from its position never sees the first
+    decisions of the new topic."""
+    namespace = f"recreated-{uuid.uuid4().hex[:10]}"
+    settings = Settings.from_env({**txguard_env, "TXGUARD_TOPIC_NAMESPACE": namespace})
+    topic = settings.topics.decisions
+    ensure_topics(kafka_broker.bootstrap, settings)
+    store = SqliteStore(settings.store_path)
+    applier = ConsumerKeepingApplier(settings, topic_check_seconds=0.2)
+    try:
+        # One account: one partition of the decisions topic.
+        account = f"recreated-{uuid.uuid4().hex[:10]}"
+        items = [new_transaction(account) for _ in range(9)]
+        store.record_transactions(items)
+        decisions = [decision_for(i.transaction, Outcome.OUTCOME_APPROVE, 0.1) for i in items]
+        publish(producer, decisions[:3], topic)
+        with running_in_thread(applier.run, "decision-applier"):
+            wait_until(lambda: applier.stats.applied == 3)
+            consumer = applier.consumer
+            assert consumer is not None
+            consumer.pause(consumer.assignment())
+            recreate_topic(settings, topic)
+            publish(producer, decisions[3:], topic)
+            consumer.resume(consumer.assignment())
+            wait_until(lambda: applier.stats.applied == 9)
+        assert applier.stats.topic_recreations == 1
+        for item in items:
+            stored = store.get_transaction(item.transaction.transaction_id)
+            assert stored is not None
+            assert stored.status == TransactionStatus.TRANSACTION_STATUS_APPROVED
+    finally:
+        store.close()
+        delete_namespace_topics(settings)

@@ -24,6 +24,8 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from tests.support import (
     OtherProtocolMember,
     committed_offsets,
+    delete_namespace_topics,
+    recreate_topic,
     running_in_thread,
     start_group_at_end,
     wait_until,
@@ -70,8 +72,9 @@ def transaction_event(
 class RecordProducer:
     """Produces records to the shared topics and waits for every delivery."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, topic: str = TRANSACTIONS_TOPIC) -> None:
         self._producer: Producer = make_producer(bootstrap, client_id="test-detector-producer")
+        self._topic = topic
         self._errors: list[KafkaError] = []
 
     def events(self, events: list[TransactionCreated]) -> None:
@@ -81,7 +84,7 @@ class RecordProducer:
 
     def raw(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         self._producer.produce(
-            TRANSACTIONS_TOPIC,
+            self._topic,
             key=key,
             value=value,
             headers=cast(list[tuple[str, str | bytes | None]], headers),
@@ -124,10 +127,8 @@ class TopicReader:
 
 
 class DecisionReader(TopicReader):
-    def __init__(self, bootstrap: str, accounts: set[str]) -> None:
-        super().__init__(
-            bootstrap, DECISIONS_TOPIC, lambda m: (m.key() or b"").decode() in accounts
-        )
+    def __init__(self, bootstrap: str, accounts: set[str], topic: str = DECISIONS_TOPIC) -> None:
+        super().__init__(bootstrap, topic, lambda m: (m.key() or b"").decode() in accounts)
 
     @property
     def decisions(self) -> list[FraudDecision]:
@@ -592,6 +593,93 @@ def test_a_state_written_for_a_recreated_topic_does_not_swallow_its_new_records(
     ]
     assert restored == 1
     assert f"partition {partition} of {TRANSACTIONS_TOPIC} ends at offset" in caplog.text
+
+
+def test_a_transactions_topic_created_again_while_the_detector_runs_is_read_from_its_start(
+    kafka_broker: KafkaBroker, txguard_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A first detector decides three events of an account and stops: its checkpoint says the
+    # account's partition is processed up to the third's offset. A second detector restores that
+    # state and is running when the transactions topic is deleted and created again; the
+    # account's next events land on the new topic below that offset (where librdkafka starts the
+    # partition again) or around it (where the consumer goes on from its old position). Either
+    # way, a detector that did not notice the new topic would never decide some of them.
+    settings = Settings.from_env(
+        {**txguard_env, "TXGUARD_TOPIC_NAMESPACE": f"recreated-{uuid.uuid4().hex[:10]}"}
+    )
+    topics = settings.topics
+    ensure_topics(kafka_broker.bootstrap, settings)
+    account = new_account("recreated")
+    before = [transaction_event(account) for _ in range(3)]
+    after = [transaction_event(account) for _ in range(5)]
+    marker = transaction_event(account)
+    produce = RecordProducer(kafka_broker.bootstrap, topics.transactions)
+    reader = DecisionReader(kafka_broker.bootstrap, {account}, topics.decisions)
+    caplog.set_level(logging.WARNING, logger="txguard.kafka.topic_identity")
+    try:
+        produce.events(before)
+        with running_detector(settings):
+            reader.until_decided({event.transaction.transaction_id for event in before})
+        detector = FraudDetector(settings, topic_check_seconds=0.2)
+        with running_in_thread(detector.run, "fraud-detector"):
+            wait_until(lambda: detector.stats.restored_accounts == 1)
+            recreate_topic(settings, topics.transactions)
+            produce.events(after)
+            reader.until_decided({event.transaction.transaction_id for event in after})
+            # Records read before the new topic was noticed are read again after it; the marker,
+            # behind them in their partition, is decided after any second decision of theirs.
+            produce.events([marker])
+            decisions = reader.until_decided({marker.transaction.transaction_id})
+        recreations = detector.stats.topic_recreations
+    finally:
+        produce.close()
+        reader.close()
+        delete_namespace_topics(settings)
+    assert [d.transaction_id for d in decisions] == [
+        event.transaction.transaction_id for event in [*before, *after, marker]
+    ]
+    assert recreations == 1
+    assert f"fraud detector: {topics.transactions} was deleted and created again" in caplog.text
+
+
+def test_a_detector_started_after_its_topic_was_created_again_decides_the_new_records(
+    kafka_broker: KafkaBroker, txguard_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first detector decides three events of an account and stops: its state records offset
+    # 3 and the topic's id. The topic is deleted and created again while no detector runs, and
+    # five events of the account land on it at offsets 0 to 4: the partition ends past the
+    # state's offset, so only the topic id tells that the offset counts in the old topic.
+    settings = Settings.from_env(
+        {**txguard_env, "TXGUARD_TOPIC_NAMESPACE": f"restarted-{uuid.uuid4().hex[:10]}"}
+    )
+    topics = settings.topics
+    ensure_topics(kafka_broker.bootstrap, settings)
+    account = new_account("restarted")
+    before = [transaction_event(account) for _ in range(3)]
+    after = [transaction_event(account) for _ in range(5)]
+    produce = RecordProducer(kafka_broker.bootstrap, topics.transactions)
+    reader = DecisionReader(kafka_broker.bootstrap, {account}, topics.decisions)
+    caplog.set_level(logging.WARNING, logger="txguard.fraud.detector")
+    try:
+        produce.events(before)
+        with running_detector(settings):
+            reader.until_decided({event.transaction.transaction_id for event in before})
+        recreate_topic(settings, topics.transactions)
+        produce.events(after)
+        with running_detector(settings) as detector:
+            decisions = reader.until_decided(
+                {event.transaction.transaction_id for event in before + after}
+            )
+            restored = detector.stats.restored_accounts
+    finally:
+        produce.close()
+        reader.close()
+        delete_namespace_topics(settings)
+    assert [d.transaction_id for d in decisions] == [
+        event.transaction.transaction_id for event in before + after
+    ]
+    assert restored == 1
+    assert "counts offsets in the topic before it was deleted and created again" in caplog.text
 
 
 class FailOnAccount:

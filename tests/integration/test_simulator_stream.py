@@ -7,7 +7,6 @@ Kafka by the ids its store gave them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import signal
 import subprocess
@@ -22,19 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import KafkaException
 from google.protobuf.message import DecodeError
 
 from tests.e2e.harness import Pipeline, TopicRecord, open_store_readonly, read_topic
-from tests.support import wait_until
+from tests.support import delete_namespace_topics, wait_until
 from txguard.config import TRANSACTIONS_TOPIC, Settings
-from txguard.kafka.clients import make_admin
 from txguard.kafka.serde import (
     decode_fraud_label,
     decode_stream_watermark,
     is_stream_watermark,
 )
-from txguard.kafka.topics import existing_partition_counts, topic_specs
+from txguard.kafka.topics import existing_partition_counts
 from txguard.replay.events import DAY_US, HOUR_US
 from txguard.schema.v1.events_pb2 import TransactionCreated
 from txguard.schema.v1.labels_pb2 import FraudLabel
@@ -75,18 +72,8 @@ def api(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
         yield pipeline
     finally:
         codes = pipeline.stop_all()
-        _delete_topics(Settings.from_env(stream_env))
+        delete_namespace_topics(Settings.from_env(stream_env))
     assert codes == {"transactions": 0}, pipeline.logs()[-5000:]
-
-
-def _delete_topics(settings: Settings) -> None:
-    bootstrap = settings.kafka_bootstrap
-    assert bootstrap is not None
-    with make_admin(bootstrap) as admin:
-        futures = admin.delete_topics([s.name for s in topic_specs(settings)], operation_timeout=30)
-        for future in futures.values():
-            with contextlib.suppress(KafkaException):
-                future.result()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""A terminal-risk stage against a real broker: a consumer kept out of its group is replaced."""
+"""A terminal-risk stage against a real broker: a consumer kept out of its group is replaced; an
+input topic created again is read from its start."""
 
 from __future__ import annotations
 
@@ -6,12 +7,21 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
+from confluent_kafka import Consumer, Producer
 
-from tests.support import OtherProtocolMember, new_transaction, running_in_thread, wait_until
+from tests.support import (
+    OtherProtocolMember,
+    delete_namespace_topics,
+    new_transaction,
+    recreate_topic,
+    running_in_thread,
+    wait_until,
+)
 from txguard.config import Settings
 from txguard.fraud.terminal_risk import TerminalEventRekeyer
 from txguard.kafka import serde
 from txguard.kafka.clients import make_producer
+from txguard.kafka.topics import ensure_topics
 from txguard.schema.v1.events_pb2 import TransactionCreated
 
 if TYPE_CHECKING:
@@ -37,15 +47,57 @@ def test_a_stage_kept_out_of_its_group_is_replaced_and_consumes_once_let_in(
         blocker.hold_until(lambda: stage.stats.consumers_replaced >= 2)
         assert stage.stats.consumed == 0
         blocker.leave()
-        item = new_transaction(f"stage-{uuid.uuid4().hex[:10]}")
+        produce_transactions(producer, settings.topics.transactions, f"stage-{uuid.uuid4()}", 1)
+        wait_until(lambda: stage.stats.consumed > 0)
+
+
+def produce_transactions(producer: Producer, topic: str, account: str, count: int) -> None:
+    """`count` transaction records of one account (one partition), each delivered."""
+    for _ in range(count):
+        item = new_transaction(account)
         encoded = serde.encode_transaction_created(
             TransactionCreated(event_id=str(uuid.uuid4()), transaction=item.transaction)
         )
-        producer.produce(
-            settings.topics.transactions,
-            key=encoded.key,
-            value=encoded.value,
-            headers=list(encoded.headers),
-        )
-        assert producer.flush(30) == 0
-        wait_until(lambda: stage.stats.consumed > 0)
+        producer.produce(topic, key=encoded.key, value=encoded.value, headers=list(encoded.headers))
+    assert producer.flush(30) == 0
+
+
+class ConsumerKeepingRekeyer(TerminalEventRekeyer):
+    """A re-keying stage whose latest Kafka consumer the test can reach, to pause its fetching."""
+
+    consumer: Consumer | None = None
+
+    def _new_consumer(self, bootstrap: str) -> Consumer:
+        self.consumer = super()._new_consumer(bootstrap)
+        return self.consumer
+
+
+def test_an_input_topic_created_again_while_a_stage_runs_is_read_from_its_start(
+    kafka_broker: KafkaBroker, txguard_env: dict[str, str]
+) -> None:
+    """The stage holds its transactions partitions at offset 3 when the topic is deleted and
+    created again. It fetches nothing meanwhile (paused), so the new topic has grown past offset
+    3 when it fetches again: a consumer that goes on from its position never sees the first
+    records of the new topic."""
+    namespace = f"recreated-{uuid.uuid4().hex[:10]}"
+    settings = Settings.from_env({**txguard_env, "TXGUARD_TOPIC_NAMESPACE": namespace})
+    topic = settings.topics.transactions
+    ensure_topics(kafka_broker.bootstrap, settings)
+    stage = ConsumerKeepingRekeyer(settings)
+    stage.topic_check_seconds = 0.2
+    producer = make_producer(kafka_broker.bootstrap, client_id="test-terminal-risk-stage")
+    account = f"recreated-{uuid.uuid4().hex[:10]}"
+    try:
+        produce_transactions(producer, topic, account, 3)
+        with running_in_thread(stage.run, "terminal-risk-rekey"):
+            wait_until(lambda: stage.stats.consumed == 3)
+            consumer = stage.consumer
+            assert consumer is not None
+            consumer.pause(consumer.assignment())
+            recreate_topic(settings, topic)
+            produce_transactions(producer, topic, account, 6)
+            consumer.resume(consumer.assignment())
+            wait_until(lambda: stage.stats.consumed >= 9)
+        assert stage.stats.topic_recreations == 1
+    finally:
+        delete_namespace_topics(settings)

@@ -226,4 +226,8 @@ def test_a_copy_reflects_the_highest_offset_its_account_was_ever_written_with() 
     assert _observed(state, 0, "acct").next_offset == 0
     [(_, rewritten)] = state.take_changed_copies({0: 3})
     assert rewritten.next_offset == 3
+    assert rewritten.to_proto("topic-id-2").transactions_topic_id == "topic-id-2"
+    # An account without an offset of its own is written again too: its copies were stamped with
+    # the partition's position in the old topic.
     assert state.forget_offsets(0) == 0
+    assert [copy.account_id for _, copy in state.take_changed_copies({})] == ["acct"]

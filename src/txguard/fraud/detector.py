@@ -23,11 +23,16 @@ from typing import cast
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from txguard.clock import now_us
 from txguard.config import Settings
-from txguard.fraud.changelog import changelog_record, check_copartitioned, restore_partitions
+from txguard.fraud.changelog import (
+    ChangelogNotCopartitioned,
+    changelog_record,
+    check_copartitioned,
+    restore_partitions,
+)
 from txguard.fraud.checkpoint import CHECKPOINT_STEP_ACCOUNTS, CheckpointRound
 from txguard.fraud.dead_letter import DeadLetter, dead_letter_for
 from txguard.fraud.decision_wire import DecisionWriter
@@ -64,6 +69,11 @@ from txguard.kafka.serde import (
     InvalidEvent,
     ReceivedHeaders,
     parse_transactions_topic_record,
+)
+from txguard.kafka.topic_identity import (
+    CHECK_SECONDS,
+    TopicIdentity,
+    TopicRecreated,
 )
 from txguard.kafka.topics import ensure_topics
 from txguard.observability import metrics
@@ -108,6 +118,8 @@ class DetectorStats:
     accounts: int = 0  # accounts held in memory (at the last stats log)
     state_bytes_per_account: int = 0  # their history's memory, on average (at the last stats log)
     consumers_replaced: int = 0  # consumers replaced after the group membership stalled
+    # Times the transactions topic was found deleted and created again (read again from the start).
+    topic_recreations: int = 0
 
 
 @dataclass
@@ -130,9 +142,13 @@ class FraudDetector:
         scorer: Scorer | None = None,
         on_loaded: Callable[[], None] | None = None,
         group_stall_seconds: float = STALL_SECONDS,
+        topic_check_seconds: float = CHECK_SECONDS,
     ) -> None:
         """`on_loaded` is called once the terminal table is loaded, before the first record."""
         self.settings = settings
+        self._topic_check_seconds = topic_check_seconds
+        # The transactions topic's partition count, which the changelog's matches (`run`).
+        self._partition_count = 0
         self._group_stall_seconds = group_stall_seconds
         self._group = GroupWatch(stall_seconds=group_stall_seconds)
         self._on_loaded = on_loaded
@@ -152,6 +168,8 @@ class FraudDetector:
         self._table_lag = metrics.TERMINAL_TABLE_LAG.labels("detector")
         self._model_shown = ""
         self._bootstrap = ""
+        # Follows the transactions topic's id while running (`run`).
+        self._identity: TopicIdentity | None = None
         self._publisher: ConfirmedPublisher | None = None
         self._follower: TerminalTableFollower | None = None
         # Offsets processed but not yet committed: committed at the next checkpoint.
@@ -175,10 +193,16 @@ class FraudDetector:
         self._bootstrap = bootstrap
         group = self.settings.detector_group
         consumer = self._new_consumer(bootstrap)
+        identity = TopicIdentity(
+            bootstrap, [self.topics.transactions], check_seconds=self._topic_check_seconds
+        )
+        self._identity = identity
         try:
             # The group's own changelog is created on first start of a new group.
             ensure_topics(bootstrap, self.settings)
-            check_copartitioned(
+            # The id that states written from now on record, and that later ones are compared to.
+            self._current_topic_id()
+            self._partition_count = check_copartitioned(
                 self.settings.detector_state_topic,
                 {
                     name: len(topic.partitions)
@@ -217,6 +241,8 @@ class FraudDetector:
                     self._batch_unsent = False
                     batch_processed(consumer, self.metrics)
                 self.checkpoint_step(consumer, stop, len(records))
+                for recreated in identity.check(consumer):
+                    self._read_recreated_topic(consumer, identity, recreated)
                 if self._group.stalled() and replace_stalled_consumer(
                     self._group, bootstrap, what="fraud detector", group=group
                 ):
@@ -236,6 +262,8 @@ class FraudDetector:
             # Closing leaves the group; the revoke callback drops the partitions' state, which is
             # in the changelog up to the last checkpoint, as far as the committed offsets go.
             close_consumer(consumer, what="fraud detector")
+            self._identity = None
+            identity.close()
             if self._publisher is not None:
                 self._publisher.close()
             if self._follower is not None:
@@ -279,6 +307,39 @@ class FraudDetector:
         if held:
             self._on_lost(consumer, held)
         retire_consumer(consumer, subscription, self.metrics, what="fraud detector")
+
+    def _read_recreated_topic(
+        self, consumer: Consumer, identity: TopicIdentity, recreated: TopicRecreated
+    ) -> None:
+        """The transactions topic was deleted and created again while this detector read it.
+
+        Every record of the new topic is new here, whatever its offset, and its offsets say
+        nothing of the old topic's: each partition held is read again from its beginning, the
+        state's offsets of the old topic are forgotten (a record already decided since the new
+        topic began is recognised by its event id), and offsets of the old topic not committed
+        yet are dropped, with the part of a checkpoint round that would commit or stamp them.
+        """
+        if recreated.partitions != self._partition_count:
+            raise ChangelogNotCopartitioned(
+                f"{recreated.topic} was created again with {recreated.partitions} partitions, "
+                f"but {self.settings.detector_state_topic} has {self._partition_count}: the "
+                "detector's state cannot follow its partitions; give the detectors a new group "
+                "(TXGUARD_DETECTOR_GROUP), whose changelog is created to match"
+            )
+        self.stats.topic_recreations += 1
+        held = identity.read_from_start(consumer, recreated, what="fraud detector")
+        self._uncommitted.take_partitions(held)
+        if self._round is not None:
+            self._round.drop_partitions(held)
+        cleared = 0
+        for partition in held:
+            self._positions.pop(partition.partition, None)
+            cleared += self.state.forget_offsets(partition.partition)
+        log.warning(
+            "fraud detector: the offsets of the old topic in the state of %d accounts are "
+            "forgotten; records decided already are recognised by event id",
+            cleared,
+        )
 
     # -- the pipeline, one step per method ---------------------------------------------------
 
@@ -503,10 +564,13 @@ class FraudDetector:
         return True
 
     def _write_state(self, accounts: Sequence[tuple[int, AccountHistory]]) -> None:
-        """Send these account states to the changelog (confirmed by a later step)."""
+        """Send these account states to the changelog (confirmed by a later step), each with the
+        id of the transactions topic its offsets count in."""
         topic = self.settings.detector_state_topic
+        identity = self._identity
+        topic_id = (identity.topic_id(self.topics.transactions) if identity else None) or ""
         records = [
-            changelog_record(topic, StateChange(partition, history.to_proto()))
+            changelog_record(topic, StateChange(partition, history.to_proto(topic_id)))
             for partition, history in accounts
         ]
         cast(ConfirmedPublisher, self._publisher).send(records)
@@ -535,11 +599,12 @@ class FraudDetector:
                 group_id=self.settings.detector_group,
                 timeout_seconds=RESTORE_TIMEOUT_SECONDS,
             )
+        topic_id = self._current_topic_id()
         for number in numbers:
             states = restored.get(number, [])
             self.state.assign(number, states)
             self.stats.restored_accounts += len(states)
-            self._check_offsets(consumer, number, states)
+            self._check_offsets(consumer, number, states, topic_id)
         log.info(
             "assigned partitions %s; restored %d account states in %.2f s",
             numbers,
@@ -547,13 +612,43 @@ class FraudDetector:
             time.monotonic() - started,
         )
 
+    def _current_topic_id(self) -> str | None:
+        """The transactions topic's id now; None when it cannot be known."""
+        if self._identity is None:
+            return None
+        try:
+            return self._identity.current(self.topics.transactions)
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("topic id of %s not known (%s)", self.topics.transactions, exc)
+            return None
+
     def _check_offsets(
-        self, consumer: Consumer, partition: int, states: Sequence[AccountHistoryState]
+        self,
+        consumer: Consumer,
+        partition: int,
+        states: Sequence[AccountHistoryState],
+        topic_id: str | None,
     ) -> None:
-        """Forget the restored states' offsets if the partition ends below them: the transactions
-        topic was recreated since they were written, and its new records are not redeliveries."""
+        """Forget the restored states' offsets if they count in a transactions topic deleted and
+        created again since they were written: its new records are not redeliveries. Told by the
+        topic id a state records, or for states that record none (written before it was
+        recorded), by the partition ending below their offsets."""
         recorded = max((state.next_offset for state in states), default=0)
         if not recorded:
+            return
+        other = {state.transactions_topic_id for state in states} - {"", topic_id}
+        if topic_id is not None and other:
+            cleared = self.state.forget_offsets(partition)
+            log.warning(
+                "partition %d of %s: the state of %d accounts counts offsets in the topic before "
+                "it was deleted and created again (topic id %s, now %s); its records are decided "
+                "anew, duplicates recognised by event id only",
+                partition,
+                self.topics.transactions,
+                cleared,
+                ", ".join(sorted(other)),
+                topic_id,
+            )
             return
         _, end = consumer.get_watermark_offsets(
             TopicPartition(self.topics.transactions, partition), timeout=RESTORE_TIMEOUT_SECONDS

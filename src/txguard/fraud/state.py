@@ -139,11 +139,13 @@ class AccountHistory:
         history.amount_bound_minor = max(history.amounts_minor, default=0)
         return history
 
-    def to_proto(self) -> AccountHistoryState:
+    def to_proto(self, transactions_topic_id: str = "") -> AccountHistoryState:
+        """The changelog's form; `transactions_topic_id` names the topic `next_offset` counts in."""
         return AccountHistoryState(
             account_id=self.account_id,
             last_event_time_ms=self.last_event_time_ms,
             next_offset=self.next_offset,
+            transactions_topic_id=transactions_topic_id,
             event_id_hashes_le=_little_endian(self.hashes),
             event_times_ms_le=_little_endian(self.times_ms),
             amounts_minor_le=_little_endian(self.amounts_minor),
@@ -312,15 +314,15 @@ class DetectorState:
 
     def forget_offsets(self, partition: int) -> int:
         """Clear `next_offset` of the partition's accounts (their offsets belong to a topic that
-        is no longer there) and mark them changed, so that the next checkpoint writes them with
-        offsets of the topic as it is; how many accounts had one."""
+        is no longer there) and mark every account changed, so that the next checkpoint writes
+        each with offsets of the topic as it is; how many accounts had one."""
         part = self._partition(partition)
         cleared = 0
         for name, history in part.accounts.items():
             if history.next_offset:
                 history.next_offset = 0
-                part.changed.add(name)
                 cleared += 1
+            part.changed.add(name)
         return cleared
 
     def memory_bytes(self) -> int:

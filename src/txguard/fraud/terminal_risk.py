@@ -61,6 +61,11 @@ from txguard.kafka.serde import (
     decode_transaction_created,
     is_stream_watermark,
 )
+from txguard.kafka.topic_identity import (
+    CHECK_SECONDS,
+    TopicIdentity,
+    TopicRecreated,
+)
 from txguard.observability import metrics
 from txguard.schema.v1.terminal_risk_pb2 import (
     SourceWatermark,
@@ -97,6 +102,7 @@ class AggregatorStats:
     batches: int = 0
     retries: int = 0
     consumers_replaced: int = 0  # consumers replaced after the group membership stalled
+    topic_recreations: int = 0  # input topics found deleted and created again
 
 
 def _partition_count(consumer: Consumer, topic: str) -> int:
@@ -125,6 +131,7 @@ class _Stage:
         self.group = f"{settings.terminal_risk_group}.{self.name}"
         self.bootstrap = ""
         self.group_stall_seconds = STALL_SECONDS
+        self.topic_check_seconds = CHECK_SECONDS
         self._group_watch = GroupWatch(stall_seconds=self.group_stall_seconds)
         self._what = f"terminal-risk {self.name}"
 
@@ -135,6 +142,9 @@ class _Stage:
         self.bootstrap = bootstrap
         consumer = self._new_consumer(bootstrap)
         publisher = ConfirmedPublisher(bootstrap, client_id=self.group, on_retry=self._retry)
+        identity = TopicIdentity(
+            bootstrap, self.input_topics, check_seconds=self.topic_check_seconds
+        )
         try:
             subscription = self.subscribe(consumer)
             # A run of failing reports counts from the subscription, after the metadata reads.
@@ -146,6 +156,8 @@ class _Stage:
                     self._retire(consumer, subscription)
                     consumer = self._new_consumer(bootstrap)
                     subscription = self.subscribe(consumer)
+                for recreated in identity.check(consumer):
+                    self._read_recreated_topic(consumer, identity, recreated)
                 records = poll_batch(
                     consumer,
                     self.settings.consume_batch_size,
@@ -168,6 +180,7 @@ class _Stage:
             log.error("stopping without committing the last batch (%s)", exc)
         finally:
             close_consumer(consumer, what=self._what)
+            identity.close()
             publisher.close()
             log.info("terminal-risk %s stopped: %s", self.name, asdict(self.stats))
 
@@ -190,8 +203,21 @@ class _Stage:
         self.forget_partitions()
         retire_consumer(consumer, subscription, self.metrics, what=self._what)
 
+    def _read_recreated_topic(
+        self, consumer: Consumer, identity: TopicIdentity, recreated: TopicRecreated
+    ) -> None:
+        """An input topic was deleted and created again while the stage read it: each of its
+        partitions held is read from its start. The output is idempotent: an entry merged twice
+        is the same entry, a watermark only advances."""
+        self.stats.topic_recreations += 1
+        identity.read_from_start(consumer, recreated, what=self._what)
+
     def forget_partitions(self) -> None:
         """Drop what the stage holds of its partitions (a stage with state overrides this)."""
+
+    @property
+    def input_topics(self) -> list[str]:
+        raise NotImplementedError
 
     def subscribe(self, consumer: Consumer) -> Subscription:
         raise NotImplementedError
@@ -217,11 +243,13 @@ class TerminalEventRekeyer(_Stage):
         self._announced: dict[tuple[str, int], int] = {}
         self._targets = 0
 
+    @property
+    def input_topics(self) -> list[str]:
+        return [self.topics.transactions, self.topics.labels]
+
     def subscribe(self, consumer: Consumer) -> Subscription:
         self._targets = _partition_count(consumer, self.topics.terminal_events)
-        return subscribe(
-            consumer, [self.topics.transactions, self.topics.labels], metrics=self.metrics
-        )
+        return subscribe(consumer, self.input_topics, metrics=self.metrics)
 
     def transform(self, records: Sequence[Message]) -> list[OutgoingRecord]:
         return self.rekey(records, self._targets)
@@ -340,6 +368,10 @@ class TerminalTableBuilder(_Stage):
         self._tables: dict[int, _PartitionTable] = {}
         self._source_partitions: dict[str, int] = {}
 
+    @property
+    def input_topics(self) -> list[str]:
+        return [self.topics.terminal_events]
+
     def subscribe(self, consumer: Consumer) -> Subscription:
         for topic in (self.topics.transactions, self.topics.labels):
             self._source_partitions[topic] = _partition_count(consumer, topic)
@@ -352,7 +384,7 @@ class TerminalTableBuilder(_Stage):
             )
         return subscribe(
             consumer,
-            [self.topics.terminal_events],
+            self.input_topics,
             metrics=self.metrics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,

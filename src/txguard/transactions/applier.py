@@ -50,6 +50,11 @@ from txguard.kafka.group_watch import (
     watched_consumer,
 )
 from txguard.kafka.serde import InvalidEvent, ReceivedHeaders, decode_decision
+from txguard.kafka.topic_identity import (
+    CHECK_SECONDS,
+    TopicIdentity,
+    TopicRecreated,
+)
 from txguard.observability import metrics
 from txguard.schema.v1.decision_pb2 import FraudDecision
 from txguard.store.interface import DecisionApplied, StoreLocked, TransactionStore
@@ -82,6 +87,7 @@ class ApplierStats:
     retries: int = 0  # store or commit attempts retried
     batches: int = 0  # batches applied
     consumers_replaced: int = 0  # consumers replaced after the group membership stalled
+    topic_recreations: int = 0  # times the decisions topic was found deleted and created again
 
 
 class DecisionApplier:
@@ -93,8 +99,10 @@ class DecisionApplier:
         *,
         store: TransactionStore | None = None,
         group_stall_seconds: float = STALL_SECONDS,
+        topic_check_seconds: float = CHECK_SECONDS,
     ) -> None:
         self.settings = settings
+        self._topic_check_seconds = topic_check_seconds
         self.stats = ApplierStats()
         self._store = store
         self._owns_store = store is None
@@ -116,6 +124,9 @@ class DecisionApplier:
         store = self._open_store()
         group = self.settings.applier_group
         consumer = self._new_consumer(bootstrap)
+        identity = TopicIdentity(
+            bootstrap, [self.settings.topics.decisions], check_seconds=self._topic_check_seconds
+        )
         stats_logged_at = time.monotonic()
         try:
             subscription = self._subscribe(consumer)
@@ -136,6 +147,8 @@ class DecisionApplier:
                     batch_processed(consumer, self.metrics)
                 if time.monotonic() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
                     self._commit(consumer)
+                for recreated in identity.check(consumer):
+                    self._read_recreated_topic(consumer, identity, recreated)
                 if self._group.stalled() and replace_stalled_consumer(
                     self._group, bootstrap, what="decision applier", group=group
                 ):
@@ -148,6 +161,7 @@ class DecisionApplier:
             self._commit(consumer)
         finally:
             close_consumer(consumer, what="decision applier")
+            identity.close()
             self.metrics.lag.forget_all()
             if self._owns_store:
                 store.close()
@@ -183,6 +197,16 @@ class DecisionApplier:
         self.stats.consumers_replaced += 1
         self._uncommitted.take()
         retire_consumer(consumer, subscription, self.metrics, what="decision applier")
+
+    def _read_recreated_topic(
+        self, consumer: Consumer, identity: TopicIdentity, recreated: TopicRecreated
+    ) -> None:
+        """The decisions topic was deleted and created again while this applier read it: each
+        partition held is read from its start (applying is idempotent), and offsets of the old
+        topic not committed yet are dropped."""
+        self.stats.topic_recreations += 1
+        held = identity.read_from_start(consumer, recreated, what="decision applier")
+        self._uncommitted.take_partitions(held)
 
     def _commit(self, consumer: Consumer) -> None:
         """Commit every applied offset not committed yet."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftxguard/v1/detector_state.proto\x12\ntxguard.v1\"\xf3\x01\n\x13\x41\x63\x63ountHistoryState\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65vent_id_hashes\x18\x02 \x03(\x06\x12\x16\n\x0e\x65vent_times_ms\x18\x03 \x03(\x12\x12\x15\n\ramounts_minor\x18\x04 \x03(\x12\x12\x1a\n\x12last_event_time_ms\x18\x05 \x01(\x03\x12\x13\n\x0bnext_offset\x18\x06 \x01(\x03\x12\x1a\n\x12\x65vent_id_hashes_le\x18\x07 \x01(\x0c\x12\x19\n\x11\x65vent_times_ms_le\x18\x08 \x01(\x0c\x12\x18\n\x10\x61mounts_minor_le\x18\t \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftxguard/v1/detector_state.proto\x12\ntxguard.v1\"\x92\x02\n\x13\x41\x63\x63ountHistoryState\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0f\x65vent_id_hashes\x18\x02 \x03(\x06\x12\x16\n\x0e\x65vent_times_ms\x18\x03 \x03(\x12\x12\x15\n\ramounts_minor\x18\x04 \x03(\x12\x12\x1a\n\x12last_event_time_ms\x18\x05 \x01(\x03\x12\x13\n\x0bnext_offset\x18\x06 \x01(\x03\x12\x1a\n\x12\x65vent_id_hashes_le\x18\x07 \x01(\x0c\x12\x19\n\x11\x65vent_times_ms_le\x18\x08 \x01(\x0c\x12\x18\n\x10\x61mounts_minor_le\x18\t \x01(\x0c\x12\x1d\n\x15transactions_topic_id\x18\n \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'txguard.v1.detector_state_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACCOUNTHISTORYSTATE']._serialized_start=48
-  _globals['_ACCOUNTHISTORYSTATE']._serialized_end=291
+  _globals['_ACCOUNTHISTORYSTATE']._serialized_end=322
 # @@protoc_insertion_point(module_scope)

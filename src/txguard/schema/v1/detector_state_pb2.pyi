@@ -45,6 +45,7 @@ class AccountHistoryState(_message.Message):
     EVENT_ID_HASHES_LE_FIELD_NUMBER: _builtins.int
     EVENT_TIMES_MS_LE_FIELD_NUMBER: _builtins.int
     AMOUNTS_MINOR_LE_FIELD_NUMBER: _builtins.int
+    TRANSACTIONS_TOPIC_ID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     last_event_time_ms: _builtins.int
     """Highest event time (ms) seen for the account."""
@@ -61,6 +62,11 @@ class AccountHistoryState(_message.Message):
     """Their event times, ms since the epoch, as signed 64-bit little-endian integers (as field 3)."""
     amounts_minor_le: _builtins.bytes
     """Their amounts in minor units, as signed 64-bit little-endian integers (as field 4)."""
+    transactions_topic_id: _builtins.str
+    """The Kafka topic id of the transactions topic whose offsets `next_offset` counts. A state
+    restored while the topic has another id (deleted and created again since) has no offset
+    there. Empty in states written before it was recorded.
+    """
     @_builtins.property
     def event_id_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Each event id's 8-byte BLAKE2b digest, read as a little-endian integer: enough to recognise
@@ -87,10 +93,11 @@ class AccountHistoryState(_message.Message):
         event_id_hashes_le: _builtins.bytes = ...,
         event_times_ms_le: _builtins.bytes = ...,
         amounts_minor_le: _builtins.bytes = ...,
+        transactions_topic_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amounts_minor", b"amounts_minor", "amounts_minor_le", b"amounts_minor_le", "event_id_hashes", b"event_id_hashes", "event_id_hashes_le", b"event_id_hashes_le", "event_times_ms", b"event_times_ms", "event_times_ms_le", b"event_times_ms_le", "last_event_time_ms", b"last_event_time_ms", "next_offset", b"next_offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amounts_minor", b"amounts_minor", "amounts_minor_le", b"amounts_minor_le", "event_id_hashes", b"event_id_hashes", "event_id_hashes_le", b"event_id_hashes_le", "event_times_ms", b"event_times_ms", "event_times_ms_le", b"event_times_ms_le", "last_event_time_ms", b"last_event_time_ms", "next_offset", b"next_offset", "transactions_topic_id", b"transactions_topic_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
