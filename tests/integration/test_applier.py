@@ -23,6 +23,7 @@ from txguard.clock import now_us, timestamp_from_us
 from txguard.config import DECISIONS_TOPIC, Settings
 from txguard.kafka import serde
 from txguard.kafka.clients import make_producer
+from txguard.kafka.topic_identity import TopicIdentity
 from txguard.kafka.topics import ensure_topics
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome, Reason
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
@@ -306,6 +307,89 @@ def test_a_decisions_topic_created_again_while_the_applier_runs_is_read_from_its
             stored = store.get_transaction(item.transaction.transaction_id)
             assert stored is not None
             assert stored.status == TransactionStatus.TRANSACTION_STATUS_APPROVED
+    finally:
+        store.close()
+        delete_namespace_topics(settings)
+
+
+def committed_with_metadata(
+    bootstrap: str, group: str, topic: str, partition: int
+) -> tuple[int, str | None]:
+    """The group's committed offset of one partition and the metadata committed with it."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        [found] = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+        return found.offset, found.metadata
+    finally:
+        consumer.close()
+
+
+def only_partition_with_records(bootstrap: str, topic: str) -> int:
+    """The one partition of `topic` that holds records."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-applier-ends"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        [found] = [
+            p
+            for p in partitions
+            if (ends := consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10))[1]
+            > ends[0]
+        ]
+        return found
+    finally:
+        consumer.close()
+
+
+def test_an_offset_committed_for_an_older_topic_of_the_same_name_is_not_trusted(
+    kafka_broker: KafkaBroker, txguard_env: dict[str, str], producer: Producer
+) -> None:
+    """Offsets are committed with the id of the topic they count in. An offset committed for the
+    topic's predecessor (by a member that had not noticed the topic was created again) says
+    nothing of the topic now: the applier starts that partition from its beginning."""
+    namespace = f"stale-{uuid.uuid4().hex[:10]}"
+    settings = Settings.from_env({**txguard_env, "TXGUARD_TOPIC_NAMESPACE": namespace})
+    topic = settings.topics.decisions
+    ensure_topics(kafka_broker.bootstrap, settings)
+    store = SqliteStore(settings.store_path)
+    try:
+        account = f"stale-{uuid.uuid4().hex[:10]}"
+        items = [new_transaction(account) for _ in range(3)]
+        store.record_transactions(items)
+        publish(
+            producer,
+            [decision_for(i.transaction, Outcome.OUTCOME_APPROVE, 0.1) for i in items],
+            topic,
+        )
+        partition = only_partition_with_records(kafka_broker.bootstrap, topic)
+        # The end of the partition, committed as if for an older topic of the same name.
+        stale = Consumer(
+            {"bootstrap.servers": kafka_broker.bootstrap, "group.id": settings.applier_group}
+        )
+        stale.commit(
+            offsets=[TopicPartition(topic, partition, 3, metadata="an-older-topic-id")],
+            asynchronous=False,
+        )
+        stale.close()
+        applier = DecisionApplier(settings)
+        with running_in_thread(applier.run, "decision-applier"):
+            wait_until(lambda: applier.stats.applied == 3)
+            wait_until(
+                lambda: (
+                    committed_with_metadata(
+                        kafka_broker.bootstrap, settings.applier_group, topic, partition
+                    )[1]
+                    != "an-older-topic-id"
+                )
+            )
+        offset, metadata = committed_with_metadata(
+            kafka_broker.bootstrap, settings.applier_group, topic, partition
+        )
+        # Committed again with the topic's own id, which a later member trusts.
+        identity = TopicIdentity(kafka_broker.bootstrap, [topic])
+        try:
+            assert (offset, metadata) == (3, identity.current(topic))
+        finally:
+            identity.close()
     finally:
         store.close()
         delete_namespace_topics(settings)

@@ -200,8 +200,8 @@ class FraudDetector:
         try:
             # The group's own changelog is created on first start of a new group.
             ensure_topics(bootstrap, self.settings)
-            # The id that states written from now on record, and that later ones are compared to.
-            self._current_topic_id()
+            # The id that states and offsets written from now on record.
+            identity.learn()
             self._partition_count = check_copartitioned(
                 self.settings.detector_state_topic,
                 {
@@ -241,7 +241,7 @@ class FraudDetector:
                     self._batch_unsent = False
                     batch_processed(consumer, self.metrics)
                 self.checkpoint_step(consumer, stop, len(records))
-                for recreated in identity.check(consumer):
+                for recreated in identity.check():
                     self._read_recreated_topic(consumer, identity, recreated)
                 if self._group.stalled() and replace_stalled_consumer(
                     self._group, bootstrap, what="fraud detector", group=group
@@ -289,6 +289,8 @@ class FraudDetector:
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
+            identity=self._identity,
+            what="fraud detector",
         )
         # A run of failing reports counts from the subscription, not from the consumer's
         # creation: the terminal table is loaded in between, which can take longer than a stall.
@@ -326,8 +328,9 @@ class FraudDetector:
                 "detector's state cannot follow its partitions; give the detectors a new group "
                 "(TXGUARD_DETECTOR_GROUP), whose changelog is created to match"
             )
-        self.stats.topic_recreations += 1
-        held = identity.read_from_start(consumer, recreated, what="fraud detector")
+        # Offsets and states of the old topic go first: until every partition has moved to its
+        # start, both are still written with the old id, which a later reader does not trust.
+        held = [TopicPartition(recreated.topic, p) for p in self.state.partitions]
         self._uncommitted.take_partitions(held)
         if self._round is not None:
             self._round.drop_partitions(held)
@@ -335,6 +338,10 @@ class FraudDetector:
         for partition in held:
             self._positions.pop(partition.partition, None)
             cleared += self.state.forget_offsets(partition.partition)
+        identity.read_from_start(consumer, recreated, what="fraud detector")
+        if recreated.again:
+            return
+        self.stats.topic_recreations += 1
         log.warning(
             "fraud detector: the offsets of the old topic in the state of %d accounts are "
             "forgotten; records decided already are recognised by event id",
@@ -530,7 +537,9 @@ class FraudDetector:
         if not self._confirmed(publisher, stop, waiting_since=round_.written_at):
             return
         self._round = None
-        commit_offsets(consumer, round_.take_offsets(), on_retry=self._count_commit_retry)
+        commit_offsets(
+            consumer, self._stamped(round_.take_offsets()), on_retry=self._count_commit_retry
+        )
         self.stats.checkpoints += 1
 
     def checkpoint(self, consumer: Consumer, stop: threading.Event) -> None:
@@ -547,7 +556,9 @@ class FraudDetector:
         round_.extend(self.state.take_changed_copies(self._positions), self._uncommitted.take())
         self._write_state(round_.all_accounts())
         publisher.confirm(stop, what="state")
-        commit_offsets(consumer, round_.take_offsets(), on_retry=self._count_commit_retry)
+        commit_offsets(
+            consumer, self._stamped(round_.take_offsets()), on_retry=self._count_commit_retry
+        )
         self.stats.checkpoints += 1
 
     def _confirmed(
@@ -612,6 +623,10 @@ class FraudDetector:
             time.monotonic() - started,
         )
 
+    def _stamped(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        """Offsets to commit, with the id of the topic they count in (`TopicIdentity`)."""
+        return offsets if self._identity is None else self._identity.stamped(offsets)
+
     def _current_topic_id(self) -> str | None:
         """The transactions topic's id now; None when it cannot be known."""
         if self._identity is None:
@@ -636,8 +651,9 @@ class FraudDetector:
         recorded = max((state.next_offset for state in states), default=0)
         if not recorded:
             return
+        # Without the topic's id now, a state that records one is not trusted either.
         other = {state.transactions_topic_id for state in states} - {"", topic_id}
-        if topic_id is not None and other:
+        if other:
             cleared = self.state.forget_offsets(partition)
             log.warning(
                 "partition %d of %s: the state of %d accounts counts offsets in the topic before "
@@ -647,7 +663,7 @@ class FraudDetector:
                 self.topics.transactions,
                 cleared,
                 ", ".join(sorted(other)),
-                topic_id,
+                topic_id or "not known",
             )
             return
         _, end = consumer.get_watermark_offsets(

@@ -134,6 +134,8 @@ class _Stage:
         self.topic_check_seconds = CHECK_SECONDS
         self._group_watch = GroupWatch(stall_seconds=self.group_stall_seconds)
         self._what = f"terminal-risk {self.name}"
+        # Follows the input topics' ids while running (`run`).
+        self._identity: TopicIdentity | None = None
 
     def run(self, stop: threading.Event) -> None:
         bootstrap = wait_for_kafka(self.settings, stop, what=self._what)
@@ -145,7 +147,9 @@ class _Stage:
         identity = TopicIdentity(
             bootstrap, self.input_topics, check_seconds=self.topic_check_seconds
         )
+        self._identity = identity
         try:
+            identity.learn()
             subscription = self.subscribe(consumer)
             # A run of failing reports counts from the subscription, after the metadata reads.
             self._group_watch.restart()
@@ -156,7 +160,7 @@ class _Stage:
                     self._retire(consumer, subscription)
                     consumer = self._new_consumer(bootstrap)
                     subscription = self.subscribe(consumer)
-                for recreated in identity.check(consumer):
+                for recreated in identity.check():
                     self._read_recreated_topic(consumer, identity, recreated)
                 records = poll_batch(
                     consumer,
@@ -171,7 +175,9 @@ class _Stage:
                 output = self.transform(records)
                 publisher.publish(output, stop, what=self._what)
                 self.metrics.produced[self.output_topic].inc(len(output))
-                commit_offsets(consumer, next_offsets(records), on_retry=self._retry)
+                commit_offsets(
+                    consumer, identity.stamped(next_offsets(records)), on_retry=self._retry
+                )
                 self.stats.batches += 1
                 batch_processed(consumer, self.metrics)
         except (PublishTimeout, PublishError) as exc:
@@ -180,6 +186,7 @@ class _Stage:
             log.error("stopping without committing the last batch (%s)", exc)
         finally:
             close_consumer(consumer, what=self._what)
+            self._identity = None
             identity.close()
             publisher.close()
             log.info("terminal-risk %s stopped: %s", self.name, asdict(self.stats))
@@ -209,8 +216,9 @@ class _Stage:
         """An input topic was deleted and created again while the stage read it: each of its
         partitions held is read from its start. The output is idempotent: an entry merged twice
         is the same entry, a watermark only advances."""
-        self.stats.topic_recreations += 1
         identity.read_from_start(consumer, recreated, what=self._what)
+        if not recreated.again:
+            self.stats.topic_recreations += 1
 
     def forget_partitions(self) -> None:
         """Drop what the stage holds of its partitions (a stage with state overrides this)."""
@@ -249,7 +257,13 @@ class TerminalEventRekeyer(_Stage):
 
     def subscribe(self, consumer: Consumer) -> Subscription:
         self._targets = _partition_count(consumer, self.topics.terminal_events)
-        return subscribe(consumer, self.input_topics, metrics=self.metrics)
+        return subscribe(
+            consumer,
+            self.input_topics,
+            metrics=self.metrics,
+            identity=self._identity,
+            what=self._what,
+        )
 
     def transform(self, records: Sequence[Message]) -> list[OutgoingRecord]:
         return self.rekey(records, self._targets)
@@ -389,6 +403,8 @@ class TerminalTableBuilder(_Stage):
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
+            identity=self._identity,
+            what=self._what,
         )
 
     def transform(self, records: Sequence[Message]) -> list[OutgoingRecord]:

@@ -37,6 +37,7 @@ from confluent_kafka import (
 from txguard.config import Settings
 from txguard.kafka.clients import KafkaNotRunning, resolve_bootstrap
 from txguard.kafka.serde import Headers
+from txguard.kafka.topic_identity import TopicIdentity
 from txguard.kafka.topics import TopicError, ensure_topics
 from txguard.observability.metrics import ConsumerMetrics, PartitionSpan
 
@@ -307,18 +308,26 @@ def subscribe(
     on_assign: RebalanceCallback | None = None,
     on_revoke: RebalanceCallback | None = None,
     on_lost: RebalanceCallback | None = None,
+    identity: TopicIdentity | None = None,
+    what: str = "consumer",
 ) -> Subscription:
     """`consumer.subscribe()` with rebalances counted and revoked partitions' lag removed.
 
     Without `on_lost`, lost partitions go to `on_revoke`, as librdkafka itself does. The returned
     `Subscription` is for `poll_batch`, which then drops records of partitions given up while it
-    gathered a batch; once `retire()`d, the callbacks do nothing.
+    gathered a batch; once `retire()`d, the callbacks do nothing. With the loop's `identity`, an
+    assigned partition whose committed offset counts in a topic since deleted and created again
+    starts from its beginning (`TopicIdentity.start_positions`).
     """
     subscription = Subscription()
 
     def assigned(c: Consumer, partitions: list[TopicPartition]) -> None:
         if subscription.retired:
             return
+        if identity is not None:
+            start = identity.start_positions(c, partitions, what=what)
+            if start is not None:
+                c.incremental_assign(start)
         if metrics is not None:
             metrics.rebalanced("assigned", [(p.topic, p.partition) for p in partitions])
         if on_assign is not None:

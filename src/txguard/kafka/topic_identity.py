@@ -5,9 +5,16 @@ running consumer keeps its position: where the new topic ends below it, librdkaf
 position out of range and starts the partition again from its beginning; where the new topic has
 grown past it before the next fetch, the consumer goes on from there and never sees the records
 below it. Neither is a rebalance. The topic id, which Kafka gives every topic at its creation,
-tells: `TopicIdentity` asks the cluster for the ids of a loop's input topics every
-`CHECK_SECONDS`, without blocking the loop that asks, and reports each new one once; the loop
-then reads the new topic from its start (`TopicIdentity.read_from_start`).
+tells. `TopicIdentity` holds, per input topic of a loop, the id the loop reads it as:
+
+- it asks the cluster for the topics' ids every `CHECK_SECONDS` without blocking the loop
+  (`check`), which reads a topic whose id changed from its start (`read_from_start`); only once
+  every partition it holds has moved there is the new id the one it reads the topic as;
+- every offset the loop commits carries that id as its metadata (`stamped`), and on assignment a
+  partition whose committed offset carries another id starts from its beginning
+  (`start_positions`): an offset committed for the old topic by a loop that had not noticed the
+  change yet (Kafka refuses commits to a topic that does not exist, but not to its successor)
+  says nothing of the new one.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -32,30 +39,30 @@ from txguard.kafka.clients import make_admin
 log = logging.getLogger(__name__)
 
 # How often the topic ids are asked for: a metadata request, nothing for the broker; a recreated
-# topic's records wait at most about this long to be read.
+# topic's records wait about this long to be read, longer while the cluster does not answer.
 CHECK_SECONDS = 5.0
 # How long one question may take before it is asked again.
 REQUEST_TIMEOUT_SECONDS = 10.0
+# A recreated topic whose partitions could not all be moved to their start is handled again after
+# this long (librdkafka refuses a seek while a partition is not being fetched).
+MOVE_RETRY_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
 class TopicRecreated:
-    """The topic is not the one seen before: its id changed."""
+    """The topic is not the one the loop reads it as: its id changed."""
 
     topic: str
     old_id: str
     new_id: str
     partitions: int  # the new topic's partition count
+    # Handled before, but some partition could not be moved to its start then.
+    again: bool = False
 
 
 class TopicIdentity:
-    """Follows the ids of a loop's input topics; `check(consumer)`, called by the loop between
-    batches, never waits.
-
-    The first id the cluster gives for a topic is the one later ones are compared with. A topic
-    that does not exist for a while (deleted, not yet created again) changes nothing until it is
-    back.
-    """
+    """Follows the ids of a loop's input topics; `check()`, called by the loop between batches,
+    never waits."""
 
     def __init__(
         self,
@@ -67,49 +74,126 @@ class TopicIdentity:
     ) -> None:
         self.topics = list(topics)
         self.check_seconds = check_seconds
+        self._bootstrap = bootstrap
         self._clock = clock
-        self._admin: AdminClient = make_admin(bootstrap, client_id="txguard-topic-identity")
+        self._admin: AdminClient | None = None  # made at the first question
         self._asking: dict[str, Future[TopicDescription]] = {}
         self._asked_at = float("-inf")
+        # The id each topic is read as: the first known, then each new one once read from start.
         self._ids: dict[str, str] = {}
-        # Partitions of a recreated topic that the consumer could not move to their start yet.
-        self._unmoved: list[TopicPartition] = []
+        # Recreations reported and not yet read from their start in full, and when to try again.
+        self._pending: dict[str, tuple[TopicRecreated, float]] = {}
 
     def topic_id(self, topic: str) -> str | None:
-        """The id the topic had at the latest answer (None before the first)."""
+        """The id the loop reads the topic as (None before it is known)."""
         return self._ids.get(topic)
 
-    def check(self, consumer: Consumer) -> list[TopicRecreated]:
-        """Called by the loop between batches: moves to their start the partitions a seek could
-        not move before, and returns the topics found recreated since the last call."""
-        if self._unmoved:
-            self._unmoved = _move_to_start(consumer, self._unmoved)
-        return self.recreated()
+    def learn(self, *, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        """Ask for the topics' ids now and take them as the ones read (before consuming): the
+        offsets and states written from the start then carry them. Without an answer (logged),
+        the first answer of `check` gives them."""
+        try:
+            for topic in self.topics:
+                self._ids.setdefault(topic, self.current(topic, timeout=timeout))
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("ids of %s not known yet (%s)", self.topics, exc)
+
+    def check(self) -> list[TopicRecreated]:
+        """The recreated topics the loop is to read from their start: those whose id changed
+        since the last call, and again those whose partitions were not all moved last time."""
+        changes = [change for change in self._answered() if change.topic not in self._pending]
+        now = self._clock()
+        for change in changes:
+            self._pending[change.topic] = (change, now)
+        again = [
+            change
+            for change, retry_at in self._pending.values()
+            if change.again and retry_at <= now and change not in changes
+        ]
+        return changes + again
 
     def read_from_start(
         self, consumer: Consumer, recreated: TopicRecreated, *, what: str
     ) -> list[TopicPartition]:
-        """Move the consumer to the beginning of each partition it holds of the recreated topic
-        (logged at WARNING); those partitions. librdkafka refuses a seek while a partition is not
-        being fetched (its offset being looked up after the topic came back, say): such a
-        partition is moved at a later `check`."""
+        """Move the consumer to the beginning of each partition it holds of the recreated topic;
+        those partitions. Once all moved, the new id is the one the topic is read as; a partition
+        librdkafka would not move yet (not being fetched: its offset being looked up after the
+        topic came back, say) makes `check` hand the recreation back a little later."""
         topic = recreated.topic
         held = [partition for partition in consumer.assignment() if partition.topic == topic]
-        log.warning(
-            "%s: %s was deleted and created again (topic id %s, before %s); partitions %s are "
-            "read again from their beginning",
-            what,
-            topic,
-            recreated.new_id,
-            recreated.old_id,
-            [partition.partition for partition in held],
-        )
-        self._unmoved = [p for p in self._unmoved if p.topic != topic]
-        self._unmoved += _move_to_start(consumer, held)
+        if not recreated.again:
+            log.warning(
+                "%s: %s was deleted and created again (topic id %s, before %s); partitions %s "
+                "are read again from their beginning",
+                what,
+                topic,
+                recreated.new_id,
+                recreated.old_id,
+                [partition.partition for partition in held],
+            )
+        unmoved = _move_to_start(consumer, held)
+        if unmoved:
+            retry_at = self._clock() + MOVE_RETRY_SECONDS
+            self._pending[topic] = (replace(recreated, again=True), retry_at)
+        else:
+            self._pending.pop(topic, None)
+            self._ids[topic] = recreated.new_id
         return held
 
-    def recreated(self) -> list[TopicRecreated]:
-        """The topics whose latest answer gave a new id, each reported once; may ask again."""
+    def stamped(self, offsets: Sequence[TopicPartition]) -> list[TopicPartition]:
+        """The offsets to commit, each carrying the id its topic is read as (as its metadata)."""
+        return [
+            TopicPartition(o.topic, o.partition, o.offset, metadata=self._ids.get(o.topic, ""))
+            for o in offsets
+        ]
+
+    def start_positions(
+        self, consumer: Consumer, partitions: Sequence[TopicPartition], *, what: str
+    ) -> list[TopicPartition] | None:
+        """On assignment: where the partitions start when a committed offset carries another id
+        than its topic's now (logged): those from their beginning, the others from their
+        committed offset. None when every committed offset is the topic's (or cannot be read)."""
+        try:
+            committed = consumer.committed(list(partitions), timeout=REQUEST_TIMEOUT_SECONDS)
+            now = {topic: self.current(topic) for topic in {p.topic for p in committed}}
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("%s: committed offsets not checked against the topic ids (%s)", what, exc)
+            return None
+        stale = {
+            (p.topic, p.partition)
+            for p in committed
+            if p.offset >= 0 and p.metadata and p.metadata != now[p.topic]
+        }
+        if not stale:
+            return None
+        log.warning(
+            "%s: the committed offsets of %s count in topics since deleted and created again; "
+            "those partitions are read from their beginning",
+            what,
+            sorted(stale),
+        )
+        return [
+            TopicPartition(p.topic, p.partition, OFFSET_BEGINNING)
+            if (p.topic, p.partition) in stale
+            else TopicPartition(p.topic, p.partition)
+            for p in partitions
+        ]
+
+    def current(self, topic: str, *, timeout: float = REQUEST_TIMEOUT_SECONDS) -> str:
+        """The topic's id now, asked and awaited; raises KafkaException or TimeoutError when the
+        cluster does not say."""
+        asked = self._client().describe_topics(TopicCollection([topic]), request_timeout=timeout)
+        return str(asked[topic].result(timeout=timeout).topic_id)
+
+    def close(self) -> None:
+        """Destroy the client; answers still awaited are dropped."""
+        self._asking = {}
+        if self._admin is not None:
+            self._admin.__exit__(None, None, None)
+            self._admin = None
+
+    def _answered(self) -> list[TopicRecreated]:
+        """Ask when it is time; the changes an answer complete since shows."""
         if not self._asking:
             if self._clock() - self._asked_at >= self.check_seconds:
                 self._ask()
@@ -125,24 +209,10 @@ class TopicIdentity:
             if (change := self._compare(topic, future)) is not None
         ]
 
-    def current(self, topic: str, *, timeout: float = REQUEST_TIMEOUT_SECONDS) -> str:
-        """The topic's id now, asked and awaited; raises KafkaException or TimeoutError when the
-        cluster does not say. Only the first id known becomes the one `recreated()` compares
-        with: a change is still reported there, once."""
-        asked = self._admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)
-        topic_id = str(asked[topic].result(timeout=timeout).topic_id)
-        self._ids.setdefault(topic, topic_id)
-        return topic_id
-
-    def close(self) -> None:
-        """Destroy the client; answers still awaited are dropped."""
-        self._asking = {}
-        self._admin.__exit__(None, None, None)
-
     def _ask(self) -> None:
         self._asked_at = self._clock()
         try:
-            self._asking = self._admin.describe_topics(
+            self._asking = self._client().describe_topics(
                 TopicCollection(self.topics), request_timeout=REQUEST_TIMEOUT_SECONDS
             )
         except KafkaException as exc:
@@ -156,20 +226,21 @@ class TopicIdentity:
             log.debug("topic id of %s not known: %s", topic, exc)
             return None
         topic_id = str(description.topic_id)
-        previous = self._ids.get(topic)
-        self._ids[topic] = topic_id
-        if previous is None or previous == topic_id:
+        known = self._ids.setdefault(topic, topic_id)
+        if known == topic_id:
             return None
-        return TopicRecreated(topic, previous, topic_id, len(description.partitions))
+        return TopicRecreated(topic, known, topic_id, len(description.partitions))
+
+    def _client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = make_admin(self._bootstrap, client_id="txguard-topic-identity")
+        return self._admin
 
 
 def _move_to_start(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
-    """Seek each partition the consumer still holds to its beginning; those it could not."""
-    held = {(p.topic, p.partition) for p in consumer.assignment()}
+    """Seek each partition to its beginning; those librdkafka would not move yet."""
     unmoved: list[TopicPartition] = []
     for partition in partitions:
-        if (partition.topic, partition.partition) not in held:
-            continue  # revoked meanwhile: its next owner starts from the committed offset
         try:
             consumer.seek(TopicPartition(partition.topic, partition.partition, OFFSET_BEGINNING))
         except KafkaException as exc:

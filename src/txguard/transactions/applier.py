@@ -115,6 +115,8 @@ class DecisionApplier:
         self._committed_at = time.monotonic()
         self._group_stall_seconds = group_stall_seconds
         self._group = GroupWatch(stall_seconds=group_stall_seconds)
+        # Follows the decisions topic's id while running (`run`).
+        self._identity: TopicIdentity | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Apply until `stop` is set; the batch in hand is applied and committed first."""
@@ -127,8 +129,10 @@ class DecisionApplier:
         identity = TopicIdentity(
             bootstrap, [self.settings.topics.decisions], check_seconds=self._topic_check_seconds
         )
+        self._identity = identity
         stats_logged_at = time.monotonic()
         try:
+            identity.learn()
             subscription = self._subscribe(consumer)
             while not stop.is_set():
                 records = poll_batch(
@@ -147,7 +151,7 @@ class DecisionApplier:
                     batch_processed(consumer, self.metrics)
                 if time.monotonic() - self._committed_at >= COMMIT_INTERVAL_SECONDS:
                     self._commit(consumer)
-                for recreated in identity.check(consumer):
+                for recreated in identity.check():
                     self._read_recreated_topic(consumer, identity, recreated)
                 if self._group.stalled() and replace_stalled_consumer(
                     self._group, bootstrap, what="decision applier", group=group
@@ -161,6 +165,7 @@ class DecisionApplier:
             self._commit(consumer)
         finally:
             close_consumer(consumer, what="decision applier")
+            self._identity = None
             identity.close()
             self.metrics.lag.forget_all()
             if self._owns_store:
@@ -186,6 +191,8 @@ class DecisionApplier:
             metrics=self.metrics,
             on_revoke=self._commit_revoked,
             on_lost=self._forget_lost,
+            identity=self._identity,
+            what="decision applier",
         )
 
     def _retire(self, consumer: Consumer, subscription: Subscription) -> None:
@@ -204,19 +211,27 @@ class DecisionApplier:
         """The decisions topic was deleted and created again while this applier read it: each
         partition held is read from its start (applying is idempotent), and offsets of the old
         topic not committed yet are dropped."""
-        self.stats.topic_recreations += 1
-        held = identity.read_from_start(consumer, recreated, what="decision applier")
+        held = [p for p in consumer.assignment() if p.topic == recreated.topic]
         self._uncommitted.take_partitions(held)
+        identity.read_from_start(consumer, recreated, what="decision applier")
+        if not recreated.again:
+            self.stats.topic_recreations += 1
 
     def _commit(self, consumer: Consumer) -> None:
         """Commit every applied offset not committed yet."""
         self._committed_at = time.monotonic()
-        commit_offsets(consumer, self._uncommitted.take(), on_retry=self._count_commit_retry)
+        commit_offsets(
+            consumer, self._stamped(self._uncommitted.take()), on_retry=self._count_commit_retry
+        )
 
     def _commit_revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before partitions go to another member: commit what was applied of them."""
         offsets = self._uncommitted.take_partitions(partitions)
-        commit_offsets(consumer, offsets, on_retry=self._count_commit_retry)
+        commit_offsets(consumer, self._stamped(offsets), on_retry=self._count_commit_retry)
+
+    def _stamped(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        """Offsets to commit, with the id of the topic they count in (`TopicIdentity`)."""
+        return offsets if self._identity is None else self._identity.stamped(offsets)
 
     def _forget_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a revoke belong to another member already: no commit."""
