@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import delete_namespace_topics
 from txguard.config import Settings
 from txguard.kafka.broker import (
     KafkaFetchError,
@@ -138,3 +139,14 @@ def txguard_env(tmp_path: Path, kafka_broker: KafkaBroker) -> dict[str, str]:
         }
     )
     return env
+
+
+@pytest.fixture
+def own_topics(txguard_env: dict[str, str], kafka_broker: KafkaBroker) -> Iterator[Settings]:
+    """The test's settings with a topic namespace of its own, whose topics exist (a test that
+    deletes or recreates topics leaves the shared ones alone); its topics are deleted after."""
+    namespace = f"own-{uuid.uuid4().hex[:12]}"
+    settings = Settings.from_env({**txguard_env, "TXGUARD_TOPIC_NAMESPACE": namespace})
+    ensure_topics(kafka_broker.bootstrap, settings)
+    yield settings
+    delete_namespace_topics(settings)

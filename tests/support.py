@@ -9,7 +9,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
 
 from txguard.clock import now_us
 from txguard.config import TRANSACTIONS_TOPIC, Settings
@@ -43,6 +48,18 @@ def recreate_topic(settings: Settings, name: str) -> None:
     assert settings.kafka_bootstrap is not None
     delete_topics(settings.kafka_bootstrap, [name])
     assert ensure_topics(settings.kafka_bootstrap, settings) == [name]
+
+
+def recreate_while_paused(
+    consumer: Consumer, settings: Settings, topic: str, refill: Callable[[], object]
+) -> None:
+    """With every partition of `consumer` paused, delete `topic` and create it again, and let
+    `refill` write to the new topic: when the consumer fetches again, the new topic has grown
+    past its old position. A consumer going on from there would never read the records below."""
+    consumer.pause(consumer.assignment())
+    recreate_topic(settings, topic)
+    refill()
+    consumer.resume(consumer.assignment())
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:

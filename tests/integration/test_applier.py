@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
@@ -13,9 +13,8 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from tests.support import (
     OtherProtocolMember,
     committed_offsets,
-    delete_namespace_topics,
     new_transaction,
-    recreate_topic,
+    recreate_while_paused,
     running_in_thread,
     wait_until,
 )
@@ -24,7 +23,6 @@ from txguard.config import DECISIONS_TOPIC, Settings
 from txguard.kafka import serde
 from txguard.kafka.clients import make_producer
 from txguard.kafka.topic_identity import TopicIdentity
-from txguard.kafka.topics import ensure_topics
 from txguard.schema.v1.decision_pb2 import FraudDecision, Outcome, Reason
 from txguard.schema.v1.transaction_pb2 import Transaction, TransactionStatus
 from txguard.store.sqlite import SqliteStore
@@ -54,12 +52,16 @@ def decision_for(tx: Transaction, outcome: Outcome.ValueType, score: float) -> F
 
 def publish(
     producer: Producer, decisions: list[FraudDecision], topic: str = DECISIONS_TOPIC
-) -> None:
+) -> set[int]:
+    """Publish and wait for every delivery; the partitions the decisions went to."""
     errors: list[KafkaError] = []
+    partitions: set[int] = set()
 
-    def report(error: KafkaError | None, _message: Message) -> None:
+    def report(error: KafkaError | None, message: Message) -> None:
         if error is not None:
             errors.append(error)
+        else:
+            partitions.add(cast(int, message.partition()))
 
     for decision in decisions:
         encoded = serde.encode_decision(decision)
@@ -72,6 +74,7 @@ def publish(
         )
     assert producer.flush(30) == 0
     assert not errors, errors
+    return partitions
 
 
 @contextmanager
@@ -274,16 +277,14 @@ class ConsumerKeepingApplier(DecisionApplier):
 
 
 def test_a_decisions_topic_created_again_while_the_applier_runs_is_read_from_its_start(
-    kafka_broker: KafkaBroker, txguard_env: dict[str, str], producer: Producer
+    own_topics: Settings, producer: Producer
 ) -> None:
     """The applier holds its partitions at offset 3 when the decisions topic is deleted and
     created again. It fetches nothing meanwhile (paused), so the new topic has grown past offset
     3 when it fetches again: a consumer that goes on from its position never sees the first
     decisions of the new topic."""
-    namespace = f"recreated-{uuid.uuid4().hex[:10]}"
-    settings = Settings.from_env({**txguard_env, "TXGUARD_TOPIC_NAMESPACE": namespace})
+    settings = own_topics
     topic = settings.topics.decisions
-    ensure_topics(kafka_broker.bootstrap, settings)
     store = SqliteStore(settings.store_path)
     applier = ConsumerKeepingApplier(settings, topic_check_seconds=0.2)
     try:
@@ -295,12 +296,10 @@ def test_a_decisions_topic_created_again_while_the_applier_runs_is_read_from_its
         publish(producer, decisions[:3], topic)
         with running_in_thread(applier.run, "decision-applier"):
             wait_until(lambda: applier.stats.applied == 3)
-            consumer = applier.consumer
-            assert consumer is not None
-            consumer.pause(consumer.assignment())
-            recreate_topic(settings, topic)
-            publish(producer, decisions[3:], topic)
-            consumer.resume(consumer.assignment())
+            assert applier.consumer is not None
+            recreate_while_paused(
+                applier.consumer, settings, topic, lambda: publish(producer, decisions[3:], topic)
+            )
             wait_until(lambda: applier.stats.applied == 9)
         assert applier.stats.topic_recreations == 1
         for item in items:
@@ -309,7 +308,6 @@ def test_a_decisions_topic_created_again_while_the_applier_runs_is_read_from_its
             assert stored.status == TransactionStatus.TRANSACTION_STATUS_APPROVED
     finally:
         store.close()
-        delete_namespace_topics(settings)
 
 
 def committed_with_metadata(
@@ -324,43 +322,24 @@ def committed_with_metadata(
         consumer.close()
 
 
-def only_partition_with_records(bootstrap: str, topic: str) -> int:
-    """The one partition of `topic` that holds records."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-applier-ends"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        [found] = [
-            p
-            for p in partitions
-            if (ends := consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10))[1]
-            > ends[0]
-        ]
-        return found
-    finally:
-        consumer.close()
-
-
 def test_an_offset_committed_for_an_older_topic_of_the_same_name_is_not_trusted(
-    kafka_broker: KafkaBroker, txguard_env: dict[str, str], producer: Producer
+    kafka_broker: KafkaBroker, own_topics: Settings, producer: Producer
 ) -> None:
     """Offsets are committed with the id of the topic they count in. An offset committed for the
     topic's predecessor (by a member that had not noticed the topic was created again) says
     nothing of the topic now: the applier starts that partition from its beginning."""
-    namespace = f"stale-{uuid.uuid4().hex[:10]}"
-    settings = Settings.from_env({**txguard_env, "TXGUARD_TOPIC_NAMESPACE": namespace})
+    settings = own_topics
     topic = settings.topics.decisions
-    ensure_topics(kafka_broker.bootstrap, settings)
     store = SqliteStore(settings.store_path)
     try:
         account = f"stale-{uuid.uuid4().hex[:10]}"
         items = [new_transaction(account) for _ in range(3)]
         store.record_transactions(items)
-        publish(
+        [partition] = publish(
             producer,
             [decision_for(i.transaction, Outcome.OUTCOME_APPROVE, 0.1) for i in items],
             topic,
         )
-        partition = only_partition_with_records(kafka_broker.bootstrap, topic)
         # The end of the partition, committed as if for an older topic of the same name.
         stale = Consumer(
             {"bootstrap.servers": kafka_broker.bootstrap, "group.id": settings.applier_group}
@@ -392,4 +371,3 @@ def test_an_offset_committed_for_an_older_topic_of_the_same_name_is_not_trusted(
             identity.close()
     finally:
         store.close()
-        delete_namespace_topics(settings)

@@ -24,7 +24,6 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from tests.support import (
     OtherProtocolMember,
     committed_offsets,
-    delete_namespace_topics,
     recreate_topic,
     running_in_thread,
     start_group_at_end,
@@ -596,7 +595,7 @@ def test_a_state_written_for_a_recreated_topic_does_not_swallow_its_new_records(
 
 
 def test_a_transactions_topic_created_again_while_the_detector_runs_is_read_from_its_start(
-    kafka_broker: KafkaBroker, txguard_env: dict[str, str], caplog: pytest.LogCaptureFixture
+    kafka_broker: KafkaBroker, own_topics: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A first detector decides three events of an account and stops: its checkpoint says the
     # account's partition is processed up to the third's offset. A second detector restores that
@@ -604,11 +603,8 @@ def test_a_transactions_topic_created_again_while_the_detector_runs_is_read_from
     # account's next events land on the new topic below that offset (where librdkafka starts the
     # partition again) or around it (where the consumer goes on from its old position). Either
     # way, a detector that did not notice the new topic would never decide some of them.
-    settings = Settings.from_env(
-        {**txguard_env, "TXGUARD_TOPIC_NAMESPACE": f"recreated-{uuid.uuid4().hex[:10]}"}
-    )
+    settings = own_topics
     topics = settings.topics
-    ensure_topics(kafka_broker.bootstrap, settings)
     account = new_account("recreated")
     before = [transaction_event(account) for _ in range(3)]
     after = [transaction_event(account) for _ in range(5)]
@@ -634,7 +630,6 @@ def test_a_transactions_topic_created_again_while_the_detector_runs_is_read_from
     finally:
         produce.close()
         reader.close()
-        delete_namespace_topics(settings)
     # Each decided once. The new topic's events may be decided out of order: those the consumer
     # read before the new id was noticed (all but the ones the old state's offsets dropped) come
     # first, the rest once the partition is read again from its start.
@@ -647,17 +642,14 @@ def test_a_transactions_topic_created_again_while_the_detector_runs_is_read_from
 
 
 def test_a_detector_started_after_its_topic_was_created_again_decides_the_new_records(
-    kafka_broker: KafkaBroker, txguard_env: dict[str, str], caplog: pytest.LogCaptureFixture
+    kafka_broker: KafkaBroker, own_topics: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The first detector decides three events of an account and stops: its state records offset
     # 3 and the topic's id. The topic is deleted and created again while no detector runs, and
     # five events of the account land on it at offsets 0 to 4: the partition ends past the
     # state's offset, so only the topic id tells that the offset counts in the old topic.
-    settings = Settings.from_env(
-        {**txguard_env, "TXGUARD_TOPIC_NAMESPACE": f"restarted-{uuid.uuid4().hex[:10]}"}
-    )
+    settings = own_topics
     topics = settings.topics
-    ensure_topics(kafka_broker.bootstrap, settings)
     account = new_account("restarted")
     before = [transaction_event(account) for _ in range(3)]
     after = [transaction_event(account) for _ in range(5)]
@@ -678,7 +670,6 @@ def test_a_detector_started_after_its_topic_was_created_again_decides_the_new_re
     finally:
         produce.close()
         reader.close()
-        delete_namespace_topics(settings)
     assert [d.transaction_id for d in decisions] == [
         event.transaction.transaction_id for event in before + after
     ]

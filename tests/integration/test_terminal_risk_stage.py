@@ -11,9 +11,8 @@ from confluent_kafka import Consumer, Producer
 
 from tests.support import (
     OtherProtocolMember,
-    delete_namespace_topics,
     new_transaction,
-    recreate_topic,
+    recreate_while_paused,
     running_in_thread,
     wait_until,
 )
@@ -21,7 +20,6 @@ from txguard.config import Settings
 from txguard.fraud.terminal_risk import TerminalEventRekeyer
 from txguard.kafka import serde
 from txguard.kafka.clients import make_producer
-from txguard.kafka.topics import ensure_topics
 from txguard.schema.v1.events_pb2 import TransactionCreated
 
 if TYPE_CHECKING:
@@ -73,31 +71,27 @@ class ConsumerKeepingRekeyer(TerminalEventRekeyer):
 
 
 def test_an_input_topic_created_again_while_a_stage_runs_is_read_from_its_start(
-    kafka_broker: KafkaBroker, txguard_env: dict[str, str]
+    kafka_broker: KafkaBroker, own_topics: Settings
 ) -> None:
     """The stage holds its transactions partitions at offset 3 when the topic is deleted and
     created again. It fetches nothing meanwhile (paused), so the new topic has grown past offset
     3 when it fetches again: a consumer that goes on from its position never sees the first
     records of the new topic."""
-    namespace = f"recreated-{uuid.uuid4().hex[:10]}"
-    settings = Settings.from_env({**txguard_env, "TXGUARD_TOPIC_NAMESPACE": namespace})
+    settings = own_topics
     topic = settings.topics.transactions
-    ensure_topics(kafka_broker.bootstrap, settings)
     stage = ConsumerKeepingRekeyer(settings)
     stage.topic_check_seconds = 0.2
     producer = make_producer(kafka_broker.bootstrap, client_id="test-terminal-risk-stage")
     account = f"recreated-{uuid.uuid4().hex[:10]}"
-    try:
-        produce_transactions(producer, topic, account, 3)
-        with running_in_thread(stage.run, "terminal-risk-rekey"):
-            wait_until(lambda: stage.stats.consumed == 3)
-            consumer = stage.consumer
-            assert consumer is not None
-            consumer.pause(consumer.assignment())
-            recreate_topic(settings, topic)
-            produce_transactions(producer, topic, account, 6)
-            consumer.resume(consumer.assignment())
-            wait_until(lambda: stage.stats.consumed >= 9)
-        assert stage.stats.topic_recreations == 1
-    finally:
-        delete_namespace_topics(settings)
+    produce_transactions(producer, topic, account, 3)
+    with running_in_thread(stage.run, "terminal-risk-rekey"):
+        wait_until(lambda: stage.stats.consumed == 3)
+        assert stage.consumer is not None
+        recreate_while_paused(
+            stage.consumer,
+            settings,
+            topic,
+            lambda: produce_transactions(producer, topic, account, 6),
+        )
+        wait_until(lambda: stage.stats.consumed >= 9)
+    assert stage.stats.topic_recreations == 1

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from confluent_kafka import TopicPartition
 
-from tests.support import delete_namespace_topics, delete_topics, recreate_topic, wait_until
+from tests.support import delete_topics, recreate_topic, wait_until
 from txguard.config import Settings
 from txguard.kafka.clients import make_consumer
 from txguard.kafka.topic_identity import TopicIdentity, TopicRecreated
@@ -35,18 +35,10 @@ def nothing_reported_for(identity: TopicIdentity, seconds: float) -> None:
         time.sleep(0.01)
 
 
-@pytest.fixture
-def settings(kafka_broker: KafkaBroker, txguard_env: dict[str, str]) -> Settings:
-    """Settings of a namespace of this test's own, whose topics exist."""
-    namespace = f"identity-{uuid.uuid4().hex[:10]}"
-    settings = Settings.from_env({**txguard_env, "TXGUARD_TOPIC_NAMESPACE": namespace})
-    ensure_topics(kafka_broker.bootstrap, settings)
-    return settings
-
-
 def test_a_topic_created_again_is_reported_once_and_read_as_new_once_read_from_start(
-    kafka_broker: KafkaBroker, settings: Settings
+    kafka_broker: KafkaBroker, own_topics: Settings
 ) -> None:
+    settings = own_topics
     transactions, labels = settings.topics.transactions, settings.topics.labels
     identity = TopicIdentity(kafka_broker.bootstrap, [transactions, labels], check_seconds=0.05)
     consumer = make_consumer(kafka_broker.bootstrap, group_id=f"test-{uuid.uuid4()}", client_id="t")
@@ -87,12 +79,12 @@ def test_a_topic_created_again_is_reported_once_and_read_as_new_once_read_from_s
     finally:
         consumer.close()
         identity.close()
-        delete_namespace_topics(settings)
 
 
 def test_a_topic_that_is_gone_changes_nothing_until_it_is_back(
-    kafka_broker: KafkaBroker, settings: Settings
+    kafka_broker: KafkaBroker, own_topics: Settings
 ) -> None:
+    settings = own_topics
     topic = settings.topics.transactions
     identity = TopicIdentity(kafka_broker.bootstrap, [topic], check_seconds=0.05)
     try:
@@ -111,4 +103,3 @@ def test_a_topic_that_is_gone_changes_nothing_until_it_is_back(
         ]
     finally:
         identity.close()
-        delete_namespace_topics(settings)
