@@ -538,7 +538,10 @@ class FraudDetector:
             return
         self._round = None
         commit_offsets(
-            consumer, self._stamped(round_.take_offsets()), on_retry=self._count_commit_retry
+            consumer,
+            round_.take_offsets(),
+            on_retry=self._count_commit_retry,
+            identity=self._identity,
         )
         self.stats.checkpoints += 1
 
@@ -557,7 +560,10 @@ class FraudDetector:
         self._write_state(round_.all_accounts())
         publisher.confirm(stop, what="state")
         commit_offsets(
-            consumer, self._stamped(round_.take_offsets()), on_retry=self._count_commit_retry
+            consumer,
+            round_.take_offsets(),
+            on_retry=self._count_commit_retry,
+            identity=self._identity,
         )
         self.stats.checkpoints += 1
 
@@ -622,10 +628,6 @@ class FraudDetector:
             sum(len(states) for states in restored.values()),
             time.monotonic() - started,
         )
-
-    def _stamped(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
-        """Offsets to commit, with the id of the topic they count in (`TopicIdentity`)."""
-        return offsets if self._identity is None else self._identity.stamped(offsets)
 
     def _current_topic_id(self) -> str | None:
         """The transactions topic's id now; None when it cannot be known."""

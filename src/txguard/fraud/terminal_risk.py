@@ -176,7 +176,7 @@ class _Stage:
                 publisher.publish(output, stop, what=self._what)
                 self.metrics.produced[self.output_topic].inc(len(output))
                 commit_offsets(
-                    consumer, identity.stamped(next_offsets(records)), on_retry=self._retry
+                    consumer, next_offsets(records), on_retry=self._retry, identity=identity
                 )
                 self.stats.batches += 1
                 batch_processed(consumer, self.metrics)

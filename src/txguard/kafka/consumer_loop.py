@@ -410,8 +410,10 @@ def commit_offsets(
     offsets: Sequence[TopicPartition],
     *,
     on_retry: Callable[[], None],
+    identity: TopicIdentity | None = None,
 ) -> None:
-    """Commit a processed batch's offsets asynchronously.
+    """Commit a processed batch's offsets asynchronously; with the loop's `identity`, each
+    carries the id of the topic it counts in (`TopicIdentity.stamped`).
 
     A synchronous commit can block without limit while the group coordinator is unreachable, and
     with it the whole loop and its shutdown; an asynchronous one never does. Its result arrives
@@ -421,6 +423,8 @@ def commit_offsets(
     """
     if not offsets:
         return
+    if identity is not None:
+        offsets = identity.stamped(offsets)
     try:
         consumer.commit(offsets=list(offsets), asynchronous=True)
     except KafkaException as exc:

@@ -211,9 +211,8 @@ class DecisionApplier:
         """The decisions topic was deleted and created again while this applier read it: each
         partition held is read from its start (applying is idempotent), and offsets of the old
         topic not committed yet are dropped."""
-        held = [p for p in consumer.assignment() if p.topic == recreated.topic]
+        held = identity.read_from_start(consumer, recreated, what="decision applier")
         self._uncommitted.take_partitions(held)
-        identity.read_from_start(consumer, recreated, what="decision applier")
         if not recreated.again:
             self.stats.topic_recreations += 1
 
@@ -221,17 +220,18 @@ class DecisionApplier:
         """Commit every applied offset not committed yet."""
         self._committed_at = time.monotonic()
         commit_offsets(
-            consumer, self._stamped(self._uncommitted.take()), on_retry=self._count_commit_retry
+            consumer,
+            self._uncommitted.take(),
+            on_retry=self._count_commit_retry,
+            identity=self._identity,
         )
 
     def _commit_revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before partitions go to another member: commit what was applied of them."""
         offsets = self._uncommitted.take_partitions(partitions)
-        commit_offsets(consumer, self._stamped(offsets), on_retry=self._count_commit_retry)
-
-    def _stamped(self, offsets: list[TopicPartition]) -> list[TopicPartition]:
-        """Offsets to commit, with the id of the topic they count in (`TopicIdentity`)."""
-        return offsets if self._identity is None else self._identity.stamped(offsets)
+        commit_offsets(
+            consumer, offsets, on_retry=self._count_commit_retry, identity=self._identity
+        )
 
     def _forget_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions lost without a revoke belong to another member already: no commit."""
