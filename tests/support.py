@@ -15,6 +15,7 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
+from confluent_kafka.admin import NewPartitions
 
 from txguard.clock import now_us
 from txguard.config import TRANSACTIONS_TOPIC, Settings
@@ -48,6 +49,16 @@ def recreate_topic(settings: Settings, name: str) -> None:
     assert settings.kafka_bootstrap is not None
     delete_topics(settings.kafka_bootstrap, [name])
     assert ensure_topics(settings.kafka_bootstrap, settings) == [name]
+
+
+def add_partitions(bootstrap: str, topic: str, total: int) -> None:
+    """Give `topic` `total` partitions (kafka-topics --alter --partitions), and wait for it."""
+    with make_admin(bootstrap, client_id="test-add-partitions") as admin:
+        for future in admin.create_partitions([NewPartitions(topic, total)]).values():
+            future.result(30)
+        wait_until(
+            lambda: len(admin.list_topics(topic, timeout=10).topics[topic].partitions) == total
+        )
 
 
 def recreate_while_paused(

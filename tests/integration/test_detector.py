@@ -12,6 +12,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from tests.support import (
     OtherProtocolMember,
+    add_partitions,
     committed_offsets,
     recreate_topic,
     running_in_thread,
@@ -32,7 +34,7 @@ from tests.support import (
 from txguard.clock import now_us
 from txguard.config import DECISIONS_TOPIC, DLQ_TOPIC, TRANSACTIONS_TOPIC, Settings
 from txguard.fraud import detector as detector_module
-from txguard.fraud.changelog import restore_partitions
+from txguard.fraud.changelog import ChangelogNotCopartitioned, restore_partitions
 from txguard.fraud.detector import FraudDetector
 from txguard.fraud.feature_batch import FeatureBatch
 from txguard.fraud.scoring import RuleScorer, ScoreResult
@@ -751,3 +753,37 @@ def test_a_consumer_kept_out_of_its_group_is_replaced_and_decides_once_let_in(
     finally:
         reader.close()
     assert [d.transaction_id for d in decisions] == [event.transaction.transaction_id]
+
+
+def test_partitions_added_to_the_transactions_topic_stop_a_running_detector(
+    kafka_broker: KafkaBroker, own_topics: Settings
+) -> None:
+    # Partitions added to the transactions topic (kafka-topics --alter) end its co-partitioning
+    # with the state changelog: accounts' next events go to other partitions than their state.
+    # The detector stops at its next topic check, not minutes later at librdkafka's metadata
+    # refresh, when it would be given the added partitions, which have no state.
+    settings = own_topics
+    total = settings.topic_partitions + 2
+    detector = FraudDetector(settings, topic_check_seconds=0.2)
+    stop = threading.Event()
+
+    def add_once_assigned() -> None:
+        wait_until(lambda: len(detector.state.partitions) == settings.topic_partitions)
+        add_partitions(kafka_broker.bootstrap, settings.topics.transactions, total)
+
+    adder = threading.Thread(target=add_once_assigned)
+    adder.start()
+    safety = threading.Timer(60, stop.set)
+    safety.start()
+    try:
+        with pytest.raises(ChangelogNotCopartitioned) as stopped:
+            detector.run(stop)
+    finally:
+        safety.cancel()
+        adder.join()
+    assert str(stopped.value) == (
+        f"{settings.topics.transactions} has {total} partitions now, but "
+        f"{settings.detector_state_topic} has {settings.topic_partitions}: partitions were added "
+        "to it, and accounts' events no longer go to the partition of their state; see "
+        "'Changing a partition count' in docs/operations.md"
+    )

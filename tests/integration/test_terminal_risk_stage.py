@@ -1,26 +1,32 @@
 """A terminal-risk stage against a real broker: a consumer kept out of its group is replaced; an
-input topic created again is read from its start."""
+input topic created again is read from its start; partitions added to the topics a stage depends
+on are followed."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import TYPE_CHECKING
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.support import (
     OtherProtocolMember,
+    add_partitions,
     new_transaction,
     recreate_while_paused,
     running_in_thread,
     wait_until,
 )
 from txguard.config import Settings
-from txguard.fraud.terminal_risk import TerminalEventRekeyer
+from txguard.fraud.terminal_risk import TerminalEventRekeyer, TerminalTableBuilder
 from txguard.kafka import serde
-from txguard.kafka.clients import make_producer
+from txguard.kafka.clients import make_consumer, make_producer
+from txguard.kafka.topics import TopicError
 from txguard.schema.v1.events_pb2 import TransactionCreated
+from txguard.schema.v1.terminal_risk_pb2 import TerminalEvent
 
 if TYPE_CHECKING:
     from tests.conftest import KafkaBroker
@@ -95,3 +101,86 @@ def test_an_input_topic_created_again_while_a_stage_runs_is_read_from_its_start(
         )
         wait_until(lambda: stage.stats.consumed >= 9)
     assert stage.stats.topic_recreations == 1
+
+
+def watermarks_in(bootstrap: str, topic: str, partition: int, source_topic: str) -> int:
+    """How many source watermarks of `source_topic` partition `partition` of `topic` holds."""
+    consumer = make_consumer(bootstrap, group_id=f"test-{uuid.uuid4().hex}", client_id="test")
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        consumer.assign([TopicPartition(topic, partition, low)])
+        marks = 0
+        read = 0
+        while read < high - low:
+            for message in consumer.consume(num_messages=100, timeout=1.0):
+                assert message.error() is None, message.error()
+                read += 1
+                event = TerminalEvent.FromString(message.value() or b"")
+                if event.HasField("watermark") and event.watermark.source_topic == source_topic:
+                    marks += 1
+        return marks
+    finally:
+        consumer.close()
+
+
+def test_partitions_added_to_the_terminal_events_get_the_re_keying_stage_s_watermarks(
+    kafka_broker: KafkaBroker, own_topics: Settings
+) -> None:
+    """Partitions added to txguard.terminal-events.v1 while the re-keying stage runs: its
+    batches send every source's watermark to them too, not only to the partitions it started
+    with (librdkafka itself would learn of them only at its next metadata refresh)."""
+    settings = own_topics
+    source = settings.topics.transactions
+    events = settings.topics.terminal_events
+    stage = TerminalEventRekeyer(settings)
+    stage.topic_check_seconds = 0.2
+    producer = make_producer(kafka_broker.bootstrap, client_id="test-terminal-risk-stage")
+    account = f"added-{uuid.uuid4().hex[:10]}"
+    produce_transactions(producer, source, account, 1)
+    first_added = settings.topic_partitions
+
+    def added_partitions_have_watermarks() -> bool:
+        produce_transactions(producer, source, account, 1)
+        time.sleep(0.5)
+        return all(
+            watermarks_in(kafka_broker.bootstrap, events, partition, source) > 0
+            for partition in (first_added, first_added + 1)
+        )
+
+    with running_in_thread(stage.run, "terminal-risk-rekey"):
+        wait_until(lambda: stage.stats.consumed == 1)
+        add_partitions(kafka_broker.bootstrap, events, first_added + 2)
+        wait_until(added_partitions_have_watermarks, timeout=30)
+
+
+def test_terminal_events_with_more_partitions_than_the_table_stop_the_table_builder(
+    kafka_broker: KafkaBroker, own_topics: Settings
+) -> None:
+    """Partition N of the table holds partition N of the terminal events: partitions added to
+    the terminal events alone, while the builder runs, stop it with a `TopicError` (exit code 2)
+    naming both."""
+    settings = own_topics
+    stage = TerminalTableBuilder(settings)
+    stage.topic_check_seconds = 0.2
+    total = settings.topic_partitions + 2
+    stop = threading.Event()
+
+    def add_once_assigned() -> None:
+        wait_until(lambda: bool(stage._tables))  # its partitions' tables are restored
+        add_partitions(kafka_broker.bootstrap, settings.topics.terminal_events, total)
+
+    adder = threading.Thread(target=add_once_assigned)
+    adder.start()
+    safety = threading.Timer(60, stop.set)
+    safety.start()
+    try:
+        with pytest.raises(TopicError) as stopped:
+            stage.run(stop)
+    finally:
+        safety.cancel()
+        adder.join()
+    assert str(stopped.value) == (
+        f"{settings.topics.terminal_risk} has {settings.topic_partitions} partitions but "
+        f"{settings.topics.terminal_events} has {total}: they must match; see 'Changing a "
+        "partition count' in docs/operations.md"
+    )

@@ -243,6 +243,7 @@ class FraudDetector:
                 self.checkpoint_step(consumer, stop, len(records))
                 for recreated in identity.check():
                     self._read_recreated_topic(consumer, identity, recreated)
+                self._check_partition_count(identity.partitions(self.topics.transactions))
                 if self._group.stalled() and replace_stalled_consumer(
                     self._group, bootstrap, what="fraud detector", group=group
                 ):
@@ -602,11 +603,29 @@ class FraudDetector:
 
     # -- rebalancing (called from inside consume(), between batches) ------------------------
 
+    def _check_partition_count(self, count: int | None) -> None:
+        """Partitions added to the transactions topic (kafka-topics --alter) end its
+        co-partitioning with the changelog: an account's new events go to another partition than
+        its state, whose features would start from nothing. The detector stops (exit code 2)."""
+        if count is not None and self._partition_count and count != self._partition_count:
+            raise self._partitions_added(f"has {count} partitions now")
+
+    def _partitions_added(self, found: str) -> ChangelogNotCopartitioned:
+        return ChangelogNotCopartitioned(
+            f"{self.topics.transactions} {found}, but {self.settings.detector_state_topic} has "
+            f"{self._partition_count}: partitions were added to it, and accounts' events no longer "
+            "go to the partition of their state; see 'Changing a partition count' in "
+            "docs/operations.md"
+        )
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Incremental assignment: restore the new partitions' state before any of their records."""
         numbers = [p.partition for p in partitions]
         if not numbers:
             return
+        if self._partition_count and max(numbers) >= self._partition_count:
+            # librdkafka saw the added partitions before the topic's count was checked.
+            raise self._partitions_added(f"has partition {max(numbers)}")
         started = time.monotonic()
         with metrics.STATE_RESTORE_DURATION.labels("detector").time():
             restored = restore_partitions(

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import cast
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from google.protobuf.message import DecodeError
 
-from txguard.config import Settings
+from txguard.config import Settings, TopicNames
 from txguard.fraud.terminal_table import NOT_STARTED_MS, entry_key, watermark_key
 from txguard.kafka.clients import BACKGROUND_FETCH
 from txguard.kafka.compacted import read_to_end
@@ -66,6 +66,7 @@ from txguard.kafka.topic_identity import (
     TopicIdentity,
     TopicRecreated,
 )
+from txguard.kafka.topics import TopicError
 from txguard.observability import metrics
 from txguard.schema.v1.terminal_risk_pb2 import (
     SourceWatermark,
@@ -109,8 +110,17 @@ def _partition_count(consumer: Consumer, topic: str) -> int:
     metadata = consumer.list_topics(topic, timeout=30)
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
-        raise RuntimeError(f"topic {topic} does not exist; run `txguard kafka topics`")
+        raise TopicError(f"topic {topic} does not exist; run `txguard kafka topics`")
     return len(found.partitions)
+
+
+def _check_table_partitions(topics: TopicNames, events: int | None, table: int | None) -> None:
+    """Partition N of the table holds partition N of the terminal events: the counts match."""
+    if events is not None and table is not None and events != table:
+        raise TopicError(
+            f"{topics.terminal_risk} has {table} partitions but {topics.terminal_events} has "
+            f"{events}: they must match; see 'Changing a partition count' in docs/operations.md"
+        )
 
 
 class _Stage:
@@ -145,7 +155,10 @@ class _Stage:
         consumer = self._new_consumer(bootstrap)
         publisher = ConfirmedPublisher(bootstrap, client_id=self.group, on_retry=self._retry)
         identity = TopicIdentity(
-            bootstrap, self.input_topics, check_seconds=self.topic_check_seconds
+            bootstrap,
+            self.input_topics,
+            counted=self.counted_topics,
+            check_seconds=self.topic_check_seconds,
         )
         self._identity = identity
         try:
@@ -162,6 +175,7 @@ class _Stage:
                     subscription = self.subscribe(consumer)
                 for recreated in identity.check():
                     self._read_recreated_topic(consumer, identity, recreated)
+                self.follow_partition_counts(identity, publisher)
                 records = poll_batch(
                     consumer,
                     self.settings.consume_batch_size,
@@ -223,9 +237,21 @@ class _Stage:
     def forget_partitions(self) -> None:
         """Drop what the stage holds of its partitions (a stage with state overrides this)."""
 
+    def follow_partition_counts(
+        self, identity: TopicIdentity, publisher: ConfirmedPublisher
+    ) -> None:
+        """Take the partition counts of the latest answer about the topics the stage's work
+        depends on (`counted_topics`): partitions added to a topic reach the stage's clients
+        only at their next metadata refresh."""
+
     @property
     def input_topics(self) -> list[str]:
         raise NotImplementedError
+
+    @property
+    def counted_topics(self) -> list[str]:
+        """Topics whose partition counts the stage follows besides its input's."""
+        return []
 
     def subscribe(self, consumer: Consumer) -> Subscription:
         raise NotImplementedError
@@ -254,6 +280,35 @@ class TerminalEventRekeyer(_Stage):
     @property
     def input_topics(self) -> list[str]:
         return [self.topics.transactions, self.topics.labels]
+
+    @property
+    def counted_topics(self) -> list[str]:
+        return [self.topics.terminal_events]
+
+    def follow_partition_counts(
+        self, identity: TopicIdentity, publisher: ConfirmedPublisher
+    ) -> None:
+        """Watermarks go to every partition of the terminal events, added ones too, once the
+        stage's producer knows them."""
+        events = self.topics.terminal_events
+        if identity.partitions(events) in (None, self._targets):
+            return
+        try:
+            targets = publisher.partition_count(events)
+        except KafkaException as exc:
+            log.debug("partitions of %s not known to the producer yet: %s", events, exc)
+            return
+        if targets <= self._targets:
+            return  # asked again at the next answer
+        log.warning(
+            "terminal-risk rekey: %s has %d partitions now (%d before); watermarks go to all",
+            events,
+            targets,
+            self._targets,
+        )
+        self._targets = targets
+        # Announced again, so that the added partitions hear of every source's progress.
+        self._announced.clear()
 
     def subscribe(self, consumer: Consumer) -> Subscription:
         self._targets = _partition_count(consumer, self.topics.terminal_events)
@@ -386,16 +441,40 @@ class TerminalTableBuilder(_Stage):
     def input_topics(self) -> list[str]:
         return [self.topics.terminal_events]
 
+    @property
+    def counted_topics(self) -> list[str]:
+        return [self.topics.transactions, self.topics.labels, self.topics.terminal_risk]
+
+    def follow_partition_counts(
+        self, identity: TopicIdentity, publisher: ConfirmedPublisher
+    ) -> None:
+        """A source's table watermark is its least advanced partition, added ones included
+        (nothing until they report); the table must keep the terminal events' partition count."""
+        for topic in (self.topics.transactions, self.topics.labels):
+            count = identity.partitions(topic)
+            if count is not None and count != self._source_partitions.get(topic):
+                log.warning(
+                    "terminal-risk table: %s has %d partitions now (%s before); its watermark "
+                    "waits for every one",
+                    topic,
+                    count,
+                    self._source_partitions.get(topic),
+                )
+                self._source_partitions[topic] = count
+        _check_table_partitions(
+            self.topics,
+            identity.partitions(self.topics.terminal_events),
+            identity.partitions(self.topics.terminal_risk),
+        )
+
     def subscribe(self, consumer: Consumer) -> Subscription:
         for topic in (self.topics.transactions, self.topics.labels):
             self._source_partitions[topic] = _partition_count(consumer, topic)
-        events = _partition_count(consumer, self.topics.terminal_events)
-        table = _partition_count(consumer, self.topics.terminal_risk)
-        if events != table:
-            raise RuntimeError(
-                f"{self.topics.terminal_risk} has {table} partitions but "
-                f"{self.topics.terminal_events} has {events}: they must match"
-            )
+        _check_table_partitions(
+            self.topics,
+            _partition_count(consumer, self.topics.terminal_events),
+            _partition_count(consumer, self.topics.terminal_risk),
+        )
         return subscribe(
             consumer,
             self.input_topics,

@@ -131,6 +131,14 @@ class ConfirmedPublisher:
         self.send(records)
         self.confirm(stop, what=what)
 
+    def partition_count(self, topic: str, *, timeout: float = 10.0) -> int:
+        """The topic's partition count as this publisher's producer knows it, asked of the
+        cluster now: the producer refuses a record for a partition it does not know yet, and
+        learns of added partitions by itself only at its next metadata refresh. Raises
+        KafkaException when the cluster does not answer."""
+        found = self._current().list_topics(topic, timeout=timeout).topics.get(topic)
+        return len(found.partitions) if found is not None and found.error is None else 0
+
     def close(self) -> None:
         if self._producer is not None:
             close_producer(self._producer, timeout=self._stop_grace_seconds)

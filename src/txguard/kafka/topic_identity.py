@@ -15,6 +15,10 @@ tells. `TopicIdentity` holds, per input topic of a loop, the id the loop reads i
   (`start_positions`): an offset committed for the old topic by a loop that had not noticed the
   change yet (Kafka refuses commits to a topic that does not exist, but not to its successor)
   says nothing of the new one.
+
+The same answers give each topic's partition count (`partitions`), for the topics a loop reads
+and for the others whose count it depends on (`counted`): partitions added to a topic (kafka-topics
+--alter) reach a consumer only at librdkafka's next metadata refresh, up to five minutes later.
 """
 
 from __future__ import annotations
@@ -69,10 +73,14 @@ class TopicIdentity:
         bootstrap: str,
         topics: Sequence[str],
         *,
+        counted: Sequence[str] = (),
         check_seconds: float = CHECK_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`topics`: the loop's input topics, followed by id and partition count; `counted`:
+        other topics followed by partition count only."""
         self.topics = list(topics)
+        self.counted = [topic for topic in counted if topic not in self.topics]
         self.check_seconds = check_seconds
         self._bootstrap = bootstrap
         self._clock = clock
@@ -83,10 +91,16 @@ class TopicIdentity:
         self._ids: dict[str, str] = {}
         # Recreations reported and not yet read from their start in full, and when to try again.
         self._pending: dict[str, tuple[TopicRecreated, float]] = {}
+        # The latest partition count the cluster gave for each topic followed.
+        self._partitions: dict[str, int] = {}
 
     def topic_id(self, topic: str) -> str | None:
         """The id the loop reads the topic as (None before it is known)."""
         return self._ids.get(topic)
+
+    def partitions(self, topic: str) -> int | None:
+        """The topic's partition count in the cluster's latest answer (None before one)."""
+        return self._partitions.get(topic)
 
     def learn(self, *, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         """Ask for the topics' ids now and take them as the ones read (before consuming): the
@@ -180,10 +194,12 @@ class TopicIdentity:
         ]
 
     def current(self, topic: str, *, timeout: float = REQUEST_TIMEOUT_SECONDS) -> str:
-        """The topic's id now, asked and awaited; raises KafkaException or TimeoutError when the
-        cluster does not say."""
+        """The topic's id now, asked and awaited (its partition count noted); raises
+        KafkaException or TimeoutError when the cluster does not say."""
         asked = self._client().describe_topics(TopicCollection([topic]), request_timeout=timeout)
-        return str(asked[topic].result(timeout=timeout).topic_id)
+        description = asked[topic].result(timeout=timeout)
+        self._partitions[topic] = len(description.partitions)
+        return str(description.topic_id)
 
     def close(self) -> None:
         """Destroy the client; answers still awaited are dropped."""
@@ -213,7 +229,8 @@ class TopicIdentity:
         self._asked_at = self._clock()
         try:
             self._asking = self._client().describe_topics(
-                TopicCollection(self.topics), request_timeout=REQUEST_TIMEOUT_SECONDS
+                TopicCollection(self.topics + self.counted),
+                request_timeout=REQUEST_TIMEOUT_SECONDS,
             )
         except KafkaException as exc:
             log.debug("could not ask for the ids of %s: %s", self.topics, exc)
@@ -225,6 +242,9 @@ class TopicIdentity:
             # Mostly an unknown topic (between its deletion and its creation) or an outage.
             log.debug("topic id of %s not known: %s", topic, exc)
             return None
+        self._partitions[topic] = len(description.partitions)
+        if topic not in self.topics:
+            return None  # counted only
         topic_id = str(description.topic_id)
         known = self._ids.setdefault(topic, topic_id)
         if known == topic_id:

@@ -21,7 +21,8 @@ _ALREADY_EXISTS = KafkaError.TOPIC_ALREADY_EXISTS
 
 
 class TopicError(RuntimeError):
-    """A topic could not be created (e.g. replication factor larger than the cluster)."""
+    """A topic is missing, could not be created (e.g. replication factor larger than the
+    cluster), or does not have the partition count another requires: the operator's to fix."""
 
 
 @dataclass(frozen=True)
