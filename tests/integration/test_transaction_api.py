@@ -45,6 +45,7 @@ from txguard.schema.v1.service_pb2 import (
     SubmitTransactionsResponse,
 )
 from txguard.schema.v1.transaction_pb2 import Channel, TransactionStatus
+from txguard.transactions.batch_limits import MAX_BATCH_ITEMS
 from txguard.transactions.client import TransactionClient, error_status, field_violations
 from txguard.transactions.server import SERVICE_NAME, serve
 
@@ -632,9 +633,9 @@ def _headers(headers_json: str) -> list[tuple[str, bytes]]:
 def test_submit_batches_handles_large_batches_beyond_the_window(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_api(tmp_path, stream_window=64) as api:
-            big = {str(i): request(i, prefix="bulk") for i in range(2000)}
+            big = {str(i): request(i, prefix="bulk") for i in range(MAX_BATCH_ITEMS)}
             # A retry of every 40th item, inside one later batch, and small batches between.
-            dups = {f"dup-{i}": request(i, prefix="bulk") for i in range(0, 2000, 40)}
+            dups = {f"dup-{i}": request(i, prefix="bulk") for i in range(0, MAX_BATCH_ITEMS, 40)}
             small = [{f"s-{i}": request(i, prefix="small")} for i in range(20)]
             batches = [_batch(big), *(_batch(b) for b in small), _batch(dups)]
             results = [r async for r in api.client.submit_batches(iter(batches))]
@@ -645,13 +646,72 @@ def test_submit_batches_handles_large_batches_beyond_the_window(tmp_path: Path) 
                 assert [a.request_id for a in answered.items] == [i.request_id for i in batch.items]
             answers = [answer for result in results for answer in result.items]
             outcomes = Counter(a.error.code if a.HasField("error") else "created" for a in answers)
-            assert outcomes == {"created": 2000 + 20 + len(dups)}
+            assert outcomes == {"created": MAX_BATCH_ITEMS + 20 + len(dups)}
             # The big batch took the whole window: it was stored before the retries were read,
             # so they replay its answers byte for byte.
             created = {a.request_id: a.created.SerializeToString() for a in answers}
             for rid in dups:
                 assert created[rid] == created[rid.removeprefix("dup-")]
-            assert api.counts()["transactions"] == 2020
+            assert api.counts()["transactions"] == MAX_BATCH_ITEMS + 20
+
+    run(scenario())
+
+
+def test_submit_batches_refuses_a_batch_whose_result_a_client_could_not_receive(
+    tmp_path: Path,
+) -> None:
+    """A batch's result is one message, which a default client receives up to 4 MiB: a batch
+    of more items than MAX_BATCH_ITEMS, or whose result could exceed that, ends the stream with
+    INVALID_ARGUMENT (BATCH_TOO_LARGE) once the batches read before it are answered, and
+    nothing of it is stored. Before, such a batch was stored and its result lost."""
+
+    async def refused(
+        api: Api, batches: list[SubmitTransactionBatch]
+    ) -> tuple[list[Any], status_pb2.Status]:
+        call = api.client.submit_batches()
+        for batch in batches:
+            await call.write(batch)
+        await call.done_writing()
+        results = []
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while (result := await call.read()) is not grpc.aio.EOF:
+                results.append(result)
+        assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return results, rpc_error_status(ended.value)
+
+    async def scenario() -> None:
+        async with running_api(tmp_path) as api:
+            first = _batch({"first": request(0, prefix="before")})
+            too_many = _batch(
+                {str(i): request(i, prefix="many") for i in range(MAX_BATCH_ITEMS + 1)}
+            )
+            results, status = await refused(api, [first, too_many])
+            assert [[a.request_id for a in r.items] for r in results] == [["first"]]
+            assert results[0].items[0].WhichOneof("result") == "created"
+            assert error_reason(status) == "BATCH_TOO_LARGE"
+            assert status.message == (
+                f"a batch holds at most {MAX_BATCH_ITEMS:,} items; this one holds "
+                f"{MAX_BATCH_ITEMS + 1:,}; nothing of it was stored: send its items in smaller "
+                "batches, with the same idempotency keys"
+            )
+            assert api.counts() == {"transactions": 1, "idempotency_keys": 1, "outbox": 1}
+
+            # Few enough items, but long enough that their answers could pass 4 MiB.
+            long_ids = _batch(
+                {f"{i:04d}" + "r" * 3_500: request(i, prefix="long") for i in range(900)}
+            )
+            assert long_ids.ByteSize() < 4 * 1024 * 1024  # the server reads it
+            results, status = await refused(api, [long_ids])
+            assert results == []
+            assert error_reason(status) == "BATCH_TOO_LARGE"
+            assert "could reach" in status.message
+            assert api.counts()["transactions"] == 1
+
+            # The most items a batch may hold are answered, through a default channel.
+            most = _batch({str(i): request(i, prefix="most") for i in range(MAX_BATCH_ITEMS)})
+            answered = [r async for r in api.client.submit_batches(iter([most]))]
+            assert [len(r.items) for r in answered] == [MAX_BATCH_ITEMS]
+            assert api.counts()["transactions"] == 1 + MAX_BATCH_ITEMS
 
     run(scenario())
 

@@ -316,6 +316,7 @@ REJECTION_REASONS: Final = (
     "idempotency_key_reused",
     "store_unavailable",
     "client_id_missing",
+    "batch_too_large",
 )
 # Error kinds of `txguard.kafka.serde.InvalidEvent`.
 INVALID_RECORD_KINDS: Final = ("missing-schema", "wrong-schema", "undecodable", "invalid")

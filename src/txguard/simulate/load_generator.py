@@ -23,6 +23,7 @@ from txguard.schema.v1.service_pb2 import (
 from txguard.schema.v1.service_pb2_grpc import TransactionServiceStub
 from txguard.schema.v1.transaction_pb2 import Channel
 from txguard.simulate.cards import synthetic_card_number
+from txguard.transactions.batch_limits import MAX_BATCH_ITEMS
 from txguard.transactions.client import TransactionClient
 
 _COUNTRIES = ("DE", "FR", "NL", "BE", "ES", "IT", "GB", "US")
@@ -272,7 +273,7 @@ async def generate_batched_load(
                     break
                 # Requests k with start + k * interval <= now are due.
                 due_count = int((now - start) * rate_per_second) + 1 - sent
-                take = min(due_count, max_in_flight - in_flight)
+                take = min(due_count, max_in_flight - in_flight, MAX_BATCH_ITEMS)
                 if take <= 0 and due_count > 0:
                     answered.clear()
                     await answered.wait()

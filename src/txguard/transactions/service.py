@@ -41,6 +41,7 @@ from txguard.schema.v1.service_pb2 import (
     SubmitTransactionsResponse,
 )
 from txguard.store.interface import IdempotencyKeyReused, NewTransaction, RecordOutcome
+from txguard.transactions.batch_limits import batch_too_large
 from txguard.transactions.card import CardTokenizer
 from txguard.transactions.idempotency import InFlightRequests, request_fingerprint
 from txguard.transactions.validation import FieldViolation, validate_create_request
@@ -258,8 +259,11 @@ class TransactionService(service_pb2_grpc.TransactionServiceServicer):
             self._reject_unidentified(BATCH_METHOD, time.perf_counter())
             await _abort(context, MISSING_CLIENT_ID)
         stream = _BatchStream(self, client_id, self._stream_window)
-        async for result in stream.run(request_iterator):
-            yield result
+        try:
+            async for result in stream.run(request_iterator):
+                yield result
+        except _StreamRefused as refused:
+            await _abort(context, refused.status)
 
     def start_create(
         self,
@@ -463,6 +467,15 @@ def _answer(
     return STORE_UNAVAILABLE
 
 
+class _StreamRefused(Exception):
+    """A message the stream cannot take: the call ends with `status` once every message read
+    before it is answered."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
 class _StreamFailed:
     __slots__ = ("error",)
 
@@ -522,6 +535,7 @@ class _AnsweringStream(Generic[RequestT, AnswerT]):
         self._answers: asyncio.Queue[tuple[AnswerT, int] | _StreamFailed | None] = asyncio.Queue()
         self._outstanding = 0
         self._input_done = False
+        self._refused: _StreamRefused | None = None
 
     async def run(self, requests: AsyncIterable[RequestT]) -> AsyncIterator[AnswerT]:
         reader = asyncio.create_task(self._read(requests))
@@ -547,6 +561,12 @@ class _AnsweringStream(Generic[RequestT, AnswerT]):
                 except BaseException:
                     self._outstanding -= 1
                     raise
+        except _StreamRefused as refused:
+            # Reading stops; the messages read before are answered first.
+            self._refused = refused
+            if self._outstanding == 0:
+                self._answers.put_nowait(_StreamFailed(refused))
+            return
         except Exception as exc:
             self._answers.put_nowait(_StreamFailed(exc))
             return
@@ -557,8 +577,11 @@ class _AnsweringStream(Generic[RequestT, AnswerT]):
     def _answered(self, answer: AnswerT, weight: int) -> None:
         self._outstanding -= 1
         self._answers.put_nowait((answer, weight))
-        if self._input_done and self._outstanding == 0:
-            self._answers.put_nowait(None)
+        if self._outstanding == 0:
+            if self._refused is not None:
+                self._answers.put_nowait(_StreamFailed(self._refused))
+            elif self._input_done:
+                self._answers.put_nowait(None)
 
     def _items(self, message: RequestT) -> int:
         raise NotImplementedError
@@ -594,6 +617,17 @@ class _BatchStream(_AnsweringStream[SubmitTransactionBatch, SubmitTransactionBat
         return len(message.items)
 
     def _admit(self, message: SubmitTransactionBatch, weight: int) -> None:
+        too_large = batch_too_large(message, self._client_id)
+        if too_large is not None:
+            self._service.metrics.rejected["batch_too_large"].inc(len(message.items))
+            raise _StreamRefused(
+                _status(
+                    code_pb2.INVALID_ARGUMENT,
+                    f"{too_large}; nothing of it was stored: send its items in smaller batches, "
+                    "with the same idempotency keys",
+                    _error_info("BATCH_TOO_LARGE"),
+                )
+            )
         items = message.items
         result = SubmitTransactionBatchResult()
         answers = result.items
