@@ -15,6 +15,8 @@ class ConfigError(ValueError):
 
 DEFAULT_TOPIC_NAMESPACE = "txguard"
 _TOPIC_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class Settings:
                 "TXGUARD_VELOCITY_MAX_TRANSACTIONS", 10, minimum=1
             ),
             consume_batch_size=reader.integer("TXGUARD_CONSUME_BATCH_SIZE", 500, minimum=1),
-            log_level=reader.text("TXGUARD_LOG_LEVEL", "INFO").upper(),
+            log_level=reader.choice("TXGUARD_LOG_LEVEL", "info", LOG_LEVELS).upper(),
             topics=TopicNames(reader.text("TXGUARD_TOPIC_NAMESPACE", DEFAULT_TOPIC_NAMESPACE)),
             checkpoint_interval_ms=reader.integer(
                 "TXGUARD_CHECKPOINT_INTERVAL_MS", 1000, minimum=0
@@ -179,7 +181,9 @@ class Settings:
             model_poll_seconds=reader.integer("TXGUARD_MODEL_POLL_SECONDS", 5, minimum=1),
             decision_features=reader.flag("TXGUARD_DECISION_FEATURES", default=False),
             log_format=reader.choice("TXGUARD_LOG_FORMAT", "text", ("text", "json")),
-            metrics_port=reader.optional_integer("TXGUARD_METRICS_PORT", minimum=0),
+            metrics_port=reader.optional_integer(
+                "TXGUARD_METRICS_PORT", minimum=0, maximum=MAX_PORT
+            ),
         )
         for variable, name in (
             ("TXGUARD_TOPIC_NAMESPACE", settings.topics.namespace),
@@ -251,6 +255,7 @@ class _EnvReader:
         name: str,
         *,
         minimum: int,
+        maximum: int | None = None,
         unbounded: str | None = None,
         default: int | None = None,
     ) -> int | None:
@@ -267,6 +272,8 @@ class _EnvReader:
             raise ConfigError(f"{name} must be {expected}, got {raw!r}") from exc
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {value}")
         return value
 
     def path(self, name: str) -> Path | None:

@@ -373,3 +373,29 @@ def test_a_taken_metrics_port_stops_the_service_with_one_line(tmp_path: Path) ->
     assert lines[0].startswith("txguard serve applier: cannot serve metrics on ")
     assert f":{port} (the port is in use)" in lines[0]
     assert "TXGUARD_METRICS_PORT" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "TXGUARD_LOG_LEVEL",
+            "LOUD",
+            "TXGUARD_LOG_LEVEL must be one of debug, info, warning, error, critical, got 'loud'",
+        ),
+        ("TXGUARD_METRICS_PORT", "70000", "TXGUARD_METRICS_PORT must be at most 65535, got 70000"),
+    ],
+)
+def test_a_bad_setting_stops_a_service_with_one_line(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "txguard", "serve", "applier"],
+        env={"PATH": "/usr/bin:/bin", "TXGUARD_HOME": str(tmp_path / "home"), variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"txguard: configuration error: {message}"]
