@@ -223,6 +223,8 @@ def test_services_report_what_they_did(services: Services, kafka_broker: KafkaBr
 
     metrics = scrape(api_port)
     assert metrics.value("txguard_service_info", service="transactions", version=__version__) == 1
+    # Only a detector scores: no model line here, not even one without labels.
+    assert metrics.series("txguard_model_info") == []
     assert metrics.value("txguard_transactions_accepted_total") == ACCEPTED
     assert metrics.value("txguard_transactions_replayed_total") == REPLAYED
     assert metrics.value("txguard_transactions_rejected_total", reason="invalid_argument") == (

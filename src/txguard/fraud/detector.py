@@ -223,6 +223,7 @@ class FraudDetector:
                 on_retry=self._count_retry,
                 stop_grace_seconds=STOP_GRACE_SECONDS,
             )
+            self._show_model()  # before any decision: `txguard status` shows what will score
             subscription = self._subscribe(consumer)
             while not stop.is_set():
                 records = poll_batch(
@@ -392,6 +393,12 @@ class FraudDetector:
         self._observe_decisions(batch.rows, results, scores, outcomes, decided_at_us)
         return output
 
+    def _show_model(self) -> None:
+        """Export the scorer's version and kind (`txguard_model_info`) when they changed."""
+        if self.scorer.model_version != self._model_shown:
+            self._model_shown = self.scorer.model_version
+            self.decision_metrics.set_model(self.scorer.model_version, self.scorer.model_kind)
+
     def _observe_decisions(
         self,
         rows: Sequence[TransactionRow],
@@ -402,9 +409,7 @@ class FraudDetector:
     ) -> None:
         """Outcomes, scores, rule hits and accepted-to-decided latency of a batch's decisions,
         counted per batch: one update per outcome and rule, one per histogram."""
-        if self.scorer.model_version != self._model_shown:
-            self._model_shown = self.scorer.model_version
-            self.decision_metrics.set_model(self.scorer.model_version, self.scorer.model_kind)
+        self._show_model()
         for outcome, count in Counter(outcomes).items():
             self.decision_metrics.outcomes[_OUTCOME_LABELS.get(outcome, "approve")].inc(count)
         # Every reason counted at once (in C), then only the rules' kept: few distinct codes.

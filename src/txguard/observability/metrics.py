@@ -13,6 +13,7 @@ apart.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Final, Generic, Literal, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.metrics import MetricWrapperBase
 
 # `*_created` series double the series count and no txguard query reads them.
@@ -220,7 +221,12 @@ FRAUD_SCORE: Final = Histogram(
     "txguard_fraud_score", "Fraud score (probability 0..1) of each decision", buckets=SCORE_BUCKETS
 )
 RULE_HITS: Final = Counter("txguard_rule_hits_total", "Rules that fired, by rule code", ["rule"])
-MODEL_INFO: Final = Info("txguard_model", "The scoring model in use (version and kind)")
+# Exported from the first `DecisionMetrics.set_model` on: a process that scores nothing has no
+# model line (an Info exports one, without labels, from its creation).
+MODEL_INFO: Final = Info(
+    "txguard_model", "The scoring model in use (version and kind)", registry=None
+)
+_model_info_exported = threading.Lock()
 TERMINAL_TABLE_LAG: Final = Gauge(
     "txguard_terminal_table_watermark_lag_seconds",
     "How far the terminal-risk table read by this service trails its input, in event time",
@@ -617,6 +623,8 @@ class DecisionMetrics:
     @staticmethod
     def set_model(version: str, kind: str) -> None:
         MODEL_INFO.info({"version": version, "kind": kind})
+        if _model_info_exported.acquire(blocking=False):  # held for good once exported
+            REGISTRY.register(MODEL_INFO)
 
     @staticmethod
     def observe_scores(scores: Sequence[float]) -> None:
