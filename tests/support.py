@@ -61,6 +61,36 @@ def add_partitions(bootstrap: str, topic: str, total: int) -> None:
         )
 
 
+def run_adding_partitions(
+    run: Callable[[threading.Event], None],
+    ready: Callable[[], bool],
+    bootstrap: str,
+    topic: str,
+    total: int,
+    timeout: float = 60.0,
+) -> BaseException | None:
+    """Run `run(stop)` in this thread and give `topic` `total` partitions once `ready()`; the
+    error that ended the run, or None when it ran until stopped after `timeout` seconds."""
+    stop = threading.Event()
+
+    def add_when_ready() -> None:
+        wait_until(ready, timeout)
+        add_partitions(bootstrap, topic, total)
+
+    adder = threading.Thread(target=add_when_ready)
+    adder.start()
+    safety = threading.Timer(timeout, stop.set)
+    safety.start()
+    try:
+        run(stop)
+    except BaseException as exc:
+        return exc
+    finally:
+        safety.cancel()
+        adder.join()
+    return None
+
+
 def recreate_while_paused(
     consumer: Consumer, settings: Settings, topic: str, refill: Callable[[], object]
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -15,7 +16,6 @@ class ConfigError(ValueError):
 
 DEFAULT_TOPIC_NAMESPACE = "txguard"
 _TOPIC_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 MAX_PORT = 65535
 
 
@@ -161,7 +161,7 @@ class Settings:
                 "TXGUARD_VELOCITY_MAX_TRANSACTIONS", 10, minimum=1
             ),
             consume_batch_size=reader.integer("TXGUARD_CONSUME_BATCH_SIZE", 500, minimum=1),
-            log_level=reader.choice("TXGUARD_LOG_LEVEL", "info", LOG_LEVELS).upper(),
+            log_level=reader.log_level("TXGUARD_LOG_LEVEL", "INFO"),
             topics=TopicNames(reader.text("TXGUARD_TOPIC_NAMESPACE", DEFAULT_TOPIC_NAMESPACE)),
             checkpoint_interval_ms=reader.integer(
                 "TXGUARD_CHECKPOINT_INTERVAL_MS", 1000, minimum=0
@@ -289,6 +289,16 @@ class _EnvReader:
         if raw.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    def log_level(self, name: str, default: str) -> str:
+        """A level name Python's logging knows (DEBUG, INFO, WARNING, WARN, ERROR, ...)."""
+        value = self.text(name, default).upper()
+        if value not in logging.getLevelNamesMapping():
+            raise ConfigError(
+                f"{name} must be a logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL), "
+                f"got {value!r}"
+            )
+        return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default).lower()

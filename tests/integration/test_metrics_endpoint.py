@@ -383,7 +383,8 @@ def test_a_taken_metrics_port_stops_the_service_with_one_line(tmp_path: Path) ->
         (
             "TXGUARD_LOG_LEVEL",
             "LOUD",
-            "TXGUARD_LOG_LEVEL must be one of debug, info, warning, error, critical, got 'loud'",
+            "TXGUARD_LOG_LEVEL must be a logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL), "
+            "got 'LOUD'",
         ),
         ("TXGUARD_METRICS_PORT", "70000", "TXGUARD_METRICS_PORT must be at most 65535, got 70000"),
     ],

@@ -4,7 +4,6 @@ on are followed."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from tests.support import (
     add_partitions,
     new_transaction,
     recreate_while_paused,
+    run_adding_partitions,
     running_in_thread,
     wait_until,
 )
@@ -111,7 +111,9 @@ def watermarks_in(bootstrap: str, topic: str, partition: int, source_topic: str)
         consumer.assign([TopicPartition(topic, partition, low)])
         marks = 0
         read = 0
+        deadline = time.monotonic() + 30
         while read < high - low:
+            assert time.monotonic() < deadline, f"read {read} of {high - low} records"
             for message in consumer.consume(num_messages=100, timeout=1.0):
                 assert message.error() is None, message.error()
                 read += 1
@@ -163,23 +165,15 @@ def test_terminal_events_with_more_partitions_than_the_table_stop_the_table_buil
     stage = TerminalTableBuilder(settings)
     stage.topic_check_seconds = 0.2
     total = settings.topic_partitions + 2
-    stop = threading.Event()
-
-    def add_once_assigned() -> None:
-        wait_until(lambda: bool(stage._tables))  # its partitions' tables are restored
-        add_partitions(kafka_broker.bootstrap, settings.topics.terminal_events, total)
-
-    adder = threading.Thread(target=add_once_assigned)
-    adder.start()
-    safety = threading.Timer(60, stop.set)
-    safety.start()
-    try:
-        with pytest.raises(TopicError) as stopped:
-            stage.run(stop)
-    finally:
-        safety.cancel()
-        adder.join()
-    assert str(stopped.value) == (
+    error = run_adding_partitions(
+        stage.run,
+        lambda: bool(stage._tables),  # its partitions' tables are restored
+        kafka_broker.bootstrap,
+        settings.topics.terminal_events,
+        total,
+    )
+    assert isinstance(error, TopicError), error
+    assert str(error) == (
         f"{settings.topics.terminal_risk} has {settings.topic_partitions} partitions but "
         f"{settings.topics.terminal_events} has {total}: they must match; see 'Changing a "
         "partition count' in docs/operations.md"

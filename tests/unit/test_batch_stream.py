@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, cast
 
 import grpc
+import pytest
 
 from txguard.schema.luhn import with_check_digit
 from txguard.schema.responses import create_transaction_response
@@ -18,6 +19,7 @@ from txguard.schema.v1.service_pb2 import (
     SubmitTransactionsRequest,
 )
 from txguard.store.interface import NewTransaction, RecordOutcome
+from txguard.transactions.batch_limits import MAX_BATCH_ITEMS
 from txguard.transactions.card import CardTokenizer
 from txguard.transactions.service import TransactionService
 from txguard.transactions.writer import OnRecorded, TransactionReader, TransactionWriter
@@ -150,5 +152,45 @@ def test_batches_are_read_only_while_their_items_fit_the_window() -> None:
         writer.complete_all()
         await asyncio.wait_for(reader, 5)
         assert [len(a.items) for a in answers] == [4, 4, 4, 30, 1]
+
+    run(scenario())
+
+
+class Aborted(Exception):
+    def __init__(self, status: grpc.Status) -> None:
+        super().__init__(status.details)
+        self.status = status
+
+
+class AbortingContext(Context):
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        raise Aborted(status)
+
+
+def test_a_batch_too_large_ends_the_stream_after_the_batches_in_flight_are_answered() -> None:
+    async def scenario() -> None:
+        writer = HeldWriter()
+        service = _service(writer, window=2_000)
+        # The refused batch fits the window: it is read, and refused, while the first batch
+        # is still being written; the batch after it is never read.
+        feed = Feed([_batch(0, 3), _batch(3, MAX_BATCH_ITEMS + 1), _batch(2_000, 2)])
+        results = service.SubmitTransactionBatches(
+            feed.__aiter__(), cast(grpc.aio.ServicerContext, AbortingContext())
+        )
+        answers: list[SubmitTransactionBatchResult] = []
+
+        async def read() -> None:
+            async for result in results:
+                answers.append(result)
+
+        reader = asyncio.create_task(read())
+        await _settle()
+        assert (feed.pulled, writer.submitted, answers, reader.done()) == (2, 3, [], False)
+        writer.complete_all()
+        with pytest.raises(Aborted) as ended:
+            await asyncio.wait_for(reader, 5)
+        assert [len(a.items) for a in answers] == [3]
+        assert ended.value.status.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert (feed.pulled, writer.submitted) == (2, 3)
 
     run(scenario())

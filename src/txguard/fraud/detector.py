@@ -210,6 +210,7 @@ class FraudDetector:
                 },
                 transactions_topic=self.topics.transactions,
             )
+            self._show_model()  # before the table loads: `txguard status` shows what will score
             self._follower = TerminalTableFollower(
                 bootstrap, self.topics.terminal_risk, group_id=group
             )
@@ -223,7 +224,6 @@ class FraudDetector:
                 on_retry=self._count_retry,
                 stop_grace_seconds=STOP_GRACE_SECONDS,
             )
-            self._show_model()  # before any decision: `txguard status` shows what will score
             subscription = self._subscribe(consumer)
             while not stop.is_set():
                 records = poll_batch(
@@ -618,9 +618,9 @@ class FraudDetector:
     def _partitions_added(self, found: str) -> ChangelogNotCopartitioned:
         return ChangelogNotCopartitioned(
             f"{self.topics.transactions} {found}, but {self.settings.detector_state_topic} has "
-            f"{self._partition_count}: partitions were added to it, and accounts' events no longer "
-            "go to the partition of their state; see 'Changing a partition count' in "
-            "docs/operations.md"
+            f"{self._partition_count}: partitions were added to it (or it was created again), and "
+            "accounts' events no longer go to the partition of their state; see 'Changing a "
+            "partition count' in docs/operations.md"
         )
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import cast
@@ -276,6 +277,7 @@ class TerminalEventRekeyer(_Stage):
         self._seen: dict[tuple[str, int], int] = {}
         self._announced: dict[tuple[str, int], int] = {}
         self._targets = 0
+        self._targets_asked_at = float("-inf")
 
     @property
     def input_topics(self) -> list[str]:
@@ -293,13 +295,18 @@ class TerminalEventRekeyer(_Stage):
         events = self.topics.terminal_events
         if identity.partitions(events) in (None, self._targets):
             return
+        # The producer is asked at most once per topic check while it knows fewer.
+        now = time.monotonic()
+        if now - self._targets_asked_at < self.topic_check_seconds:
+            return
+        self._targets_asked_at = now
         try:
             targets = publisher.partition_count(events)
         except KafkaException as exc:
             log.debug("partitions of %s not known to the producer yet: %s", events, exc)
             return
         if targets <= self._targets:
-            return  # asked again at the next answer
+            return
         log.warning(
             "terminal-risk rekey: %s has %d partitions now (%d before); watermarks go to all",
             events,
@@ -311,7 +318,10 @@ class TerminalEventRekeyer(_Stage):
         self._announced.clear()
 
     def subscribe(self, consumer: Consumer) -> Subscription:
-        self._targets = _partition_count(consumer, self.topics.terminal_events)
+        if not self._targets:
+            # Only at the first subscription: later, added partitions are taken only once the
+            # producer knows them (`follow_partition_counts`), whatever a new consumer sees.
+            self._targets = _partition_count(consumer, self.topics.terminal_events)
         return subscribe(
             consumer,
             self.input_topics,

@@ -198,7 +198,7 @@ class TopicIdentity:
         KafkaException or TimeoutError when the cluster does not say."""
         asked = self._client().describe_topics(TopicCollection([topic]), request_timeout=timeout)
         description = asked[topic].result(timeout=timeout)
-        self._partitions[topic] = len(description.partitions)
+        self._count(topic, description)
         return str(description.topic_id)
 
     def close(self) -> None:
@@ -233,16 +233,17 @@ class TopicIdentity:
                 request_timeout=REQUEST_TIMEOUT_SECONDS,
             )
         except KafkaException as exc:
-            log.debug("could not ask for the ids of %s: %s", self.topics, exc)
+            log.debug("could not ask about %s: %s", self.topics + self.counted, exc)
 
     def _compare(self, topic: str, answer: Future[TopicDescription]) -> TopicRecreated | None:
+        """Note the answer's partition count; the recreation it shows, if any."""
         try:
             description = answer.result()
         except KafkaException as exc:
             # Mostly an unknown topic (between its deletion and its creation) or an outage.
             log.debug("topic id of %s not known: %s", topic, exc)
             return None
-        self._partitions[topic] = len(description.partitions)
+        self._count(topic, description)
         if topic not in self.topics:
             return None  # counted only
         topic_id = str(description.topic_id)
@@ -250,6 +251,11 @@ class TopicIdentity:
         if known == topic_id:
             return None
         return TopicRecreated(topic, known, topic_id, len(description.partitions))
+
+    def _count(self, topic: str, description: TopicDescription) -> None:
+        # A topic has at least one partition; an answer without any says nothing of its count.
+        if description.partitions:
+            self._partitions[topic] = len(description.partitions)
 
     def _client(self) -> AdminClient:
         if self._admin is None:

@@ -531,7 +531,8 @@ class _AnsweringStream(Generic[RequestT, AnswerT]):
         self._client_id = client_id
         self._window = _Window(window)
         # An answer with the window slots it frees; None marks the end: the input is exhausted
-        # and every message has been answered.
+        # and every message has been answered. A failure ends it too: a refused message's comes
+        # after the answers of the messages read before it.
         self._answers: asyncio.Queue[tuple[AnswerT, int] | _StreamFailed | None] = asyncio.Queue()
         self._outstanding = 0
         self._input_done = False
