@@ -121,6 +121,22 @@ def test_a_batch_is_handed_to_the_writer_whole_and_answered_once_in_order() -> N
     run(scenario())
 
 
+def reading(
+    service: TransactionService, feed: Feed, context: Context
+) -> tuple[list[SubmitTransactionBatchResult], asyncio.Task[None]]:
+    """The call's results as they come, and the task that reads them."""
+    results = service.SubmitTransactionBatches(
+        feed.__aiter__(), cast(grpc.aio.ServicerContext, context)
+    )
+    answers: list[SubmitTransactionBatchResult] = []
+
+    async def read() -> None:
+        async for result in results:
+            answers.append(result)
+
+    return answers, asyncio.create_task(read())
+
+
 def test_batches_are_read_only_while_their_items_fit_the_window() -> None:
     async def scenario() -> None:
         writer = HeldWriter()
@@ -128,16 +144,7 @@ def test_batches_are_read_only_while_their_items_fit_the_window() -> None:
         # 4 + 4 fit the window of 10; the third batch (4) waits; the fourth (30, larger than the
         # window) then waits for everything before it to be answered and sent.
         feed = Feed([_batch(0, 4), _batch(4, 4), _batch(8, 4), _batch(12, 30), _batch(42, 1)])
-        results = service.SubmitTransactionBatches(
-            feed.__aiter__(), cast(grpc.aio.ServicerContext, Context())
-        )
-        answers: list[SubmitTransactionBatchResult] = []
-
-        async def read() -> None:
-            async for result in results:
-                answers.append(result)
-
-        reader = asyncio.create_task(read())
+        answers, reader = reading(service, feed, Context())
         await _settle()
         assert (feed.pulled, writer.submitted) == (3, 8)
         writer.complete_all()
@@ -174,16 +181,7 @@ def test_a_batch_too_large_ends_the_stream_after_the_batches_in_flight_are_answe
         # The refused batch fits the window: it is read, and refused, while the first batch
         # is still being written; the batch after it is never read.
         feed = Feed([_batch(0, 3), _batch(3, MAX_BATCH_ITEMS + 1), _batch(2_000, 2)])
-        results = service.SubmitTransactionBatches(
-            feed.__aiter__(), cast(grpc.aio.ServicerContext, AbortingContext())
-        )
-        answers: list[SubmitTransactionBatchResult] = []
-
-        async def read() -> None:
-            async for result in results:
-                answers.append(result)
-
-        reader = asyncio.create_task(read())
+        answers, reader = reading(service, feed, AbortingContext())
         await _settle()
         assert (feed.pulled, writer.submitted, answers, reader.done()) == (2, 3, [], False)
         writer.complete_all()
