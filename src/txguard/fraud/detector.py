@@ -323,13 +323,7 @@ class FraudDetector:
         topic began is recognised by its event id), and offsets of the old topic not committed
         yet are dropped, with the part of a checkpoint round that would commit or stamp them.
         """
-        if recreated.partitions != self._partition_count:
-            raise ChangelogNotCopartitioned(
-                f"{recreated.topic} was created again with {recreated.partitions} partitions, "
-                f"but {self.settings.detector_state_topic} has {self._partition_count}: the "
-                "detector's state cannot follow its partitions; give the detectors a new group "
-                "(TXGUARD_DETECTOR_GROUP), whose changelog is created to match"
-            )
+        self._check_partition_count(recreated.partitions)
         # Offsets and states of the old topic go first: until every partition has moved to its
         # start, both are still written with the old id, which a later reader does not trust.
         held = [TopicPartition(recreated.topic, p) for p in self.state.partitions]
@@ -609,9 +603,10 @@ class FraudDetector:
     # -- rebalancing (called from inside consume(), between batches) ------------------------
 
     def _check_partition_count(self, count: int | None) -> None:
-        """Partitions added to the transactions topic (kafka-topics --alter) end its
-        co-partitioning with the changelog: an account's new events go to another partition than
-        its state, whose features would start from nothing. The detector stops (exit code 2)."""
+        """Partitions added to the transactions topic (kafka-topics --alter), or the topic created
+        again with another count, end its co-partitioning with the changelog: an account's new
+        events go to another partition than its state, whose features would start from nothing.
+        The detector stops (exit code 2)."""
         if count is not None and self._partition_count and count != self._partition_count:
             raise self._partitions_added(f"has {count} partitions now")
 

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 
 from txguard.config import Settings, TopicNames
 from txguard.fraud.terminal_table import NOT_STARTED_MS, entry_key, watermark_key
-from txguard.kafka.clients import BACKGROUND_FETCH
+from txguard.kafka.clients import BACKGROUND_FETCH, partitions_of
 from txguard.kafka.compacted import read_to_end
 from txguard.kafka.consumer_loop import (
     CommitReporter,
@@ -108,11 +108,10 @@ class AggregatorStats:
 
 
 def _partition_count(consumer: Consumer, topic: str) -> int:
-    metadata = consumer.list_topics(topic, timeout=30)
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None or not found.partitions:
+    count = len(partitions_of(consumer, topic, timeout=30))
+    if not count:
         raise TopicError(f"topic {topic} does not exist; run `txguard kafka topics`")
-    return len(found.partitions)
+    return count
 
 
 def _check_table_partitions(topics: TopicNames, events: int | None, table: int | None) -> None:

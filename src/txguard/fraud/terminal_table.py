@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
-from txguard.kafka.clients import BACKGROUND_FETCH, make_consumer
+from txguard.kafka.clients import BACKGROUND_FETCH, make_consumer, partitions_of
 from txguard.kafka.compacted import TopicReadError, end_offsets
 from txguard.kafka.consumer_loop import close_consumer
 from txguard.schema.v1.terminal_risk_pb2 import TerminalTableRecord
@@ -279,11 +279,9 @@ class TerminalTableFollower:
 
     def load(self, *, timeout_seconds: float = 120.0) -> None:
         """Read the whole table as it is now, then keep following from there."""
-        metadata = self._consumer.list_topics(self.topic, timeout=30)
-        topic = metadata.topics.get(self.topic)
-        if topic is None or topic.error is not None or not topic.partitions:
+        partitions = partitions_of(self._consumer, self.topic, timeout=30)
+        if not partitions:
             raise TopicReadError(f"topic {self.topic} does not exist; run `txguard kafka topics`")
-        partitions = sorted(topic.partitions)
         self.table.partitions = len(partitions)
         deadline = time.monotonic() + timeout_seconds
         ends = {

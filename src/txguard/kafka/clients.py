@@ -157,3 +157,13 @@ def make_admin(
 ) -> AdminClient:
     """An AdminClient; use it as a context manager so it is destroyed deterministically."""
     return AdminClient(admin_config(bootstrap, client_id=client_id), logger=logger)
+
+
+def partitions_of(client: Consumer | Producer, topic: str, *, timeout: float) -> list[int]:
+    """The topic's partition numbers, as the cluster tells `client` now (its own metadata is
+    updated by the answer); empty when the topic does not exist. Raises KafkaException when the
+    cluster does not answer."""
+    found = client.list_topics(topic, timeout=timeout).topics.get(topic)
+    if found is None or found.error is not None:
+        return []
+    return sorted(found.partitions)

@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from txguard.kafka.clients import make_producer
+from txguard.kafka.clients import make_producer, partitions_of
 from txguard.kafka.consumer_loop import (
     Backoff,
     DeliveryTimeout,
@@ -136,8 +136,7 @@ class ConfirmedPublisher:
         cluster now: the producer refuses a record for a partition it does not know yet, and
         learns of added partitions by itself only at its next metadata refresh. Raises
         KafkaException when the cluster does not answer."""
-        found = self._current().list_topics(topic, timeout=timeout).topics.get(topic)
-        return len(found.partitions) if found is not None and found.error is None else 0
+        return len(partitions_of(self._current(), topic, timeout=timeout))
 
     def close(self) -> None:
         if self._producer is not None:
